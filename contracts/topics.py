@@ -1,0 +1,17 @@
+"""Topic names. A deployment may prefix them (settings `topic_prefix`) to share a cluster."""
+
+FEEDBACK_RECEIVED = "feedback.received"
+"""Normalised feedback from every intake channel, before it becomes a case."""
+
+FEEDBACK_EVENTS = "feedback.events"
+"""Every stored case event, in order per case, relayed from the event store."""
+
+DEADLETTER = "feedback.deadletter"
+"""What could not be processed, with the raw payload and the reason."""
+
+DEPARTMENT_PREFIX = "dept."
+
+
+def department_topic(department: str) -> str:
+    """Each department subscribes to its own topic and sees only its own work."""
+    return f"{DEPARTMENT_PREFIX}{department}"

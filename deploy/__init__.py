@@ -1,0 +1,1 @@
+"""Local infrastructure: the Kafka broker and PostgreSQL server the services run on."""

@@ -1,0 +1,65 @@
+"""The local default: PostgreSQL and Kafka started here unless the environment names them."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy.kafka_broker import LocalKafka, start_kafka
+from deploy.postgres_server import LocalPostgres, start_postgres
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LocalInfrastructure:
+    postgres: LocalPostgres
+    kafka: LocalKafka
+
+    def environment(self) -> dict[str, str]:
+        return {
+            "DATABASE_URL": self.postgres.url,
+            "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
+        }
+
+
+def local_pii_key(state_dir: Path | None) -> str:
+    """FEEDBACK_PII_KEY from the environment; for a local run only, a generated key kept
+    in the state folder (mode 0600). Production must set the variable."""
+    configured = os.environ.get("FEEDBACK_PII_KEY")
+    if configured:
+        return configured
+    if state_dir is None:
+        return base64.b64encode(secrets.token_bytes(32)).decode()
+    key_file = state_dir / "pii.key"
+    if not key_file.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(base64.b64encode(secrets.token_bytes(32)).decode())
+        key_file.chmod(0o600)
+        log.warning("FEEDBACK_PII_KEY not set: generated a local key in %s", key_file)
+    return key_file.read_text().strip()
+
+
+@contextmanager
+def local_infrastructure(state_dir: Path | None) -> Iterator[LocalInfrastructure]:
+    """Start (or reuse from the environment) PostgreSQL and Kafka; stop what was started.
+
+    With `state_dir`, data survives restarts there; without, everything is temporary.
+    """
+    postgres = start_postgres(
+        state_dir / "pgdata" if state_dir else None, keep_data=state_dir is not None
+    )
+    try:
+        kafka = start_kafka(state_dir / "kafka" if state_dir else None)
+        try:
+            yield LocalInfrastructure(postgres, kafka)
+        finally:
+            kafka.stop()
+    finally:
+        postgres.stop()

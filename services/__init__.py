@@ -1,0 +1,1 @@
+"""The platform's services, one folder per capability: intake, routing, sla, projections."""

@@ -1,0 +1,120 @@
+"""Outbox relay: every stored case event, in store order, to `feedback.events`.
+
+The store's notification log is the outbox. The relay publishes a section with the
+idempotent producer, waits for every acknowledgement, then records how far it got, so a
+crash repeats at most the last section (consumers drop repeats by case version). One relay
+holds a PostgreSQL advisory lock at a time; other instances wait as hot standbys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import psycopg
+from faststream.kafka import KafkaBroker
+
+from contracts import topics
+from services.cases.published import to_contract
+from services.cases.store import CaseStore
+from services.common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RELAY_LOCK = 7321002
+SCHEMA = [
+    """
+    CREATE TABLE IF NOT EXISTS outbox_positions (
+        relay text PRIMARY KEY,
+        last_notification_id bigint NOT NULL,
+        updated_at timestamptz NOT NULL DEFAULT now()
+    )
+    """
+]
+
+
+class OutboxRelay:
+    name = "feedback.events"
+
+    def __init__(self, settings: Settings, store: CaseStore, broker: KafkaBroker) -> None:
+        self.settings = settings
+        self.store = store
+        self.broker = broker
+        self.ready = asyncio.Event()
+        self.published = 0
+
+    async def run(self) -> None:
+        """Relay until cancelled; after a failure (database or Kafka away) start again."""
+        while True:
+            try:
+                await self._run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox relay failed; restarting in 1s")
+                await asyncio.sleep(1.0)
+
+    async def _run_once(self) -> None:
+        conn = await psycopg.AsyncConnection.connect(self.settings.database_url, autocommit=True)
+        try:
+            while not await self._try_lock(conn):
+                self.ready.set()  # a standby is healthy too
+                await asyncio.sleep(1.0)
+            position = await self._load_position(conn)
+            self.ready.set()
+            while True:
+                relayed = await self._relay_section(conn, position)
+                if relayed is None:
+                    await asyncio.sleep(self.settings.relay_idle_poll_s)
+                else:
+                    position = relayed
+        finally:
+            await conn.close()
+
+    async def _try_lock(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+        cursor = await conn.execute("SELECT pg_try_advisory_lock(%s)", (RELAY_LOCK,))
+        row = await cursor.fetchone()
+        return bool(row and row[0])
+
+    async def _load_position(self, conn: psycopg.AsyncConnection[Any]) -> int:
+        cursor = await conn.execute(
+            "SELECT last_notification_id FROM outbox_positions WHERE relay = %s", (self.name,)
+        )
+        row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def _relay_section(self, conn: psycopg.AsyncConnection[Any], position: int) -> int | None:
+        notifications = await asyncio.to_thread(
+            self.store.process_recorder.select_notifications,
+            position + 1,
+            self.settings.relay_batch_size,
+        )
+        if not notifications:
+            return None
+        topic = self.settings.topic(topics.FEEDBACK_EVENTS)
+        pending = []
+        for notification in notifications:
+            domain_event = self.store.mapper.to_domain_event(notification)
+            message = to_contract(domain_event, notification.id)
+            if message is None:
+                continue
+            pending.append(
+                await self.broker.publish(
+                    message.model_dump_json().encode(),
+                    topic,
+                    key=message.key(),
+                    headers={"content-type": "application/json"},
+                    no_confirm=True,
+                )
+            )
+        await asyncio.gather(*pending)
+        last = notifications[-1].id
+        await conn.execute(
+            "INSERT INTO outbox_positions (relay, last_notification_id) VALUES (%s, %s) "
+            "ON CONFLICT (relay) DO UPDATE SET last_notification_id = EXCLUDED.last_notification_id,"
+            " updated_at = now()",
+            (self.name, last),
+        )
+        self.published += len(pending)
+        return int(last)

@@ -1,0 +1,81 @@
+"""The case event store (eventsourcing on PostgreSQL).
+
+Writers that consume Kafka record the position they consumed in the same transaction as
+the events (eventsourcing tracking records, one tracking name per topic and partition), so
+a redelivered message changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import Application
+from eventsourcing.persistence import ProcessRecorder, Tracking
+
+from services.cases.domain import Case
+from services.common.database import eventsourcing_env
+
+
+@dataclass(frozen=True)
+class KafkaPosition:
+    """Where a consumer is in one partition; `next_offset` follows Kafka's commit meaning."""
+
+    consumer: str
+    topic: str
+    partition: int
+    next_offset: int
+
+    @property
+    def tracking_name(self) -> str:
+        return f"{self.consumer}@{self.topic}/{self.partition}"
+
+
+class CaseStore(Application[UUID]):
+    name = "cases"
+
+    def __init__(self, database_url: str) -> None:
+        super().__init__(env=eventsourcing_env(database_url))
+
+    def construct_recorder(self) -> ProcessRecorder:
+        return self.factory.process_recorder()
+
+    @property
+    def process_recorder(self) -> ProcessRecorder:
+        assert isinstance(self.recorder, ProcessRecorder)
+        return self.recorder
+
+    def next_offset(self, consumer: str, topic: str, partition: int) -> int:
+        """First offset of the partition that this consumer has not yet recorded."""
+        name = KafkaPosition(consumer, topic, partition, 0).tracking_name
+        recorded = self.process_recorder.max_tracking_id(name)
+        return 0 if recorded is None else recorded
+
+    def record(self, cases: Iterable[Case], position: KafkaPosition) -> None:
+        """Store the cases' new events and the consumed position atomically."""
+        events: list[Any] = []
+        for case in cases:
+            events.extend(case.collect_events())
+        # Tracking ids must be positive and increasing; next_offset is both.
+        tracking = Tracking(position.tracking_name, position.next_offset)
+        self.events.put(events, tracking=tracking)
+
+    def existing(self, case_ids: Sequence[UUID]) -> set[UUID]:
+        """Which of these cases are already in the store (one query for a whole batch)."""
+        if not case_ids:
+            return set()
+        datastore: Any = self.process_recorder.datastore  # type: ignore[attr-defined]
+        table = self.process_recorder.events_table_name  # type: ignore[attr-defined]
+        with datastore.get_connection() as conn, conn.cursor() as cursor:
+            cursor.execute(
+                f"SELECT DISTINCT originator_id FROM {table} WHERE originator_id = ANY(%s)",
+                (list(case_ids),),
+            )
+            return {UUID(str(row["originator_id"])) for row in cursor.fetchall()}
+
+    def get_case(self, case_id: UUID) -> Case:
+        case = self.repository.get(case_id)
+        assert isinstance(case, Case)
+        return case

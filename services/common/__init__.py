@@ -1,0 +1,1 @@
+"""What every service needs the same way: settings, database, bus, exactly-once positions."""

@@ -1,0 +1,96 @@
+"""The Kafka bus: one FastStream broker per process, topics, and publishing contracts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Protocol
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from faststream.kafka import KafkaBroker
+
+from contracts import topics
+from services.common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Keyed(Protocol):
+    TOPIC: str
+
+    def key(self) -> bytes | None: ...
+
+    def model_dump_json(self) -> str: ...
+
+
+def make_broker(settings: Settings, client_id: str = "feedback") -> KafkaBroker:
+    # acks=all + idempotence: an acknowledged write survives, and producer retries never
+    # duplicate or reorder a partition's messages.
+    return KafkaBroker(
+        settings.kafka_bootstrap_servers,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=2,
+        request_timeout_ms=10_000,
+        logger=log,
+        graceful_timeout=15.0,
+    )
+
+
+def platform_topics(settings: Settings, departments: Iterable[str] = ()) -> list[str]:
+    names = [topics.FEEDBACK_RECEIVED, topics.FEEDBACK_EVENTS, topics.DEADLETTER]
+    names += [topics.department_topic(d) for d in departments]
+    return [settings.topic(n) for n in names]
+
+
+async def ensure_topics(settings: Settings, names: Iterable[str]) -> None:
+    """Create the platform's topics if missing (brokers here do not auto-create)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=1)
+            for name in names
+            if name not in existing
+        ]
+        if wanted:
+            try:
+                await admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass  # another instance created it first
+        await _wait_for_leaders(admin, [t.name for t in wanted])
+    finally:
+        await admin.close()
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str]) -> None:
+    deadline = asyncio.get_running_loop().time() + 30
+    while names:
+        described = await admin.describe_topics(names)
+        ready = [
+            t["topic"]
+            for t in described
+            if t.get("error_code", 0) == 0
+            and t["partitions"]
+            and all(p["leader"] >= 0 for p in t["partitions"])
+        ]
+        names = [n for n in names if n not in ready]
+        if not names:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"topics without leaders: {names}")
+        await asyncio.sleep(0.1)
+
+
+async def publish(broker: KafkaBroker, settings: Settings, message: Keyed) -> None:
+    """Publish a contract message and wait until Kafka acknowledged it (acks=all)."""
+    await broker.publish(
+        message.model_dump_json().encode(),
+        settings.topic(message.TOPIC),
+        key=message.key(),
+        headers={"content-type": "application/json"},
+    )

@@ -1,0 +1,43 @@
+"""PostgreSQL access shared by the services: URL parsing, async pool, schema set-up."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import AsyncConnectionPool
+
+
+def eventsourcing_env(database_url: str, *, pool_size: int = 5) -> dict[str, str]:
+    """The eventsourcing library reads its PostgreSQL settings from an env mapping."""
+    params = conninfo_to_dict(database_url)
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": str(params.get("dbname", "postgres")),
+        "POSTGRES_HOST": str(params.get("host", "127.0.0.1")),
+        "POSTGRES_PORT": str(params.get("port", "5432")),
+        "POSTGRES_USER": str(params.get("user", "postgres")),
+        "POSTGRES_PASSWORD": str(params.get("password", "")),
+        "POSTGRES_POOL_SIZE": str(pool_size),
+        "POSTGRES_LOCK_TIMEOUT": "5",
+        "CREATE_TABLE": "y",
+    }
+
+
+def open_pool(database_url: str, *, min_size: int = 1, max_size: int = 10) -> AsyncConnectionPool:
+    return AsyncConnectionPool(
+        database_url, min_size=min_size, max_size=max_size, open=False, kwargs={"autocommit": True}
+    )
+
+
+def apply_schema(database_url: str, statements: Iterable[str]) -> None:
+    """Create tables idempotently; every service calls this for its own tables at start."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        # Several services may start at once against one database.
+        conn.execute("SELECT pg_advisory_lock(7321001)")
+        try:
+            for statement in statements:
+                conn.execute(statement)  # type: ignore[arg-type]
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(7321001)")

@@ -1,0 +1,61 @@
+"""Settings from the environment (prefix `FEEDBACK_`, plus `DATABASE_URL` and
+`KAFKA_BOOTSTRAP_SERVERS`), validated once at start."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from functools import cached_property
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FEEDBACK_", extra="ignore")
+
+    database_url: str = Field(validation_alias=AliasChoices("DATABASE_URL", "FEEDBACK_DATABASE_URL"))
+    kafka_bootstrap_servers: str = Field(
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "FEEDBACK_KAFKA_BOOTSTRAP_SERVERS")
+    )
+    topic_prefix: str = ""
+    topic_partitions: int = Field(default=4, ge=1, le=256)
+    # The service centre's time zone: feedback numbers carry its local date.
+    timezone: str = "Asia/Shanghai"
+    # AES-256 key for personal data, base64; required, never defaulted.
+    pii_key: SecretStr
+    customer_tiers: tuple[str, ...] = ("vip", "normal")
+    max_description_chars: int = 5_000
+    max_request_bytes: int = 256 * 1024
+    # Serials reserved per database round trip by each intake instance (1 = no gaps).
+    number_block_size: int = Field(default=1, ge=1, le=1000)
+    consumer_batch_size: int = Field(default=500, ge=1, le=10_000)
+    relay_batch_size: int = Field(default=1000, ge=1, le=10_000)
+    relay_idle_poll_s: float = Field(default=0.05, gt=0)
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    state_dir: Path = Path(".feedback")
+
+    @field_validator("pii_key")
+    @classmethod
+    def _key_is_32_bytes(cls, value: SecretStr) -> SecretStr:
+        try:
+            raw = base64.b64decode(value.get_secret_value(), validate=True)
+        except (binascii.Error, ValueError) as error:
+            raise ValueError("FEEDBACK_PII_KEY must be base64") from error
+        if len(raw) != 32:
+            raise ValueError("FEEDBACK_PII_KEY must decode to 32 bytes (AES-256)")
+        return value
+
+    @cached_property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def pii_key_bytes(self) -> bytes:
+        return base64.b64decode(self.pii_key.get_secret_value())
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"

@@ -1,0 +1,1 @@
+"""Intake: channel adapters, feedback numbering, de-duplication, the PII vault, publishing."""

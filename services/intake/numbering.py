@@ -1,0 +1,76 @@
+"""Feedback numbers (`F20240520-0001`) and customer references (`客户-2024-0173`).
+
+Serials come from a counter row per scope in PostgreSQL, incremented atomically, so any
+number of intake instances get distinct serials and none is ever reused (a crash may leave
+a gap). Each instance may reserve a block of serials per round trip under heavy load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+SCHEMA = [
+    """
+    CREATE TABLE IF NOT EXISTS intake_serials (
+        scope text PRIMARY KEY,
+        last_value bigint NOT NULL
+    )
+    """
+]
+
+
+def feedback_number(day: datetime, serial: int) -> str:
+    return f"F{day:%Y%m%d}-{serial:04d}"
+
+
+def customer_reference(year: int, serial: int) -> str:
+    return f"客户-{year:04d}-{serial:04d}"
+
+
+class SerialAllocator:
+    """Hands out serials per scope, reserving `block_size` at a time from the database."""
+
+    def __init__(self, pool: AsyncConnectionPool, block_size: int = 1) -> None:
+        self.pool = pool
+        self.block_size = block_size
+        self._blocks: dict[str, tuple[int, int]] = {}  # scope -> (next, last)
+        self._lock = asyncio.Lock()
+
+    async def next(self, scope: str) -> int:
+        if self.block_size == 1:
+            return await self._reserve(scope, 1)
+        async with self._lock:
+            next_value, last = self._blocks.get(scope, (1, 0))
+            if next_value > last:
+                last = await self._reserve(scope, self.block_size)
+                next_value = last - self.block_size + 1
+            self._blocks[scope] = (next_value + 1, last)
+            return next_value
+
+    async def _reserve(self, scope: str, count: int) -> int:
+        """Reserve `count` serials and return the last one reserved."""
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "INSERT INTO intake_serials (scope, last_value) VALUES (%s, %s) "
+                "ON CONFLICT (scope) DO UPDATE SET last_value = intake_serials.last_value + %s "
+                "RETURNING last_value",
+                (scope, count, count),
+            )
+            row: Any = await cursor.fetchone()
+            return int(row[0])
+
+
+class FeedbackNumbering:
+    def __init__(self, serials: SerialAllocator) -> None:
+        self.serials = serials
+
+    async def feedback_number(self, local_registration_time: datetime) -> str:
+        scope = f"F{local_registration_time:%Y%m%d}"
+        return feedback_number(local_registration_time, await self.serials.next(scope))
+
+    async def customer_reference(self, year: int) -> str:
+        return customer_reference(year, await self.serials.next(f"C{year:04d}"))

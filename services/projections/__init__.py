@@ -1,0 +1,1 @@
+"""Projections: read models built from case events (registration table first)."""

@@ -1,0 +1,74 @@
+"""Query API over the registration table."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, Query
+from psycopg_pool import AsyncConnectionPool
+from pydantic import BaseModel
+
+from contracts.codes import Channel
+from contracts.events import FEEDBACK_NUMBER_PATTERN
+from services.projections import registrations
+
+
+class RegistrationView(BaseModel):
+    feedback_id: str
+    feedback_number: str
+    received_at: datetime
+    registered_at: datetime
+    channel: str
+    channel_reference: str | None
+    customer_ref: str
+    customer_tier: str
+    product_model: str | None
+    service_type: str | None
+    purchase_date: date | None
+    description: str
+    customer_attempts: str | None
+    occurred_at: datetime | None
+    expectation: str | None
+    emotion: str | None
+    stated_type: str | None
+    feedback_type: str | None
+    evidence: list[dict[str, Any]]
+    receiver: str
+    registration_late: bool
+    status: str
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> RegistrationView:
+        return cls.model_validate({**row, "feedback_id": str(row["feedback_id"])})
+
+
+class RegistrationPage(BaseModel):
+    items: list[RegistrationView]
+    count: int
+
+
+def projections_router(pool: AsyncConnectionPool) -> APIRouter:
+    router = APIRouter(tags=["registrations"])
+
+    @router.get("/v1/feedback/{number}", response_model=RegistrationView)
+    async def get_feedback(
+        number: Annotated[str, Path(pattern=FEEDBACK_NUMBER_PATTERN)],
+    ) -> RegistrationView:
+        row = await registrations.find_by_number(pool, number)
+        if row is None:
+            raise HTTPException(404, detail=f"no registered feedback {number}")
+        return RegistrationView.of(row)
+
+    @router.get("/v1/registrations", response_model=RegistrationPage)
+    async def list_registrations(
+        since: datetime | None = None,
+        channel: Channel | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> RegistrationPage:
+        rows = await registrations.list_registrations(
+            pool, since, channel.value if channel else None, limit
+        )
+        return RegistrationPage(items=[RegistrationView.of(r) for r in rows], count=len(rows))
+
+    return router

@@ -1,0 +1,176 @@
+"""The registration table (客户反馈登记表) read model and its consumer (group `projections`).
+
+Exactly once per event: the rows and the consumed Kafka position commit together, and a
+case's `last_version` drops events relayed twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+from pydantic import ValidationError
+
+from contracts import topics
+from contracts.events import CaseRegistered, case_event_adapter
+from services.common import kafka_positions
+from services.common.kafka_positions import by_partition
+from services.common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+GROUP = "projections"
+CONSUMER = "projections.registrations"
+
+SCHEMA = [
+    *kafka_positions.SCHEMA,
+    """
+    CREATE TABLE IF NOT EXISTS registrations (
+        feedback_id uuid PRIMARY KEY,
+        feedback_number text NOT NULL UNIQUE,
+        received_at timestamptz NOT NULL,
+        registered_at timestamptz NOT NULL,
+        channel text NOT NULL,
+        channel_reference text,
+        customer_ref text NOT NULL,
+        customer_tier text NOT NULL,
+        product_model text,
+        service_type text,
+        purchase_date date,
+        description text NOT NULL,
+        customer_attempts text,
+        occurred_at timestamptz,
+        expectation text,
+        emotion text,
+        stated_type text,
+        feedback_type text,
+        evidence jsonb NOT NULL DEFAULT '[]',
+        receiver text NOT NULL,
+        registration_late boolean NOT NULL,
+        status text NOT NULL,
+        last_version integer NOT NULL,
+        updated_at timestamptz NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS registrations_registered_at ON registrations (registered_at)",
+    "CREATE INDEX IF NOT EXISTS registrations_channel ON registrations (channel, registered_at)",
+]
+
+REGISTRATION_DEADLINE_S = 2 * 3600
+
+
+async def apply_registered(conn: Any, event: CaseRegistered) -> None:
+    r = event.registration
+    late = (r.registered_at - r.received_at).total_seconds() > REGISTRATION_DEADLINE_S
+    await conn.execute(
+        """
+        INSERT INTO registrations (
+            feedback_id, feedback_number, received_at, registered_at, channel,
+            channel_reference, customer_ref, customer_tier, product_model, service_type,
+            purchase_date, description, customer_attempts, occurred_at, expectation, emotion,
+            stated_type, feedback_type, evidence, receiver, registration_late, status,
+            last_version, updated_at)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+                %s, %s, %s, 'registered', %s, %s)
+        ON CONFLICT (feedback_id) DO NOTHING
+        """,
+        (
+            event.feedback_id, r.feedback_number, r.received_at, r.registered_at, r.channel.value,
+            r.channel_reference, r.customer_ref, r.customer_tier, r.product_model, r.service_type,
+            r.purchase_date, r.description, r.customer_attempts, r.occurred_at, r.expectation,
+            r.emotion.value if r.emotion else None, r.stated_type.value if r.stated_type else None,
+            r.stated_type.value if r.stated_type else None,
+            _json([e.model_dump(mode="json") for e in r.evidence]), r.receiver, late,
+            event.version, event.occurred_at,
+        ),
+    )
+
+
+def _json(value: Any) -> Any:
+    from psycopg.types.json import Jsonb
+
+    return Jsonb(value)
+
+
+async def apply_batch(pool: AsyncConnectionPool, records: list[Any]) -> int:
+    """Apply one partition slice in one transaction; returns how many events were applied."""
+    topic, partition = records[0].topic, records[0].partition
+    applied = 0
+    async with pool.connection() as conn, conn.transaction():
+        unseen = await kafka_positions.claim_unseen(conn, CONSUMER, topic, partition, records)
+        if not unseen:
+            return 0
+        for record in unseen:
+            try:
+                event = case_event_adapter.validate_json(record.value or b"")
+            except ValidationError as error:
+                # A newer producer's event we cannot read yet: skip it loudly, it stays
+                # in the store and the topic for a rebuild.
+                log.error("unreadable case event at %s/%s@%s: %s", topic, partition, record.offset, error)
+                continue
+            if isinstance(event, CaseRegistered):
+                await apply_registered(conn, event)
+                applied += 1
+        await kafka_positions.advance(conn, CONSUMER, topic, partition, unseen[-1].offset + 1)
+    return applied
+
+
+def register_projections(broker: KafkaBroker, settings: Settings, pool: AsyncConnectionPool) -> None:
+    @broker.subscriber(
+        settings.topic(topics.FEEDBACK_EVENTS),
+        group_id=GROUP,
+        batch=True,
+        max_records=settings.consumer_batch_size,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        title="projections",
+    )
+    async def on_case_events(body: list[Any], msg: KafkaMessage) -> None:
+        records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
+        for slice_records in by_partition(records).values():
+            await apply_batch(pool, slice_records)
+
+
+COLUMNS = (
+    "feedback_id, feedback_number, received_at, registered_at, channel, channel_reference, "
+    "customer_ref, customer_tier, product_model, service_type, purchase_date, description, "
+    "customer_attempts, occurred_at, expectation, emotion, stated_type, feedback_type, "
+    "evidence, receiver, registration_late, status, last_version, updated_at"
+)
+
+
+async def find_by_number(pool: AsyncConnectionPool, number: str) -> dict[str, Any] | None:
+    async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(
+            f"SELECT {COLUMNS} FROM registrations WHERE feedback_number = %s", (number,)
+        )
+        return await cursor.fetchone()
+
+
+async def list_registrations(
+    pool: AsyncConnectionPool,
+    since: datetime | None,
+    channel: str | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    conditions, params = ["TRUE"], []
+    if since is not None:
+        conditions.append("registered_at >= %s")
+        params.append(since)
+    if channel is not None:
+        conditions.append("channel = %s")
+        params.append(channel)
+    params.append(limit)
+    async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(
+            f"SELECT {COLUMNS} FROM registrations WHERE {' AND '.join(conditions)} "
+            "ORDER BY registered_at, feedback_number LIMIT %s",
+            params,
+        )
+        return await cursor.fetchall()

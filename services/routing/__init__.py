@@ -1,0 +1,1 @@
+"""Routing: turns received feedback into cases; classification and assignment grow here."""

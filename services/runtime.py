@@ -1,0 +1,149 @@
+"""Composes the services into one process: any subset of intake, routing, relay, projections.
+
+`feedback up` runs them all on the local default; `feedback run <service>` runs one. Each
+process has one Kafka broker connection, one database pool and an HTTP server with
+`GET /health` (200 once every service in it is ready).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from psycopg_pool import AsyncConnectionPool
+
+from services.cases.relay import SCHEMA as RELAY_SCHEMA
+from services.cases.relay import OutboxRelay
+from services.cases.store import CaseStore
+from services.common.bus import ensure_topics, make_broker, platform_topics
+from services.common.database import apply_schema, open_pool
+from services.common.settings import Settings
+from services.intake import numbering, pii_vault, registration
+from services.intake.http import intake_router
+from services.projections import registrations
+from services.projections.http import projections_router
+from services.routing.consumer import Router, register_routing
+
+log = logging.getLogger(__name__)
+
+ALL_SERVICES = ("intake", "routing", "relay", "projections")
+
+
+@dataclass
+class Platform:
+    settings: Settings
+    services: tuple[str, ...] = ALL_SERVICES
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    broker: Any = None
+    pool: AsyncConnectionPool | None = None
+    store: CaseStore | None = None
+    router: Router | None = None
+    relay: OutboxRelay | None = None
+    registrar: registration.Registrar | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.services) - set(ALL_SERVICES)
+        if unknown:
+            raise ValueError(f"unknown services {sorted(unknown)}; choose from {ALL_SERVICES}")
+
+    def schema(self) -> list[str]:
+        statements: list[str] = []
+        if "intake" in self.services:
+            statements += numbering.SCHEMA + pii_vault.SCHEMA + registration.SCHEMA
+        if "relay" in self.services:
+            statements += RELAY_SCHEMA
+        if "projections" in self.services:
+            statements += registrations.SCHEMA
+        return statements
+
+    def build(self) -> None:
+        """Wire everything that must exist before the HTTP app is assembled."""
+        settings = self.settings
+        self.broker = make_broker(settings, client_id="feedback-" + "-".join(self.services))
+        self.pool = open_pool(settings.database_url, max_size=20)
+        if {"routing", "relay"} & set(self.services):
+            self.store = CaseStore(settings.database_url)
+        if "routing" in self.services:
+            assert self.store is not None
+            self.router = Router(self.store)
+            register_routing(self.broker, settings, self.router)
+        if "projections" in self.services:
+            registrations.register_projections(self.broker, settings, self.pool)
+        if "intake" in self.services:
+            serials = numbering.SerialAllocator(self.pool, settings.number_block_size)
+            feedback_numbering = numbering.FeedbackNumbering(serials)
+            vault = pii_vault.PiiVault(self.pool, settings.pii_key_bytes, feedback_numbering)
+            self.registrar = registration.Registrar(
+                settings, self.pool, self.broker, feedback_numbering, vault
+            )
+        if "relay" in self.services:
+            assert self.store is not None
+            self.relay = OutboxRelay(settings, self.store, self.broker)
+
+    async def start(self) -> None:
+        assert self.pool is not None
+        await asyncio.to_thread(apply_schema, self.settings.database_url, self.schema())
+        await ensure_topics(self.settings, platform_topics(self.settings))
+        await self.pool.open(wait=True)
+        await self.broker.start()
+        if self.relay is not None:
+            self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
+            await asyncio.wait_for(self.relay.ready.wait(), timeout=30)
+        self.ready.set()
+        log.info("services ready: %s", ", ".join(self.services))
+
+    async def stop(self) -> None:
+        self.ready.clear()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.broker is not None:
+            await self.broker.stop()
+        if self.pool is not None:
+            await self.pool.close()
+        if self.store is not None:
+            self.store.close()
+
+
+def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> FastAPI:
+    platform = Platform(settings, tuple(services))
+    platform.build()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await platform.start()
+        try:
+            yield
+        finally:
+            await platform.stop()
+
+    app = FastAPI(
+        title="Customer feedback platform",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.platform = platform
+
+    @app.get("/health", tags=["operations"])
+    async def health() -> JSONResponse:
+        ready = platform.ready.is_set()
+        return JSONResponse(
+            {"status": "ready" if ready else "starting", "services": list(platform.services)},
+            status_code=200 if ready else 503,
+        )
+
+    if platform.registrar is not None:
+        app.include_router(intake_router(platform.registrar, settings.customer_tiers))
+    if "projections" in platform.services:
+        assert platform.pool is not None
+        app.include_router(projections_router(platform.pool))
+    return app
