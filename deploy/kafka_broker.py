@@ -8,6 +8,7 @@ cluster is used.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
 import socket
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 POM = Path(__file__).with_name("kafka") / "pom.xml"
 KAFKA_VERSION = "4.1.1"
@@ -62,7 +64,9 @@ def ensure_jars() -> Path:
         check=False,
     )
     if result.returncode != 0:
-        raise KafkaStartError(f"mvn could not fetch the Kafka jars:\n{result.stdout}\n{result.stderr}")
+        raise KafkaStartError(
+            f"mvn could not fetch the Kafka jars:\n{result.stdout}\n{result.stderr}"
+        )
     marker.touch()
     return jars
 
@@ -150,6 +154,15 @@ class LocalKafka:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
+def _run_in_own_loop(probe: Any) -> bool:
+    """Run an async probe from sync code, even when the caller has a running event loop."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return bool(pool.submit(lambda: asyncio.run(probe())).result())
+
+
 def _accepts_connections(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=1):
@@ -161,7 +174,6 @@ def _accepts_connections(host: str, port: int) -> bool:
 def _wait_until_answering(kafka: LocalKafka, deadline: float) -> None:
     # The broker answers the Kafka protocol once its metadata is loaded; a plain TCP connect
     # would succeed earlier, so ask for metadata.
-    import asyncio
 
     from aiokafka.admin import AIOKafkaAdminClient
 
@@ -184,7 +196,7 @@ def _wait_until_answering(kafka: LocalKafka, deadline: float) -> None:
             raise KafkaStartError(
                 f"Kafka exited with {kafka.process.returncode}; see {kafka.log_file}"
             )
-        if _accepts_connections(host, int(port)) and asyncio.run(probe()):
+        if _accepts_connections(host, int(port)) and _run_in_own_loop(probe):
             return
         time.sleep(0.2)
     raise KafkaStartError(f"Kafka did not answer within {START_TIMEOUT_S}s; see {kafka.log_file}")
@@ -221,13 +233,22 @@ def start_kafka(data_dir: Path | None = None, log_level: str = "warn") -> LocalK
     if not (data / "logs" / "meta.properties").exists():
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         formatted = subprocess.run(
-            [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties)],
+            [
+                *jvm,
+                "kafka.tools.StorageTool",
+                "format",
+                f"--cluster-id={cluster_id}",
+                "-c",
+                str(properties),
+            ],
             capture_output=True,
             text=True,
             check=False,
         )
         if formatted.returncode != 0:
-            raise KafkaStartError(f"kafka storage format failed:\n{formatted.stdout}{formatted.stderr}")
+            raise KafkaStartError(
+                f"kafka storage format failed:\n{formatted.stdout}{formatted.stderr}"
+            )
     with open(data / "kafka.stdout", "ab") as out:
         process = subprocess.Popen(
             [*jvm, "kafka.Kafka", str(properties)],
@@ -258,3 +279,16 @@ def running_kafka(data_dir: Path | None = None) -> Iterator[LocalKafka]:
         yield kafka
     finally:
         kafka.stop()
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["--fetch"]:
+        print(f"Kafka {KAFKA_VERSION} jars in {ensure_jars()}")
+    else:
+        with running_kafka() as kafka:
+            print(f"Kafka {KAFKA_VERSION} at {kafka.bootstrap_servers} (Ctrl-C stops)", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                if kafka.process is not None:
+                    kafka.process.wait()

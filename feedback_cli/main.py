@@ -39,7 +39,7 @@ def _serve(services: tuple[str, ...], host: str, port: int, state_dir: Path | No
     os.environ["FEEDBACK_PII_KEY"] = local_pii_key(state_dir)
     with local_infrastructure(state_dir) as infrastructure:
         os.environ.update(infrastructure.environment())
-        settings = Settings()  # type: ignore[call-arg]
+        settings = Settings()
         typer.echo(
             f"PostgreSQL: {infrastructure.postgres.url}\nKafka: {infrastructure.kafka.bootstrap_servers}\n"
             f"HTTP: http://{host}:{port}  (services: {', '.join(services)})",
@@ -52,7 +52,9 @@ def _serve(services: tuple[str, ...], host: str, port: int, state_dir: Path | No
 def up(
     port: Annotated[int, typer.Option(help="HTTP port")] = 8000,
     host: Annotated[str, typer.Option(help="HTTP address")] = "127.0.0.1",
-    state_dir: Annotated[Path, typer.Option(help="where local PostgreSQL and Kafka keep data")] = Path(".feedback"),
+    state_dir: Annotated[
+        Path, typer.Option(help="where local PostgreSQL and Kafka keep data")
+    ] = Path(".feedback"),
     verbose: bool = False,
 ) -> None:
     """Run every service in one process on the local default (Ctrl-C stops)."""
@@ -78,20 +80,25 @@ def run(
         raise typer.Exit(2)
     for variable in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "FEEDBACK_PII_KEY"):
         if not os.environ.get(variable):
-            typer.echo(f"{variable} must be set to run a service alone (`feedback up` starts everything locally)", err=True)
+            typer.echo(
+                f"{variable} must be set to run a service alone (`feedback up` starts everything locally)",
+                err=True,
+            )
             raise typer.Exit(2)
     import uvicorn
 
     from services.common.settings import Settings
     from services.runtime import create_app
 
-    settings = Settings()  # type: ignore[call-arg]
+    settings = Settings()
     uvicorn.run(create_app(settings, (service,)), host=host, port=port, log_level="warning")
 
 
 @app.command()
 def demo(
-    sample: Annotated[Path, typer.Option(help="JSON lines of sample feedback")] = Path("samples/feedback.jsonl"),
+    sample: Annotated[Path, typer.Option(help="JSON lines of sample feedback")] = Path(
+        "samples/feedback.jsonl"
+    ),
     timeout: Annotated[float, typer.Option(help="seconds to wait for every item")] = 120.0,
     verbose: bool = False,
 ) -> None:
@@ -104,7 +111,9 @@ def demo(
 
 @app.command()
 def schemas(
-    out: Annotated[Path, typer.Option(help="folder for the JSON Schemas")] = Path("contracts/schemas"),
+    out: Annotated[Path, typer.Option(help="folder for the JSON Schemas")] = Path(
+        "contracts/schemas"
+    ),
 ) -> None:
     """Write the JSON Schema of every contract message."""
     from contracts.schemas import write_schemas

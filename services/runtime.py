@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool
 
@@ -107,7 +107,12 @@ class Platform:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self.broker is not None:
-            await self.broker.stop()
+            try:
+                # With the bus gone the producer would wait for it forever; consumers
+                # commit nothing unprocessed, so bounding the wait loses nothing.
+                await asyncio.wait_for(self.broker.stop(), timeout=15)
+            except TimeoutError:
+                log.warning("Kafka connection did not close within 15s; leaving it")
         if self.pool is not None:
             await self.pool.close()
         if self.store is not None:
@@ -132,6 +137,19 @@ def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> Fa
         lifespan=lifespan,
     )
     app.state.platform = platform
+
+    @app.middleware("http")
+    async def limit_body_size(request: Request, call_next: Any) -> Any:
+        # Refuse oversized bodies before reading them; field limits apply after parsing.
+        length = request.headers.get("content-length")
+        if length is not None and (
+            not length.isdigit() or int(length) > settings.max_request_bytes
+        ):
+            return JSONResponse(
+                {"detail": f"request body larger than {settings.max_request_bytes} bytes"},
+                status_code=413,
+            )
+        return await call_next(request)
 
     @app.get("/health", tags=["operations"])
     async def health() -> JSONResponse:

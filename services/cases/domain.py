@@ -18,8 +18,12 @@ class CaseStatus(StrEnum):
 class Case(Aggregate):
     """A customer's feedback, from registration to archive."""
 
-    @event("Registered")
-    def __init__(self, id: UUID, feedback_number: str, registration: dict[str, Any]) -> None:  # noqa: A002 (the library takes the aggregate id by this name)
+    class Registered(Aggregate.Created):
+        feedback_number: str
+        registration: dict[str, Any]
+
+    @event(Registered)
+    def __init__(self, id: UUID, feedback_number: str, registration: dict[str, Any]) -> None:
         self.feedback_number = feedback_number
         self.registration = registration
         self.status = CaseStatus.registered
@@ -31,5 +35,7 @@ class Case(Aggregate):
             id=feedback_id,
             feedback_number=registration.feedback_number,
             # Only the registration record: a subclass (e.g. the bus message) may carry more.
-            registration=registration.model_dump(mode="json", include=set(Registration.model_fields)),
+            registration=registration.model_dump(
+                mode="json", include=set(Registration.model_fields)
+            ),
         )

@@ -27,4 +27,3 @@ def to_contract(domain_event: Any, position: int) -> CaseEvent | None:
             **common, registration=Registration.model_validate(domain_event.registration)
         )
     return None
-

@@ -76,6 +76,6 @@ class CaseStore(Application[UUID]):
             return {UUID(str(row["originator_id"])) for row in cursor.fetchall()}
 
     def get_case(self, case_id: UUID) -> Case:
-        case = self.repository.get(case_id)
+        case: object = self.repository.get(case_id)
         assert isinstance(case, Case)
         return case

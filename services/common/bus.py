@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 class Keyed(Protocol):
-    TOPIC: str
+    TOPIC: ClassVar[str]
 
     def key(self) -> bytes | None: ...
 
@@ -34,7 +35,7 @@ def make_broker(settings: Settings, client_id: str = "feedback") -> KafkaBroker:
         acks="all",
         enable_idempotence=True,
         linger_ms=2,
-        request_timeout_ms=10_000,
+        request_timeout_ms=int(settings.publish_timeout_s * 1000),
         logger=log,
         graceful_timeout=15.0,
     )
@@ -58,10 +59,9 @@ async def ensure_topics(settings: Settings, names: Iterable[str]) -> None:
             if name not in existing
         ]
         if wanted:
-            try:
+            # Another instance may have created them first.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(wanted)
-            except TopicAlreadyExistsError:
-                pass  # another instance created it first
         await _wait_for_leaders(admin, [t.name for t in wanted])
     finally:
         await admin.close()
@@ -87,10 +87,14 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str]) -> Non
 
 
 async def publish(broker: KafkaBroker, settings: Settings, message: Keyed) -> None:
-    """Publish a contract message and wait until Kafka acknowledged it (acks=all)."""
-    await broker.publish(
-        message.model_dump_json().encode(),
-        settings.topic(message.TOPIC),
-        key=message.key(),
-        headers={"content-type": "application/json"},
-    )
+    """Publish a contract message and wait until Kafka acknowledged it (acks=all).
+
+    Raises TimeoutError when no acknowledgement came within `publish_timeout_s`.
+    """
+    async with asyncio.timeout(settings.publish_timeout_s):
+        await broker.publish(
+            message.model_dump_json().encode(),
+            settings.topic(message.TOPIC),
+            key=message.key(),
+            headers={"content-type": "application/json"},
+        )

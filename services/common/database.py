@@ -38,6 +38,6 @@ def apply_schema(database_url: str, statements: Iterable[str]) -> None:
         conn.execute("SELECT pg_advisory_lock(7321001)")
         try:
             for statement in statements:
-                conn.execute(statement)  # type: ignore[arg-type]
+                conn.execute(statement.encode())
         finally:
             conn.execute("SELECT pg_advisory_unlock(7321001)")

@@ -14,9 +14,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FEEDBACK_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="FEEDBACK_", extra="ignore", populate_by_name=True)
 
-    database_url: str = Field(validation_alias=AliasChoices("DATABASE_URL", "FEEDBACK_DATABASE_URL"))
+    database_url: str = Field(
+        validation_alias=AliasChoices("DATABASE_URL", "FEEDBACK_DATABASE_URL")
+    )
     kafka_bootstrap_servers: str = Field(
         validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "FEEDBACK_KAFKA_BOOTSTRAP_SERVERS")
     )
@@ -31,6 +33,8 @@ class Settings(BaseSettings):
     max_request_bytes: int = 256 * 1024
     # Serials reserved per database round trip by each intake instance (1 = no gaps).
     number_block_size: int = Field(default=1, ge=1, le=1000)
+    # How long intake waits for Kafka's acknowledgement before answering 503.
+    publish_timeout_s: float = Field(default=10.0, gt=0)
     consumer_batch_size: int = Field(default=500, ge=1, le=10_000)
     relay_batch_size: int = Field(default=1000, ge=1, le=10_000)
     relay_idle_poll_s: float = Field(default=0.05, gt=0)

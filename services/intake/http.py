@@ -62,7 +62,10 @@ class FeedbackIn(BaseModel):
         tomorrow = datetime.now(UTC) + timedelta(minutes=5)
         if self.received_at and self.received_at > tomorrow:
             raise ValueError("received_at is in the future")
-        if self.purchase_date and self.purchase_date > (datetime.now(UTC) + timedelta(days=1)).date():
+        if (
+            self.purchase_date
+            and self.purchase_date > (datetime.now(UTC) + timedelta(days=1)).date()
+        ):
             raise ValueError("purchase_date is in the future")
         return self
 
@@ -81,7 +84,10 @@ def intake_router(registrar: Registrar, customer_tiers: tuple[str, ...]) -> APIR
         "/v1/feedback",
         status_code=202,
         response_model=FeedbackAccepted,
-        responses={422: {"description": "invalid feedback"}, 503: {"description": "bus unavailable"}},
+        responses={
+            422: {"description": "invalid feedback"},
+            503: {"description": "bus unavailable"},
+        },
     )
     async def submit_feedback(
         body: FeedbackIn,
@@ -91,12 +97,20 @@ def intake_router(registrar: Registrar, customer_tiers: tuple[str, ...]) -> APIR
         if body.customer_tier not in customer_tiers:
             raise HTTPException(
                 422,
-                detail=[{"loc": ["body", "customer_tier"], "msg": f"unknown tier; one of {list(customer_tiers)}", "type": "value_error"}],
+                detail=[
+                    {
+                        "loc": ["body", "customer_tier"],
+                        "msg": f"unknown tier; one of {list(customer_tiers)}",
+                        "type": "value_error",
+                    }
+                ],
             )
         submission = Submission(
             channel=body.channel,
             description=body.description,
-            contact=Contact(name=body.customer.name, phone=body.customer.phone, email=body.customer.email),
+            contact=Contact(
+                name=body.customer.name, phone=body.customer.phone, email=body.customer.email
+            ),
             receiver="web_form",
             received_at=body.received_at,
             customer_tier=body.customer_tier,

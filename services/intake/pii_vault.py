@@ -137,4 +137,3 @@ class PiiVault:
 
 class _Raced(Exception):
     pass
-

@@ -125,7 +125,12 @@ class Registrar:
         return Accepted(feedback_id=feedback_id, feedback_number=number)
 
     def _received(
-        self, submission: Submission, feedback_id: UUID, number: str, customer_ref: str, now: datetime
+        self,
+        submission: Submission,
+        feedback_id: UUID,
+        number: str,
+        customer_ref: str,
+        now: datetime,
     ) -> FeedbackReceived:
         return FeedbackReceived(
             feedback_id=feedback_id,

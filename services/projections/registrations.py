@@ -81,13 +81,29 @@ async def apply_registered(conn: Any, event: CaseRegistered) -> None:
         ON CONFLICT (feedback_id) DO NOTHING
         """,
         (
-            event.feedback_id, r.feedback_number, r.received_at, r.registered_at, r.channel.value,
-            r.channel_reference, r.customer_ref, r.customer_tier, r.product_model, r.service_type,
-            r.purchase_date, r.description, r.customer_attempts, r.occurred_at, r.expectation,
-            r.emotion.value if r.emotion else None, r.stated_type.value if r.stated_type else None,
+            event.feedback_id,
+            r.feedback_number,
+            r.received_at,
+            r.registered_at,
+            r.channel.value,
+            r.channel_reference,
+            r.customer_ref,
+            r.customer_tier,
+            r.product_model,
+            r.service_type,
+            r.purchase_date,
+            r.description,
+            r.customer_attempts,
+            r.occurred_at,
+            r.expectation,
+            r.emotion.value if r.emotion else None,
             r.stated_type.value if r.stated_type else None,
-            _json([e.model_dump(mode="json") for e in r.evidence]), r.receiver, late,
-            event.version, event.occurred_at,
+            r.stated_type.value if r.stated_type else None,
+            _json([e.model_dump(mode="json") for e in r.evidence]),
+            r.receiver,
+            late,
+            event.version,
+            event.occurred_at,
         ),
     )
 
@@ -112,7 +128,9 @@ async def apply_batch(pool: AsyncConnectionPool, records: list[Any]) -> int:
             except ValidationError as error:
                 # A newer producer's event we cannot read yet: skip it loudly, it stays
                 # in the store and the topic for a rebuild.
-                log.error("unreadable case event at %s/%s@%s: %s", topic, partition, record.offset, error)
+                log.error(
+                    "unreadable case event at %s/%s@%s: %s", topic, partition, record.offset, error
+                )
                 continue
             if isinstance(event, CaseRegistered):
                 await apply_registered(conn, event)
@@ -121,7 +139,9 @@ async def apply_batch(pool: AsyncConnectionPool, records: list[Any]) -> int:
     return applied
 
 
-def register_projections(broker: KafkaBroker, settings: Settings, pool: AsyncConnectionPool) -> None:
+def register_projections(
+    broker: KafkaBroker, settings: Settings, pool: AsyncConnectionPool
+) -> None:
     @broker.subscriber(
         settings.topic(topics.FEEDBACK_EVENTS),
         group_id=GROUP,
@@ -159,7 +179,8 @@ async def list_registrations(
     channel: str | None,
     limit: int,
 ) -> list[dict[str, Any]]:
-    conditions, params = ["TRUE"], []
+    conditions: list[str] = ["TRUE"]
+    params: list[Any] = []
     if since is not None:
         conditions.append("registered_at >= %s")
         params.append(since)

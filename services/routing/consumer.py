@@ -47,7 +47,9 @@ class Router:
         self.store = store
         self.created = 0
 
-    def prepare(self, topic: str, partition: int, records: list[Any]) -> tuple[list[Case], SliceOutcome, int | None]:
+    def prepare(
+        self, topic: str, partition: int, records: list[Any]
+    ) -> tuple[list[Case], SliceOutcome, int | None]:
         outcome = SliceOutcome()
         next_offset = self.store.next_offset(GROUP, topic, partition)
         unseen = [r for r in records if r.offset >= next_offset]
@@ -107,7 +109,13 @@ def register_routing(broker: KafkaBroker, settings: Settings, router: Router) ->
             )
             # Dead letters go out before the position moves past them: at least once.
             for letter in outcome.dead_letters:
-                log.warning("dead letter from %s/%s@%s: %s", topic, partition, letter.source_offset, letter.reason[:200])
+                log.warning(
+                    "dead letter from %s/%s@%s: %s",
+                    topic,
+                    partition,
+                    letter.source_offset,
+                    letter.reason[:200],
+                )
                 await publish(broker, settings, letter)
             if next_offset is not None:
                 await asyncio.to_thread(router.commit, topic, partition, cases, next_offset)

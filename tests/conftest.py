@@ -1,0 +1,184 @@
+"""Shared fixtures: one real Kafka broker and one real PostgreSQL server per test session;
+each test gets its own database and its own topic prefix, so tests never see each other."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import secrets
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from deploy.kafka_broker import LocalKafka, start_kafka
+from deploy.postgres_server import LocalPostgres, create_database, start_postgres
+from services.common.settings import Settings
+from services.runtime import ALL_SERVICES, Platform, create_app
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    server = start_postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[LocalKafka]:
+    broker = start_kafka()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def settings(postgres: LocalPostgres, kafka: LocalKafka) -> Settings:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    return Settings(
+        database_url=create_database(postgres.url, name),
+        kafka_bootstrap_servers=kafka.bootstrap_servers,
+        topic_prefix=f"{name}.",
+        topic_partitions=4,
+        pii_key=base64.b64encode(secrets.token_bytes(32)).decode(),
+        publish_timeout_s=5.0,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RunningPlatform:
+    def __init__(self, platform: Platform, client: httpx.AsyncClient) -> None:
+        self.platform = platform
+        self.client = client
+
+
+@asynccontextmanager
+async def serve(
+    settings: Settings, services: tuple[str, ...] = ALL_SERVICES
+) -> AsyncIterator[RunningPlatform]:
+    """Run the services in this event loop with a real HTTP server, until the block ends."""
+    app = create_app(settings, services)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            await wait_for(lambda: _healthy(client), timeout=60, what="services ready")
+            yield RunningPlatform(app.state.platform, client)
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def _healthy(client: httpx.AsyncClient) -> bool:
+    try:
+        return (await client.get("/health")).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+async def wait_for(
+    condition: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.05
+) -> Any:
+    """Poll `condition` (sync or async) until it returns a truthy value or time runs out."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def web_form(
+    description: str = "打印机无法连接WiFi，提示驱动安装失败", **extra: Any
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "channel": "web_form",
+        "description": description,
+        "customer": {"name": "张伟", "phone": "13812345678"},
+    }
+    body.update(extra)
+    return body
+
+
+os.environ.setdefault("FEEDBACK_TIMEZONE", "Asia/Shanghai")
+
+
+async def messages_in(settings: Settings, topic: str) -> int:
+    """How many messages a topic holds (sum of partition end offsets)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await consumer.start()
+    try:
+        name = settings.topic(topic)
+        partitions = range(settings.topic_partitions)
+        ends = await consumer.end_offsets([TopicPartition(name, p) for p in partitions])
+        return sum(ends.values())
+    finally:
+        await consumer.stop()
+
+
+async def committed_offsets(settings: Settings, group: str, topic: str) -> int:
+    """Sum of the offsets a consumer group has committed on a topic."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        total = 0
+        for partition in range(settings.topic_partitions):
+            total += await consumer.committed(TopicPartition(settings.topic(topic), partition)) or 0
+        return total
+    finally:
+        await consumer.stop()
+
+
+async def rewind_group(settings: Settings, group: str, topic: str) -> None:
+    """Make a stopped consumer group read the topic again from the start (redelivery)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(settings.topic(topic), p) for p in range(settings.topic_partitions)
+        ]
+        consumer.assign(partitions)
+        await consumer.commit(dict.fromkeys(partitions, 0))
+    finally:
+        await consumer.stop()
+
+
+def case_counts(settings: Settings) -> tuple[int, int]:
+    """(events, distinct cases) in the case store."""
+    import psycopg
+
+    with psycopg.connect(settings.database_url) as conn:
+        exists = conn.execute("SELECT to_regclass('cases_events')").fetchone()
+        if exists is None or exists[0] is None:
+            return (0, 0)
+        row = conn.execute(
+            "SELECT count(*), count(DISTINCT originator_id) FROM cases_events"
+        ).fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])

@@ -1,0 +1,42 @@
+"""When Kafka does not acknowledge, intake answers 503 and registers nothing."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from deploy.kafka_broker import start_kafka
+from services.common.settings import Settings
+from tests.conftest import serve, web_form
+
+pytestmark = pytest.mark.integration
+
+
+async def test_kafka_down_gives_503_and_nothing_half_registered(
+    settings: Settings, tmp_path
+) -> None:
+    own_kafka = start_kafka(tmp_path / "kafka")  # this test stops its broker; others share theirs
+    try:
+        settings = settings.model_copy(
+            update={
+                "kafka_bootstrap_servers": own_kafka.bootstrap_servers,
+                "publish_timeout_s": 3.0,
+            }
+        )
+        async with serve(settings, ("intake",)) as running:
+            ok = await running.client.post("/v1/feedback", json=web_form())
+            assert ok.status_code == 202
+            own_kafka.stop()
+            refused = await running.client.post(
+                "/v1/feedback", json=web_form("第二条"), headers={"Idempotency-Key": "retry-me"}
+            )
+            assert refused.status_code == 503, refused.text
+            assert "retry" in refused.json()["detail"]
+            assert refused.headers["Retry-After"]
+            with psycopg.connect(settings.database_url) as conn:
+                claims = conn.execute(
+                    "SELECT count(*) FROM intake_deduplication WHERE dedup_key = 'idempotency:retry-me'"
+                ).fetchone()
+            assert claims == (0,)  # the retry with the same key will register afresh
+    finally:
+        own_kafka.stop()
