@@ -1,0 +1,92 @@
+"""Start the platform in its own process on local infrastructure, for benchmarks."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import httpx
+
+from deploy.local import LocalInfrastructure, local_infrastructure
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningServices:
+    base_url: str
+    env: dict[str, str]
+    infrastructure: LocalInfrastructure
+
+
+@contextmanager
+def platform_process(
+    services: tuple[str, ...] = ("intake", "routing", "relay", "projections"),
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[RunningServices]:
+    """Local PostgreSQL + Kafka, and the services in a separate `feedback` process."""
+    with local_infrastructure(None) as infrastructure:
+        env = {
+            **os.environ,
+            **infrastructure.environment(),
+            "FEEDBACK_PII_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+            **(extra_env or {}),
+        }
+        port = free_port()
+        service_arg = services[0] if len(services) == 1 else None
+        if service_arg:
+            command = [
+                sys.executable,
+                "-m",
+                "feedback_cli.main",
+                "run",
+                service_arg,
+                "--port",
+                str(port),
+            ]
+        else:
+            command = [sys.executable, "-m", "bench.serve_all", str(port), ",".join(services)]
+        process = subprocess.Popen(command, env=env)
+        base_url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(f"{base_url}/health").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+            else:
+                raise TimeoutError("services not ready")
+            yield RunningServices(base_url, env, infrastructure)
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary(label: str, latencies_s: list[float]) -> str:
+    ms = [v * 1000 for v in latencies_s]
+    return (
+        f"{label}: n={len(ms)} median={statistics.median(ms):.1f} ms "
+        f"p90={percentile(ms, 0.90):.1f} ms p99={percentile(ms, 0.99):.1f} ms max={max(ms):.1f} ms"
+    )
