@@ -110,6 +110,67 @@ def demo(
 
 
 @app.command()
+def classify(
+    rules: Annotated[Path | None, typer.Option(help="rule book (default: config/classification.yaml)")] = None,
+) -> None:
+    """Classify JSON lines from stdin; one JSON decision per line on stdout.
+
+    Input: {"text", "channel", "customer_tier", "customer_ref" (optional)}. Lines of the
+    same customer_ref within one run count as that customer's history (repeat rule).
+    """
+    import json
+
+    from pydantic import ValidationError
+
+    from services.routing.classifier import Classifier, FeedbackText, History, load_rulebook
+    from services.routing.classifier.cli_input import ClassifyInput
+
+    classifier = Classifier(load_rulebook(rules))
+    seen: dict[str, set[str]] = {}
+    failed = False
+    for number, line in enumerate(sys.stdin, start=1):
+        if not line.strip():
+            continue
+        try:
+            item = ClassifyInput.model_validate_json(line)
+        except ValidationError as error:
+            typer.echo(f"line {number}: {error.errors(include_url=False)}", err=True)
+            sys.stdout.write(json.dumps({"error": f"line {number}: invalid input"}) + "\n")
+            failed = True
+            continue
+        history = History(frozenset(seen.get(item.customer_ref, set()))) if item.customer_ref else None
+        decision = classifier.classify(
+            FeedbackText(item.text, item.channel, item.customer_tier, item.customer_ref), history
+        )
+        if item.customer_ref and decision.category:
+            seen.setdefault(item.customer_ref, set()).add(decision.category)
+        sys.stdout.write(json.dumps(decision.as_dict(), ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command(name="eval")
+def evaluate_rules(
+    rules: Annotated[Path | None, typer.Option(help="rule book (default: config/classification.yaml)")] = None,
+    misses: Annotated[bool, typer.Option(help="list the items the rules get wrong")] = False,
+) -> None:
+    """Per-field accuracy on the labelled set: tuning part and held-out part separately."""
+    from services.routing.classifier import Classifier, load_rulebook
+    from services.routing.classifier.evaluation import HOLDOUT_SET, TUNE_SET, evaluate, load_labelled
+
+    classifier = Classifier(load_rulebook(rules))
+    for name, path in (("tuning set", TUNE_SET), ("held-out set (never tuned on)", HOLDOUT_SET)):
+        report = evaluate(classifier, load_labelled(path), name)
+        for line in report.lines():
+            typer.echo(line)
+        if misses:
+            for item, got in report.misses:
+                diff = {k: f"{item.expected[k]}≠{got[k]}" for k in got if got[k] != item.expected[k]}
+                typer.echo(f"    {item.line}: {item.text[:40]}  {diff}")
+
+
+@app.command()
 def schemas(
     out: Annotated[Path, typer.Option(help="folder for the JSON Schemas")] = Path(
         "contracts/schemas"

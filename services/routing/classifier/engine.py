@@ -1,0 +1,263 @@
+"""The classifier: one pass of a multi-pattern automaton over the text, then decisions.
+
+Every decision names the rules that fired (`group.label:term`) and a confidence; the
+configuration is the rule book, this module only applies it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ahocorasick
+
+from contracts.codes import Emotion, FeedbackType, Priority
+from services.routing.classifier.rules import Flag, Rule, RuleBook
+
+PRIORITY_ORDER: tuple[Priority, ...] = (Priority.low, Priority.medium, Priority.high, Priority.urgent)
+PROBLEM_FREE_CATEGORIES = frozenset({"other"})
+
+
+@dataclass(frozen=True)
+class FeedbackText:
+    text: str
+    channel: str | None = None
+    customer_tier: str = "normal"
+    customer_ref: str | None = None
+
+
+@dataclass(frozen=True)
+class History:
+    """Categories of the same customer's feedback within the repeat window (open or closed)."""
+
+    recent_categories: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Decision:
+    type: FeedbackType
+    category: str | None
+    subcategory: str | None
+    priority: Priority
+    department: str
+    emotion: Emotion
+    flags: tuple[Flag, ...]
+    confidence: float
+    rules: tuple[str, ...]
+    needs_triage: bool
+    supervisor_attention: bool
+    first_response_hours: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type.value,
+            "category": self.category,
+            "subcategory": self.subcategory,
+            "priority": self.priority.value,
+            "department": self.department,
+            "emotion": self.emotion.value,
+            "flags": list(self.flags),
+            "confidence": round(self.confidence, 3),
+            "rules": list(self.rules),
+            "needs_triage": self.needs_triage,
+            "supervisor_attention": self.supervisor_attention,
+            "first_response_hours": self.first_response_hours,
+        }
+
+
+@dataclass
+class _Scores:
+    """Scores per label within one group, and which rules fired."""
+
+    by_label: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    fired: list[str] = field(default_factory=list)
+
+    def ranked(self) -> list[tuple[str, float]]:
+        return sorted(self.by_label.items(), key=lambda item: -item[1])
+
+
+@dataclass(frozen=True)
+class _RuleRef:
+    group: str  # "sub", "type", "emotion", "flag", "signal"
+    label: str
+    index: int
+    weight: float
+    negatable: bool
+
+
+class Classifier:
+    def __init__(self, rulebook: RuleBook) -> None:
+        self.book = rulebook
+        self._automaton = ahocorasick.Automaton()
+        self._patterns: list[tuple[_RuleRef, re.Pattern[str]]] = []
+        terms: dict[str, list[tuple[_RuleRef, str]]] = defaultdict(list)
+        for ref, rule in self._all_rules():
+            for term in rule.terms:
+                terms[term.lower()].append((ref, term))
+            for pattern in rule.patterns:
+                self._patterns.append((ref, re.compile(pattern, re.IGNORECASE)))
+        for key, refs in terms.items():
+            self._automaton.add_word(key, (len(key), tuple(refs)))
+        self._automaton.make_automaton()
+        self._breaks = frozenset(rulebook.negation.clause_breaks)
+        self._cues = tuple(c.lower() for c in rulebook.negation.cues)
+        self._exceptions = tuple(e.lower() for e in rulebook.negation.exceptions)
+        self._contrast = tuple(m.lower() for m in rulebook.contrast_markers)
+
+    def _all_rules(self) -> Iterable[tuple[_RuleRef, Rule]]:
+        book = self.book
+        for category in book.categories.values():
+            for name, sub in category.subcategories.items():
+                for i, rule in enumerate(sub.rules):
+                    yield _RuleRef("sub", name, i, rule.weight, rule.negatable), rule
+        groups: list[tuple[str, dict[Any, Any]]] = [
+            ("type", book.types),
+            ("emotion", book.emotions),
+            ("flag", book.flags),
+        ]
+        for group, labelled in groups:
+            for label, entry in labelled.items():
+                for i, rule in enumerate(entry.rules):
+                    yield _RuleRef(group, str(label), i, rule.weight, rule.negatable), rule
+        for name, signal in book.priority.high_signals.items():
+            yield _RuleRef("signal", name, 0, 1.0, True), Rule(terms=signal.terms)
+
+    # -- matching ---------------------------------------------------------------------
+
+    def _negated(self, lowered: str, start: int) -> bool:
+        window_start = max(0, start - self.book.negation.window_chars)
+        window = lowered[window_start:start]
+        for i in range(len(window) - 1, -1, -1):
+            if window[i] in self._breaks:
+                window = window[i + 1 :]
+                break
+        for exception in self._exceptions:
+            window = window.replace(exception, " ")
+        return any(cue in window for cue in self._cues)
+
+    def _match(self, text: str) -> dict[str, _Scores]:
+        lowered = text.lower()
+        contrast_at = min(
+            (pos for pos in (lowered.find(m) for m in self._contrast) if pos >= 0),
+            default=len(lowered) + 1,
+        )
+        best: dict[tuple[str, str, int], tuple[float, str]] = {}
+
+        def hit(ref: _RuleRef, start: int, term: str) -> None:
+            if ref.negatable and self._negated(lowered, start):
+                return
+            boost = self.book.contrast_boost if start > contrast_at else 1.0
+            key = (ref.group, ref.label, ref.index)
+            if key not in best or best[key][0] < ref.weight * boost:
+                best[key] = (ref.weight * boost, term)
+
+        for end, (length, refs) in self._automaton.iter(lowered):
+            start = end - length + 1
+            for ref, term in refs:
+                hit(ref, start, term)
+        for ref, pattern in self._patterns:
+            found = pattern.search(text)
+            if found:
+                hit(ref, found.start(), found.group(0))
+        groups: dict[str, _Scores] = defaultdict(_Scores)
+        for (group, label, _), (score, term) in sorted(best.items()):
+            groups[group].by_label[label] += score
+            groups[group].fired.append(f"{group}.{label}:{term}")
+        return groups
+
+    # -- decisions --------------------------------------------------------------------
+
+    def _confidence(self, ranked: list[tuple[str, float]]) -> float:
+        if not ranked:
+            return 0.0
+        top = ranked[0][1]
+        second = ranked[1][1] if len(ranked) > 1 else 0.0
+        return (top / (top + second)) * min(1.0, top / self.book.confidence_saturation)
+
+    def classify(self, feedback: FeedbackText, history: History | None = None) -> Decision:
+        book = self.book
+        groups = self._match(feedback.text)
+        rules: list[str] = []
+
+        subs = groups["sub"].ranked()
+        subcategory = subs[0][0] if subs else None
+        category = book.category_of(subcategory) if subcategory else None
+        category_score = subs[0][1] if subs else 0.0
+        problem = category is not None and category not in PROBLEM_FREE_CATEGORIES
+
+        types = groups["type"]
+        if problem:
+            types.by_label[FeedbackType.complaint.value] += 1.0
+            types.fired.append("type.complaint:(a problem category matched)")
+        type_ranked = types.ranked()
+        feedback_type = FeedbackType(type_ranked[0][0]) if type_ranked else FeedbackType.inquiry
+        type_confidence = self._confidence(type_ranked) if type_ranked else 0.2
+
+        if category is None:
+            category, subcategory = "other", "general"
+            needs_category = feedback_type in (FeedbackType.complaint,)
+            category_confidence = 0.2 if needs_category else 1.0
+        else:
+            category_confidence = self._confidence(subs)
+
+        department = book.department_for(category, subcategory)
+        general_types = (FeedbackType.inquiry, FeedbackType.help, FeedbackType.praise)
+        if feedback_type in general_types and (
+            category_score < book.plain_matter_min_score or category in PROBLEM_FREE_CATEGORIES
+        ):
+            department = book.general_department
+
+        flags: set[Flag] = {f for f in groups["flag"].by_label}  # type: ignore[misc]
+        emotions = groups["emotion"].ranked()
+        emotion = Emotion(emotions[0][0]) if emotions else Emotion.calm
+
+        priority = book.priority.type_base.get(feedback_type, Priority.medium)
+        signals = set(groups["signal"].by_label)
+        if feedback_type in (FeedbackType.complaint, FeedbackType.help) and (
+            signals or flags & set(book.priority.high_flags)
+        ):
+            priority = _at_least(priority, Priority.high)
+        if flags & set(book.priority.urgent_flags):
+            priority = Priority.urgent
+        if feedback.customer_tier == "vip":
+            flags.add("vip")
+            if _rank(priority) < _rank(book.priority.vip_raises_up_to):
+                priority = _raise(priority)
+                rules.append("adjust.vip:+1")
+        if history and category in history.recent_categories and feedback_type == FeedbackType.complaint:
+            flags.add("repeat")
+            priority = _raise(priority)
+            rules.append(f"adjust.repeat:{category}+1")
+
+        for group in ("type", "sub", "emotion", "flag", "signal"):
+            rules.extend(groups[group].fired)
+        confidence = min(type_confidence, category_confidence)
+        return Decision(
+            type=feedback_type,
+            category=category,
+            subcategory=subcategory,
+            priority=priority,
+            department=department,
+            emotion=emotion,
+            flags=tuple(sorted(flags)),
+            confidence=confidence,
+            rules=tuple(rules),
+            needs_triage=confidence < book.confidence_threshold,
+            supervisor_attention=emotion == Emotion.angry,
+            first_response_hours=book.priority.first_response_hours[priority],
+        )
+
+
+def _rank(priority: Priority) -> int:
+    return PRIORITY_ORDER.index(priority)
+
+
+def _raise(priority: Priority) -> Priority:
+    return PRIORITY_ORDER[min(_rank(priority) + 1, len(PRIORITY_ORDER) - 1)]
+
+
+def _at_least(priority: Priority, floor: Priority) -> Priority:
+    return priority if _rank(priority) >= _rank(floor) else floor
