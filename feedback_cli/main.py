@@ -111,7 +111,9 @@ def demo(
 
 @app.command()
 def classify(
-    rules: Annotated[Path | None, typer.Option(help="rule book (default: config/classification.yaml)")] = None,
+    rules: Annotated[
+        Path | None, typer.Option(help="rule book (default: config/classification.yaml)")
+    ] = None,
 ) -> None:
     """Classify JSON lines from stdin; one JSON decision per line on stdout.
 
@@ -138,7 +140,9 @@ def classify(
             sys.stdout.write(json.dumps({"error": f"line {number}: invalid input"}) + "\n")
             failed = True
             continue
-        history = History(frozenset(seen.get(item.customer_ref, set()))) if item.customer_ref else None
+        history = (
+            History(frozenset(seen.get(item.customer_ref, set()))) if item.customer_ref else None
+        )
         decision = classifier.classify(
             FeedbackText(item.text, item.channel, item.customer_tier, item.customer_ref), history
         )
@@ -152,12 +156,19 @@ def classify(
 
 @app.command(name="eval")
 def evaluate_rules(
-    rules: Annotated[Path | None, typer.Option(help="rule book (default: config/classification.yaml)")] = None,
+    rules: Annotated[
+        Path | None, typer.Option(help="rule book (default: config/classification.yaml)")
+    ] = None,
     misses: Annotated[bool, typer.Option(help="list the items the rules get wrong")] = False,
 ) -> None:
     """Per-field accuracy on the labelled set: tuning part and held-out part separately."""
     from services.routing.classifier import Classifier, load_rulebook
-    from services.routing.classifier.evaluation import HOLDOUT_SET, TUNE_SET, evaluate, load_labelled
+    from services.routing.classifier.evaluation import (
+        HOLDOUT_SET,
+        TUNE_SET,
+        evaluate,
+        load_labelled,
+    )
 
     classifier = Classifier(load_rulebook(rules))
     for name, path in (("tuning set", TUNE_SET), ("held-out set (never tuned on)", HOLDOUT_SET)):
@@ -166,7 +177,9 @@ def evaluate_rules(
             typer.echo(line)
         if misses:
             for item, got in report.misses:
-                diff = {k: f"{item.expected[k]}≠{got[k]}" for k in got if got[k] != item.expected[k]}
+                diff = {
+                    k: f"{item.expected[k]}≠{got[k]}" for k in got if got[k] != item.expected[k]
+                }
                 typer.echo(f"    {item.line}: {item.text[:40]}  {diff}")
 
 

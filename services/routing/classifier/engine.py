@@ -17,7 +17,12 @@ import ahocorasick
 from contracts.codes import Emotion, FeedbackType, Priority
 from services.routing.classifier.rules import Flag, Rule, RuleBook
 
-PRIORITY_ORDER: tuple[Priority, ...] = (Priority.low, Priority.medium, Priority.high, Priority.urgent)
+PRIORITY_ORDER: tuple[Priority, ...] = (
+    Priority.low,
+    Priority.medium,
+    Priority.high,
+    Priority.urgent,
+)
 PROBLEM_FREE_CATEGORIES = frozenset({"other"})
 
 
@@ -106,6 +111,7 @@ class Classifier:
         self._cues = tuple(c.lower() for c in rulebook.negation.cues)
         self._exceptions = tuple(e.lower() for e in rulebook.negation.exceptions)
         self._contrast = tuple(m.lower() for m in rulebook.contrast_markers)
+        self._sarcasm = tuple(m.lower() for m in rulebook.sarcasm_markers)
 
     def _all_rules(self) -> Iterable[tuple[_RuleRef, Rule]]:
         book = self.book
@@ -123,7 +129,10 @@ class Classifier:
                 for i, rule in enumerate(entry.rules):
                     yield _RuleRef(group, str(label), i, rule.weight, rule.negatable), rule
         for name, signal in book.priority.high_signals.items():
-            yield _RuleRef("signal", name, 0, 1.0, True), Rule(terms=signal.terms)
+            yield (
+                _RuleRef("signal", name, 0, 1.0, True),
+                Rule(terms=signal.terms, patterns=signal.patterns),
+            )
 
     # -- matching ---------------------------------------------------------------------
 
@@ -189,9 +198,22 @@ class Classifier:
         problem = category is not None and category not in PROBLEM_FREE_CATEGORIES
 
         types = groups["type"]
+        flags: set[Flag] = set(groups["flag"].by_label)  # type: ignore[arg-type]
         if problem:
-            types.by_label[FeedbackType.complaint.value] += 1.0
+            # A described problem is itself evidence of a complaint, as strong as the problem.
+            types.by_label[FeedbackType.complaint.value] += min(category_score, 3.0)
             types.fired.append("type.complaint:(a problem category matched)")
+        if flags & set(book.priority.urgent_flags):
+            types.by_label[FeedbackType.complaint.value] += 2.0
+            types.fired.append("type.complaint:(a risk flag matched)")
+        lowered = feedback.text.lower()
+        sarcastic = (problem or types.by_label.get(FeedbackType.complaint.value, 0) > 0) and any(
+            marker in lowered for marker in self._sarcasm
+        )
+        if sarcastic:
+            types.by_label.pop(FeedbackType.praise.value, None)
+            groups["emotion"].by_label[Emotion.angry.value] += book.sarcasm_anger_weight
+            groups["emotion"].fired.append("emotion.angry:(sarcasm)")
         type_ranked = types.ranked()
         feedback_type = FeedbackType(type_ranked[0][0]) if type_ranked else FeedbackType.inquiry
         type_confidence = self._confidence(type_ranked) if type_ranked else 0.2
@@ -210,9 +232,16 @@ class Classifier:
         ):
             department = book.general_department
 
-        flags: set[Flag] = {f for f in groups["flag"].by_label}  # type: ignore[misc]
+        for flag in flags:
+            felt = book.flag_emotions.get(flag)
+            if felt is not None:
+                groups["emotion"].by_label[felt.value] += book.flag_emotion_weight
         emotions = groups["emotion"].ranked()
-        emotion = Emotion(emotions[0][0]) if emotions else Emotion.calm
+        emotion = (
+            Emotion(emotions[0][0])
+            if emotions
+            else book.default_emotion.get(feedback_type, Emotion.calm)
+        )
 
         priority = book.priority.type_base.get(feedback_type, Priority.medium)
         signals = set(groups["signal"].by_label)
@@ -227,7 +256,11 @@ class Classifier:
             if _rank(priority) < _rank(book.priority.vip_raises_up_to):
                 priority = _raise(priority)
                 rules.append("adjust.vip:+1")
-        if history and category in history.recent_categories and feedback_type == FeedbackType.complaint:
+        if (
+            history
+            and category in history.recent_categories
+            and feedback_type == FeedbackType.complaint
+        ):
             flags.add("repeat")
             priority = _raise(priority)
             rules.append(f"adjust.repeat:{category}+1")

@@ -78,7 +78,8 @@ class Negation(Strict):
 
 
 class Signal(Strict):
-    terms: tuple[str, ...]
+    terms: tuple[str, ...] = ()
+    patterns: tuple[str, ...] = ()
 
 
 class PriorityRules(Strict):
@@ -99,6 +100,11 @@ class RuleBook(Strict):
     contrast_boost: float = Field(default=1.5, ge=1)
     negation: Negation
     contrast_markers: tuple[str, ...] = ()
+    sarcasm_markers: tuple[str, ...] = ()
+    sarcasm_anger_weight: float = 2.0
+    default_emotion: dict[FeedbackType, Emotion] = {}
+    flag_emotions: dict[Flag, Emotion] = {}
+    flag_emotion_weight: float = 1.0
     departments: dict[str, str]
     general_department: str
     categories: dict[str, Category]
