@@ -9,7 +9,7 @@ from uuid import UUID
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
 from contracts import topics
-from contracts.codes import CUSTOMER_TIER_PATTERN, Channel, Emotion, FeedbackType
+from contracts.codes import CUSTOMER_TIER_PATTERN, Channel, Emotion, FeedbackType, Priority
 
 FEEDBACK_NUMBER_PATTERN = r"^F\d{8}-\d{4,}$"
 CUSTOMER_REF_PATTERN = r"^客户-\d{4}-\d{4,}$"
@@ -75,6 +75,23 @@ class FeedbackReceived(Registration):
         return str(self.feedback_id).encode()
 
 
+class Classification(Contract):
+    """What the rules (or a person) decided about a feedback, and why."""
+
+    type: FeedbackType
+    category: str | None
+    subcategory: str | None
+    priority: Priority
+    department: str
+    emotion: Emotion
+    flags: tuple[str, ...] = ()
+    confidence: Annotated[float, Field(ge=0, le=1)]
+    rules: tuple[str, ...] = ()
+    needs_triage: bool = False
+    supervisor_attention: bool = False
+    first_response_hours: float | None = None
+
+
 class CaseEvent(Contract):
     """Envelope of every event in a feedback case's stream, as relayed from the store.
 
@@ -91,6 +108,7 @@ class CaseEvent(Contract):
     version: Annotated[int, Field(ge=1)]
     position: Annotated[int, Field(ge=1)]
     occurred_at: AwareDatetime
+    department: str | None = Field(default=None, description="responsible department then")
 
     def key(self) -> bytes:
         return str(self.feedback_id).encode()
@@ -103,8 +121,95 @@ class CaseRegistered(CaseEvent):
     registration: Registration
 
 
-# Grows into a union discriminated by `event_type` as the case learns more facts.
-CaseEventMessage = CaseRegistered
+class FeedbackClassified(CaseEvent):
+    """Classified by the rules, or corrected by a person (then `by`, `reason`, `previous`)."""
+
+    event_type: Literal["FeedbackClassified"] = "FeedbackClassified"
+    classification: Classification
+    by: str
+    reason: str | None = None
+    previous: Classification | None = None
+
+
+class SentToTriage(CaseEvent):
+    """Not confident enough to route: a person decides, with the best guess shown."""
+
+    event_type: Literal["SentToTriage"] = "SentToTriage"
+    reason: str
+
+
+class FeedbackRouted(CaseEvent):
+    """One responsible department (主责部门); `previous_department` on a re-route."""
+
+    event_type: Literal["FeedbackRouted"] = "FeedbackRouted"
+    previous_department: str | None = None
+    reason: str
+
+
+class OwnerAssigned(CaseEvent):
+    event_type: Literal["OwnerAssigned"] = "OwnerAssigned"
+    owner: str
+    previous_owner: str | None = None
+    by: str
+    reason: str
+
+
+class OwnerAccepted(CaseEvent):
+    """The owner confirmed in the system that they take the case (确认接收)."""
+
+    event_type: Literal["OwnerAccepted"] = "OwnerAccepted"
+    owner: str
+
+
+class AssignmentDisputed(CaseEvent):
+    """The owner refused with a reason; the supervisor reassigns."""
+
+    event_type: Literal["AssignmentDisputed"] = "AssignmentDisputed"
+    owner: str
+    reason: str
+
+
+class CoHandlerAdded(CaseEvent):
+    """A co-handling department (协办) with its duty and due time."""
+
+    event_type: Literal["CoHandlerAdded"] = "CoHandlerAdded"
+    co_department: str
+    duty: str
+    due_at: AwareDatetime
+    by: str
+
+
+class PriorityOverridden(CaseEvent):
+    event_type: Literal["PriorityOverridden"] = "PriorityOverridden"
+    previous: Priority
+    priority: Priority
+    by: str
+    reason: str
+
+
+CASE_EVENTS: tuple[type[CaseEvent], ...] = (
+    CaseRegistered,
+    FeedbackClassified,
+    SentToTriage,
+    FeedbackRouted,
+    OwnerAssigned,
+    OwnerAccepted,
+    AssignmentDisputed,
+    CoHandlerAdded,
+    PriorityOverridden,
+)
+CaseEventMessage = Annotated[
+    CaseRegistered
+    | FeedbackClassified
+    | SentToTriage
+    | FeedbackRouted
+    | OwnerAssigned
+    | OwnerAccepted
+    | AssignmentDisputed
+    | CoHandlerAdded
+    | PriorityOverridden,
+    Field(discriminator="event_type"),
+]
 case_event_adapter: TypeAdapter[CaseEventMessage] = TypeAdapter(CaseEventMessage)
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from contracts.events import CaseRegistered, DeadLetter, FeedbackReceived
+from contracts.events import CASE_EVENTS, DeadLetter, FeedbackReceived
 
-MESSAGES: tuple[type[BaseModel], ...] = (FeedbackReceived, CaseRegistered, DeadLetter)
+MESSAGES: tuple[type[BaseModel], ...] = (FeedbackReceived, *CASE_EVENTS, DeadLetter)
 
 
 def schema_of(model: type[BaseModel]) -> dict[str, object]:

@@ -20,11 +20,19 @@ from zoneinfo import ZoneInfo
 import httpx
 import uvicorn
 
-from contracts.codes import CHANNEL_LABELS, FEEDBACK_TYPE_LABELS, Channel, FeedbackType
+from contracts.codes import (
+    CHANNEL_LABELS,
+    FEEDBACK_TYPE_LABELS,
+    PRIORITY_LABELS,
+    Channel,
+    FeedbackType,
+    Priority,
+)
 from deploy.local import local_infrastructure, local_pii_key
 from services.common.settings import Settings
 from services.intake.pii_vault import Contact
 from services.intake.registration import Submission
+from services.routing.classifier import load_rulebook
 from services.runtime import Platform, create_app
 
 
@@ -143,7 +151,8 @@ async def _wait_registered(
     while time.monotonic() < deadline:
         page = (await client.get("/v1/registrations", params={"limit": 1000})).json()
         rows = [r for r in page["items"] if r["feedback_number"] in wanted]
-        if len(rows) == len(wanted):
+        settled = [r for r in rows if r["status"] in ("assigned", "queued", "triage")]
+        if len(settled) == len(wanted):
             return rows
         await asyncio.sleep(0.2)
     return rows
@@ -166,13 +175,25 @@ def _excerpt(text: str, width: int) -> str:
     return out
 
 
+DEPARTMENTS = load_rulebook().departments
+
+
 def settings_zone() -> str:
     return os.environ.get("FEEDBACK_TIMEZONE", "Asia/Shanghai")
 
 
 def _print_table(rows: list[dict[str, Any]], zone: ZoneInfo) -> None:
-    headers = ["反馈编号", "接收时间", "渠道", "客户(匿名)", "问题类型", "问题描述"]
-    widths = [16, 17, 12, 16, 10, 48]
+    headers = [
+        "反馈编号",
+        "接收时间",
+        "渠道",
+        "客户(匿名)",
+        "问题类型",
+        "紧急程度",
+        "责任部门",
+        "问题描述",
+    ]
+    widths = [16, 17, 12, 16, 10, 10, 12, 44]
     print("  ".join(_pad(h, w) for h, w in zip(headers, widths, strict=True)))
     for row in sorted(rows, key=lambda r: r["feedback_number"]):
         received = (
@@ -186,6 +207,8 @@ def _print_table(rows: list[dict[str, Any]], zone: ZoneInfo) -> None:
             CHANNEL_LABELS[Channel(row["channel"])],
             row["customer_ref"],
             kind_label,
+            PRIORITY_LABELS[Priority(row["priority"])] if row.get("priority") else "-",
+            DEPARTMENTS.get(row.get("department") or "", "待分诊"),
             _excerpt(row["description"], widths[-1]),
         ]
         print("  ".join(_pad(c, w) for c, w in zip(cells, widths, strict=True)))

@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from services.cases.relay import SCHEMA as RELAY_SCHEMA
 from services.cases.relay import OutboxRelay
@@ -28,7 +28,12 @@ from services.intake import numbering, pii_vault, registration
 from services.intake.http import intake_router
 from services.projections import registrations
 from services.projections.http import projections_router
-from services.routing.consumer import Router, register_routing
+from services.routing import worklist as routing_worklist
+from services.routing.assignment import load_roster
+from services.routing.classifier import Classifier, load_rulebook
+from services.routing.consumer import register_routing
+from services.routing.http import routing_router
+from services.routing.service import RoutingService
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +48,8 @@ class Platform:
     broker: Any = None
     pool: AsyncConnectionPool | None = None
     store: CaseStore | None = None
-    router: Router | None = None
+    routing: RoutingService | None = None
+    routing_pool: ConnectionPool | None = None
     relay: OutboxRelay | None = None
     registrar: registration.Registrar | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -57,6 +63,8 @@ class Platform:
         statements: list[str] = []
         if "intake" in self.services:
             statements += numbering.SCHEMA + pii_vault.SCHEMA + registration.SCHEMA
+        if "routing" in self.services:
+            statements += routing_worklist.SCHEMA
         if "relay" in self.services:
             statements += RELAY_SCHEMA
         if "projections" in self.services:
@@ -72,8 +80,20 @@ class Platform:
             self.store = CaseStore(settings.database_url)
         if "routing" in self.services:
             assert self.store is not None
-            self.router = Router(self.store)
-            register_routing(self.broker, settings, self.router)
+            self.routing_pool = ConnectionPool(
+                settings.database_url,
+                min_size=1,
+                max_size=8,
+                open=False,
+                kwargs={"autocommit": True},
+            )
+            self.routing = RoutingService(
+                self.store,
+                routing_worklist.Worklist(self.routing_pool),
+                Classifier(load_rulebook()),
+                load_roster(),
+            )
+            register_routing(self.broker, settings, self.routing)
         if "projections" in self.services:
             registrations.register_projections(self.broker, settings, self.pool)
         if "intake" in self.services:
@@ -87,17 +107,38 @@ class Platform:
             assert self.store is not None
             self.relay = OutboxRelay(settings, self.store, self.broker)
 
+    def departments(self) -> list[str]:
+        return list(load_rulebook().departments)
+
     async def start(self) -> None:
         assert self.pool is not None
         await asyncio.to_thread(apply_schema, self.settings.database_url, self.schema())
-        await ensure_topics(self.settings, platform_topics(self.settings))
+        await ensure_topics(self.settings, platform_topics(self.settings, self.departments()))
         await self.pool.open(wait=True)
+        if self.routing is not None:
+            assert self.routing_pool is not None
+            await asyncio.to_thread(self.routing_pool.open, True)
+            await asyncio.to_thread(self.routing.worklist.seed, load_roster())
+            self._tasks.append(
+                asyncio.create_task(self._reconcile_forever(), name="routing-reconcile")
+            )
         await self.broker.start()
         if self.relay is not None:
             self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
             await asyncio.wait_for(self.relay.ready.wait(), timeout=30)
         self.ready.set()
         log.info("services ready: %s", ", ".join(self.services))
+
+    async def _reconcile_forever(self) -> None:
+        """Owners chosen outside a slice (a queue drained by another instance, or before a
+        crash) get recorded on their cases."""
+        assert self.routing is not None
+        while True:
+            try:
+                await asyncio.to_thread(self.routing.reconcile)
+            except Exception:
+                log.exception("routing reconciliation failed; retrying")
+            await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
         self.ready.clear()
@@ -115,6 +156,8 @@ class Platform:
                 log.warning("Kafka connection did not close within 15s; leaving it")
         if self.pool is not None:
             await self.pool.close()
+        if self.routing_pool is not None:
+            await asyncio.to_thread(self.routing_pool.close)
         if self.store is not None:
             self.store.close()
 
@@ -161,6 +204,8 @@ def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> Fa
 
     if platform.registrar is not None:
         app.include_router(intake_router(platform.registrar, settings.customer_tiers))
+    if platform.routing is not None:
+        app.include_router(routing_router(platform.routing))
     if "projections" in platform.services:
         assert platform.pool is not None
         app.include_router(projections_router(platform.pool))

@@ -169,6 +169,21 @@ async def rewind_group(settings: Settings, group: str, topic: str) -> None:
         await consumer.stop()
 
 
+def facts_per_case(settings: Settings) -> dict[str, int]:
+    """How many cases recorded each kind of fact, and the most any case recorded of one."""
+    import psycopg
+
+    with psycopg.connect(settings.database_url) as conn:
+        rows = conn.execute(
+            "SELECT split_part(topic, '.', -1), count(DISTINCT originator_id), "
+            "max(n) FROM (SELECT topic, originator_id, count(*) OVER "
+            "(PARTITION BY topic, originator_id) AS n FROM cases_events) t GROUP BY 1"
+        ).fetchall()
+    counts = {str(kind): int(cases) for kind, cases, _ in rows}
+    counts["most_of_one_kind"] = max((int(n) for _, _, n in rows), default=0)
+    return counts
+
+
 def case_counts(settings: Settings) -> tuple[int, int]:
     """(events, distinct cases) in the case store."""
     import psycopg

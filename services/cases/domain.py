@@ -1,7 +1,12 @@
-"""The Case aggregate. Methods are decisions; the events they record are facts."""
+"""The Case aggregate. Methods are decisions; the events they record are facts.
+
+Every event after registration carries `feedback_number` and the case's `department` at
+the time, so the relay can tell departments about their own cases without a lookup.
+"""
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 from uuid import UUID
@@ -13,6 +18,15 @@ from contracts.events import Registration
 
 class CaseStatus(StrEnum):
     registered = "registered"
+    triage = "triage"  # classification not confident enough: a person decides
+    queued = "queued"  # routed to a department, waiting for a free owner
+    assigned = "assigned"  # an owner was picked, not yet accepted
+    accepted = "accepted"  # the owner confirmed (确认接收)
+    disputed = "disputed"  # the owner refused with a reason; the supervisor reassigns
+
+
+class CaseError(Exception):
+    """A decision the case refuses, with the reason."""
 
 
 class Case(Aggregate):
@@ -27,6 +41,10 @@ class Case(Aggregate):
         self.feedback_number = feedback_number
         self.registration = registration
         self.status = CaseStatus.registered
+        self.classification: dict[str, Any] | None = None
+        self.department: str | None = None
+        self.owner: str | None = None
+        self.co_handlers: list[dict[str, Any]] = []
 
     @classmethod
     def register(cls, feedback_id: UUID, registration: Registration) -> Case:
@@ -38,4 +56,162 @@ class Case(Aggregate):
             registration=registration.model_dump(
                 mode="json", include=set(Registration.model_fields)
             ),
+        )
+
+    @property
+    def priority(self) -> str | None:
+        return None if self.classification is None else str(self.classification["priority"])
+
+    @property
+    def customer_ref(self) -> str:
+        return str(self.registration["customer_ref"])
+
+    # -- classification ---------------------------------------------------------------
+
+    def classify(self, decision: dict[str, Any], by: str) -> None:
+        """Record how the case was classified (by the rules or by a person)."""
+        self._classified(self.feedback_number, self.department, decision, by)
+
+    @event("Classified")
+    def _classified(
+        self, feedback_number: str, department: str | None, decision: dict[str, Any], by: str
+    ) -> None:
+        self.classification = decision
+
+    def send_to_triage(self, reason: str) -> None:
+        self._sent_to_triage(self.feedback_number, self.department, reason)
+
+    @event("SentToTriage")
+    def _sent_to_triage(self, feedback_number: str, department: str | None, reason: str) -> None:
+        self.status = CaseStatus.triage
+        self.owner = None
+
+    def reclassify(self, decision: dict[str, Any], by: str, reason: str) -> None:
+        """A person corrects the classification; routing follows from it again."""
+        if not reason.strip():
+            raise CaseError("a reclassification needs a reason")
+        previous = self.classification or {}
+        self._reclassified(self.feedback_number, self.department, decision, previous, by, reason)
+
+    @event("Reclassified")
+    def _reclassified(
+        self,
+        feedback_number: str,
+        department: str | None,
+        decision: dict[str, Any],
+        previous: dict[str, Any],
+        by: str,
+        reason: str,
+    ) -> None:
+        self.classification = decision
+
+    def override_priority(self, priority: str, by: str, reason: str) -> None:
+        """A supervisor sets the priority; who, why and the old value are kept."""
+        if not reason.strip():
+            raise CaseError("a priority override needs a reason")
+        if self.classification is None:
+            raise CaseError("the case is not classified yet")
+        old = str(self.classification["priority"])
+        if old == priority:
+            raise CaseError(f"priority is already {priority}")
+        self._priority_overridden(self.feedback_number, self.department, old, priority, by, reason)
+
+    @event("PriorityOverridden")
+    def _priority_overridden(
+        self,
+        feedback_number: str,
+        department: str | None,
+        previous: str,
+        priority: str,
+        by: str,
+        reason: str,
+    ) -> None:
+        assert self.classification is not None
+        self.classification = {**self.classification, "priority": priority}
+
+    # -- routing and assignment -------------------------------------------------------
+
+    def route(self, department: str, reason: str) -> None:
+        """Make `department` the one responsible department (主责部门)."""
+        if self.department == department and self.status != CaseStatus.triage:
+            return
+        self._routed(self.feedback_number, department, self.department, reason)
+
+    @event("Routed")
+    def _routed(
+        self, feedback_number: str, department: str, previous_department: str | None, reason: str
+    ) -> None:
+        self.department = department
+        self.owner = None
+        self.status = CaseStatus.queued
+
+    def assign(self, owner: str, by: str, reason: str) -> None:
+        if self.department is None:
+            raise CaseError("route the case to a department before assigning an owner")
+        if self.owner == owner and self.status in (CaseStatus.assigned, CaseStatus.accepted):
+            return
+        self._owner_assigned(self.feedback_number, self.department, owner, self.owner, by, reason)
+
+    @event("OwnerAssigned")
+    def _owner_assigned(
+        self,
+        feedback_number: str,
+        department: str,
+        owner: str,
+        previous_owner: str | None,
+        by: str,
+        reason: str,
+    ) -> None:
+        self.owner = owner
+        self.status = CaseStatus.assigned
+
+    def accept(self, owner: str) -> None:
+        """The owner confirms in the system that they take the case (确认接收)."""
+        if self.owner != owner or self.status not in (CaseStatus.assigned, CaseStatus.accepted):
+            raise CaseError(f"{owner} is not the pending owner of {self.feedback_number}")
+        if self.status == CaseStatus.accepted:
+            return
+        self._accepted(self.feedback_number, self.department, owner)
+
+    @event("OwnerAccepted")
+    def _accepted(self, feedback_number: str, department: str | None, owner: str) -> None:
+        self.status = CaseStatus.accepted
+
+    def dispute(self, owner: str, reason: str) -> None:
+        """The owner refuses the assignment with a reason; it goes back to the supervisor."""
+        if self.owner != owner or self.status not in (CaseStatus.assigned, CaseStatus.accepted):
+            raise CaseError(f"{owner} is not the owner of {self.feedback_number}")
+        if not reason.strip():
+            raise CaseError("a dispute needs a reason (避免推诿)")
+        self._disputed(self.feedback_number, self.department, owner, reason)
+
+    @event("AssignmentDisputed")
+    def _disputed(
+        self, feedback_number: str, department: str | None, owner: str, reason: str
+    ) -> None:
+        self.owner = None
+        self.status = CaseStatus.disputed
+
+    def add_co_handler(self, department: str, duty: str, due_at: datetime, by: str) -> None:
+        """Name a co-handling department (协办) with its duty and due time."""
+        if department == self.department:
+            raise CaseError("the responsible department cannot also be a co-handler")
+        if any(c["department"] == department for c in self.co_handlers):
+            raise CaseError(f"{department} is already a co-handler")
+        if not duty.strip():
+            raise CaseError("a co-handler needs a duty")
+        self._co_handler_added(self.feedback_number, self.department, department, duty, due_at, by)
+
+    @event("CoHandlerAdded")
+    def _co_handler_added(
+        self,
+        feedback_number: str,
+        department: str | None,
+        co_department: str,
+        duty: str,
+        due_at: datetime,
+        by: str,
+    ) -> None:
+        self.co_handlers.append(
+            {"department": co_department, "duty": duty, "due_at": due_at.isoformat(), "by": by}
         )

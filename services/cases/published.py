@@ -5,11 +5,10 @@ from __future__ import annotations
 from datetime import UTC
 from typing import Any
 
-from contracts.events import CaseEvent, CaseRegistered, Registration
-from services.cases.domain import Case
+from contracts import events as contract
 
 
-def to_contract(domain_event: Any, position: int) -> CaseEvent | None:
+def to_contract(domain_event: Any, position: int) -> contract.CaseEvent | None:
     """The public form of a stored event, or None for facts kept internal.
 
     Every Case event carries `feedback_number` (the aggregate passes it on each decision),
@@ -21,9 +20,77 @@ def to_contract(domain_event: Any, position: int) -> CaseEvent | None:
         "version": domain_event.originator_version,
         "position": position,
         "occurred_at": domain_event.timestamp.astimezone(UTC),
+        "department": getattr(domain_event, "department", None),
     }
-    if isinstance(domain_event, Case.Registered):
-        return CaseRegistered(
-            **common, registration=Registration.model_validate(domain_event.registration)
-        )
+    name = type(domain_event).__name__
+    e = domain_event
+    match name:
+        case "Registered":
+            return contract.CaseRegistered(
+                **common,
+                registration=contract.Registration.model_validate(e.registration),
+            )
+        case "Classified":
+            return contract.FeedbackClassified(
+                **common,
+                classification=contract.Classification.model_validate(e.decision),
+                by=e.by,
+            )
+        case "Reclassified":
+            return contract.FeedbackClassified(
+                **common,
+                classification=contract.Classification.model_validate(e.decision),
+                by=e.by,
+                reason=e.reason,
+                previous=contract.Classification.model_validate(e.previous) if e.previous else None,
+            )
+        case "SentToTriage":
+            return contract.SentToTriage(**common, reason=e.reason)
+        case "Routed":
+            return contract.FeedbackRouted(
+                **common,
+                previous_department=e.previous_department,
+                reason=e.reason,
+            )
+        case "OwnerAssigned":
+            return contract.OwnerAssigned(
+                **common,
+                owner=e.owner,
+                previous_owner=e.previous_owner,
+                by=e.by,
+                reason=e.reason,
+            )
+        case "OwnerAccepted":
+            return contract.OwnerAccepted(**common, owner=e.owner)
+        case "AssignmentDisputed":
+            return contract.AssignmentDisputed(**common, owner=e.owner, reason=e.reason)
+        case "CoHandlerAdded":
+            return contract.CoHandlerAdded(
+                **common,
+                co_department=e.co_department,
+                duty=e.duty,
+                due_at=e.due_at,
+                by=e.by,
+            )
+        case "PriorityOverridden":
+            return contract.PriorityOverridden(
+                **common,
+                previous=e.previous,
+                priority=e.priority,
+                by=e.by,
+                reason=e.reason,
+            )
     return None
+
+
+def department_topics(message: contract.CaseEvent) -> list[str]:
+    """Departments that must hear of this event: the responsible one, the one that lost
+    the case on a re-route, and a co-handler when it is named."""
+    names: list[str] = []
+    if message.department:
+        names.append(message.department)
+    if isinstance(message, contract.FeedbackRouted) and message.previous_department:
+        names.append(message.previous_department)
+    if isinstance(message, contract.CoHandlerAdded):
+        names.append(message.co_department)
+    return list(dict.fromkeys(names))

@@ -16,7 +16,7 @@ import psycopg
 from faststream.kafka import KafkaBroker
 
 from contracts import topics
-from services.cases.published import to_contract
+from services.cases.published import department_topics, to_contract
 from services.cases.store import CaseStore
 from services.common.settings import Settings
 
@@ -99,15 +99,21 @@ class OutboxRelay:
             message = to_contract(domain_event, notification.id)
             if message is None:
                 continue
-            pending.append(
-                await self.broker.publish(
-                    message.model_dump_json().encode(),
-                    topic,
-                    key=message.key(),
-                    headers={"content-type": "application/json"},
-                    no_confirm=True,
+            body = message.model_dump_json().encode()
+            # Every event to the company-wide topic; each department also gets its own.
+            destinations = [topic] + [
+                self.settings.topic(topics.department_topic(d)) for d in department_topics(message)
+            ]
+            for destination in destinations:
+                pending.append(
+                    await self.broker.publish(
+                        body,
+                        destination,
+                        key=message.key(),
+                        headers={"content-type": "application/json"},
+                        no_confirm=True,
+                    )
                 )
-            )
         await asyncio.gather(*pending)
         last = notifications[-1].id
         await conn.execute(

@@ -37,6 +37,17 @@ class RegistrationView(BaseModel):
     receiver: str
     registration_late: bool
     status: str
+    category: str | None = None
+    subcategory: str | None = None
+    priority: str | None = None
+    department: str | None = None
+    classified_emotion: str | None = None
+    flags: list[str] = []
+    confidence: float | None = None
+    classification_rules: list[str] = []
+    supervisor_attention: bool = False
+    owner: str | None = None
+    co_handlers: list[dict[str, Any]] = []
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> RegistrationView:

@@ -18,7 +18,19 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import ValidationError
 
 from contracts import topics
-from contracts.events import CaseRegistered, case_event_adapter
+from contracts.events import (
+    AssignmentDisputed,
+    CaseEvent,
+    CaseRegistered,
+    CoHandlerAdded,
+    FeedbackClassified,
+    FeedbackRouted,
+    OwnerAccepted,
+    OwnerAssigned,
+    PriorityOverridden,
+    SentToTriage,
+    case_event_adapter,
+)
 from services.common import kafka_positions
 from services.common.kafka_positions import by_partition
 from services.common.settings import Settings
@@ -58,7 +70,23 @@ SCHEMA = [
         updated_at timestamptz NOT NULL
     )
     """,
+    # Classification and routing, filled in by later case events.
+    """
+    ALTER TABLE registrations
+        ADD COLUMN IF NOT EXISTS category text,
+        ADD COLUMN IF NOT EXISTS subcategory text,
+        ADD COLUMN IF NOT EXISTS priority text,
+        ADD COLUMN IF NOT EXISTS department text,
+        ADD COLUMN IF NOT EXISTS classified_emotion text,
+        ADD COLUMN IF NOT EXISTS flags text[] NOT NULL DEFAULT '{}',
+        ADD COLUMN IF NOT EXISTS confidence double precision,
+        ADD COLUMN IF NOT EXISTS classification_rules text[] NOT NULL DEFAULT '{}',
+        ADD COLUMN IF NOT EXISTS supervisor_attention boolean NOT NULL DEFAULT false,
+        ADD COLUMN IF NOT EXISTS owner text,
+        ADD COLUMN IF NOT EXISTS co_handlers jsonb NOT NULL DEFAULT '[]'
+    """,
     "CREATE INDEX IF NOT EXISTS registrations_registered_at ON registrations (registered_at)",
+    "CREATE INDEX IF NOT EXISTS registrations_department ON registrations (department, status)",
     "CREATE INDEX IF NOT EXISTS registrations_channel ON registrations (channel, registered_at)",
 ]
 
@@ -114,6 +142,77 @@ def _json(value: Any) -> Any:
     return Jsonb(value)
 
 
+async def _update(conn: Any, event: CaseEvent, assignments: str, values: dict[str, Any]) -> None:
+    """Apply a later case event once: only if the row has not seen this version yet."""
+    await conn.execute(
+        f"UPDATE registrations SET {assignments}, last_version = %(version)s, "
+        "updated_at = %(occurred_at)s WHERE feedback_id = %(feedback_id)s AND last_version < %(version)s",
+        {
+            **values,
+            "version": event.version,
+            "occurred_at": event.occurred_at,
+            "feedback_id": event.feedback_id,
+        },
+    )
+
+
+async def apply_event(conn: Any, event: CaseEvent) -> None:
+    match event:
+        case CaseRegistered():
+            await apply_registered(conn, event)
+        case FeedbackClassified(classification=c):
+            await _update(
+                conn,
+                event,
+                "feedback_type = %(type)s, category = %(category)s, subcategory = %(subcategory)s, "
+                "priority = %(priority)s, classified_emotion = %(emotion)s, flags = %(flags)s, "
+                "confidence = %(confidence)s, classification_rules = %(rules)s, "
+                "supervisor_attention = %(attention)s",
+                {
+                    "type": c.type.value,
+                    "category": c.category,
+                    "subcategory": c.subcategory,
+                    "priority": c.priority.value,
+                    "emotion": c.emotion.value,
+                    "flags": list(c.flags),
+                    "confidence": c.confidence,
+                    "rules": list(c.rules),
+                    "attention": c.supervisor_attention,
+                },
+            )
+        case SentToTriage():
+            await _update(conn, event, "status = 'triage', owner = NULL", {})
+        case FeedbackRouted():
+            await _update(
+                conn, event, "status = 'queued', department = %(department)s, owner = NULL",
+                {"department": event.department},
+            )  # fmt: skip
+        case OwnerAssigned():
+            await _update(
+                conn, event, "status = 'assigned', owner = %(owner)s", {"owner": event.owner}
+            )
+        case OwnerAccepted():
+            await _update(conn, event, "status = 'accepted'", {})
+        case AssignmentDisputed():
+            await _update(conn, event, "status = 'disputed', owner = NULL", {})
+        case CoHandlerAdded():
+            await _update(
+                conn,
+                event,
+                "co_handlers = co_handlers || %(co)s",
+                {
+                    "co": _json(
+                        [{"department": event.co_department, "duty": event.duty,
+                          "due_at": event.due_at.isoformat(), "by": event.by}]
+                    )
+                },
+            )  # fmt: skip
+        case PriorityOverridden():
+            await _update(
+                conn, event, "priority = %(priority)s", {"priority": event.priority.value}
+            )
+
+
 async def apply_batch(pool: AsyncConnectionPool, records: list[Any]) -> int:
     """Apply one partition slice in one transaction; returns how many events were applied."""
     topic, partition = records[0].topic, records[0].partition
@@ -132,9 +231,8 @@ async def apply_batch(pool: AsyncConnectionPool, records: list[Any]) -> int:
                     "unreadable case event at %s/%s@%s: %s", topic, partition, record.offset, error
                 )
                 continue
-            if isinstance(event, CaseRegistered):
-                await apply_registered(conn, event)
-                applied += 1
+            await apply_event(conn, event)
+            applied += 1
         await kafka_positions.advance(conn, CONSUMER, topic, partition, unseen[-1].offset + 1)
     return applied
 
@@ -161,7 +259,9 @@ COLUMNS = (
     "feedback_id, feedback_number, received_at, registered_at, channel, channel_reference, "
     "customer_ref, customer_tier, product_model, service_type, purchase_date, description, "
     "customer_attempts, occurred_at, expectation, emotion, stated_type, feedback_type, "
-    "evidence, receiver, registration_late, status, last_version, updated_at"
+    "evidence, receiver, registration_late, status, last_version, updated_at, category, "
+    "subcategory, priority, department, classified_emotion, flags, confidence, "
+    "classification_rules, supervisor_attention, owner, co_handlers"
 )
 
 

@@ -1,0 +1,349 @@
+"""Routing use cases: new feedback becomes a classified, routed, assigned case; agents and
+supervisors accept, dispute, reassign, add co-handlers, reclassify and override priority.
+
+Each use case loads the case, asks it to decide, and records the result in the worklist
+and the case store. Feedback from Kafka arrives in partition slices (see consumer.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.persistence import IntegrityError
+from pydantic import ValidationError
+
+from contracts.codes import FeedbackType, Priority
+from contracts.events import DeadLetter, FeedbackReceived
+from services.cases.domain import Case, CaseError, CaseStatus
+from services.cases.store import CaseStore, KafkaPosition
+from services.routing.assignment import PRIORITY_RANK, Agent, AgentRoster, language_of
+from services.routing.classifier import Classifier, Decision, FeedbackText, History
+from services.routing.worklist import Assignment, CaseRow, Worklist
+
+log = logging.getLogger(__name__)
+
+GROUP = "routing"
+ROUTING = "routing"  # the actor name of automatic decisions
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Refused(ValueError):
+    """A command the case or the worklist refuses; the message says why."""
+
+
+@dataclass
+class Slice:
+    """A partition slice of received feedback, prepared for one transaction."""
+
+    topic: str
+    partition: int
+    next_offset: int | None = None
+    cases: dict[UUID, Case] = field(default_factory=dict)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    skipped: int = 0
+
+
+class RoutingService:
+    def __init__(
+        self,
+        store: CaseStore,
+        worklist: Worklist,
+        classifier: Classifier,
+        roster: AgentRoster,
+    ) -> None:
+        self.store = store
+        self.worklist = worklist
+        self.classifier = classifier
+        self.weights = {p.value: w for p, w in roster.workload_weights.items()}
+        self.repeat_window = timedelta(days=classifier.book.priority.repeat_window_days)
+        self.created = 0
+
+    # -- new feedback from Kafka ------------------------------------------------------
+
+    def prepare(self, topic: str, partition: int, records: list[Any]) -> Slice:
+        work = Slice(topic, partition)
+        next_offset = self.store.next_offset(GROUP, topic, partition)
+        unseen = [r for r in records if r.offset >= next_offset]
+        work.skipped = len(records) - len(unseen)
+        if not unseen:
+            return work
+        work.next_offset = unseen[-1].offset + 1
+        received: list[FeedbackReceived] = []
+        for record in unseen:
+            try:
+                received.append(FeedbackReceived.model_validate_json(record.value or b""))
+            except ValidationError as error:
+                work.dead_letters.append(_dead_letter(record, error))
+        already = self.store.existing([r.feedback_id for r in received])
+        fresh: list[FeedbackReceived] = []
+        for message in received:
+            # The same feedback published twice (an intake retry) is still one case.
+            if message.feedback_id in already or any(
+                m.feedback_id == message.feedback_id for m in fresh
+            ):
+                work.skipped += 1
+            else:
+                fresh.append(message)
+        if not fresh:
+            return work
+        now = datetime.now(UTC)
+        history = self.worklist.recent_categories(
+            (m.customer_ref for m in fresh),
+            now - self.repeat_window,
+            (m.feedback_id for m in fresh),
+        )
+        rows: list[CaseRow] = []
+        for message in fresh:
+            decision = self.classifier.classify(
+                FeedbackText(
+                    message.description,
+                    message.channel.value,
+                    message.customer_tier,
+                    message.customer_ref,
+                ),
+                History(frozenset(history.get(message.customer_ref, set()))),
+            )
+            if decision.category:
+                history.setdefault(message.customer_ref, set()).add(decision.category)
+            case = Case.register(message.feedback_id, message)
+            self._decide_route(case, decision, by=ROUTING)
+            work.cases[case.id] = case
+            rows.append(self._row(case, message, decision))
+        on_record = self.worklist.enter(rows)
+        for feedback_id, row in on_record.items():
+            # Redelivered after the worklist took it but before the store did: same owner.
+            if row.state == "owned" and row.owner:
+                work.cases[feedback_id].assign(row.owner, ROUTING, "assigned before a restart")
+        for assignment in self.worklist.drain(
+            {r.department for r in rows if r.state == "queued" and r.department}
+        ):
+            drained = work.cases.get(assignment.feedback_id)
+            if drained is not None:  # others are recorded by reconcile()
+                drained.assign(assignment.owner, ROUTING, assignment.reason)
+        return work
+
+    def commit(self, work: Slice) -> None:
+        assert work.next_offset is not None
+        self.store.record(
+            work.cases.values(), KafkaPosition(GROUP, work.topic, work.partition, work.next_offset)
+        )
+        self.worklist.mark_announced(c.id for c in work.cases.values() if c.owner)
+        self.created += len(work.cases)
+
+    def _decide_route(self, case: Case, decision: Decision, by: str) -> None:
+        case.classify(_decision_dict(decision), by)
+        if decision.needs_triage:
+            case.send_to_triage(
+                f"confidence {decision.confidence:.2f} below {self.classifier.book.confidence_threshold}"
+            )
+        else:
+            case.route(decision.department, _route_reason(decision))
+
+    def _row(self, case: Case, message: FeedbackReceived, decision: Decision) -> CaseRow:
+        return CaseRow(
+            feedback_id=case.id,
+            feedback_number=case.feedback_number,
+            customer_ref=message.customer_ref,
+            category=decision.category,
+            department=case.department,
+            priority=decision.priority.value,
+            weight=self.weights[decision.priority.value],
+            language=language_of(message.description),
+            vip=message.customer_tier == "vip",
+            registered_at=message.registered_at,
+            state="triage" if case.status == CaseStatus.triage else "queued",
+        )
+
+    # -- assignments made outside a slice ---------------------------------------------
+
+    def reconcile(self) -> int:
+        """Record owners the worklist chose whose cases have not recorded them yet."""
+        recorded = 0
+        for assignment in self.worklist.unannounced():
+            try:
+                case = self.store.get_case(assignment.feedback_id)
+            except AggregateNotFoundError:
+                continue  # not in the store yet: its own slice records the owner
+            if case.owner != assignment.owner:
+                case.assign(assignment.owner, ROUTING, assignment.reason)
+                try:
+                    self.store.save(case)
+                except IntegrityError:
+                    continue  # another instance recorded it first
+            self.worklist.mark_announced([assignment.feedback_id])
+            recorded += 1
+        return recorded
+
+    def _record_assignments(self, assignments: list[Assignment]) -> None:
+        for assignment in assignments:
+            case = self.store.get_case(assignment.feedback_id)
+            case.assign(assignment.owner, ROUTING, assignment.reason)
+            self.store.save(case)
+            self.worklist.mark_announced([assignment.feedback_id])
+
+    # -- commands from agents and supervisors -----------------------------------------
+
+    def _load(self, feedback_number: str) -> tuple[Case, CaseRow]:
+        row = self.worklist.find(feedback_number)
+        if row is None:
+            raise NotFound(f"no routed feedback {feedback_number}")
+        return self.store.get_case(row.feedback_id), row
+
+    def _save(self, case: Case) -> None:
+        try:
+            self.store.save(case)
+        except IntegrityError as error:
+            raise Refused("the case changed meanwhile; reload and try again") from error
+
+    def accept(self, feedback_number: str, agent_id: str) -> Case:
+        case, _ = self._load(feedback_number)
+        _decide(lambda: case.accept(agent_id))
+        self._save(case)
+        return case
+
+    def dispute(self, feedback_number: str, agent_id: str, reason: str) -> Case:
+        case, row = self._load(feedback_number)
+        _decide(lambda: case.dispute(agent_id, reason))
+        self._save(case)
+        self.worklist.set_state(row.feedback_id, "disputed", owner=None)
+        # The freed capacity may let a queued case through.
+        if row.department:
+            self._record_assignments(self.worklist.drain([row.department]))
+        return case
+
+    def assign(self, feedback_number: str, agent_id: str, by: str, reason: str) -> Case:
+        case, row = self._load(feedback_number)
+        agent = self.worklist.agent(agent_id)
+        if agent is None:
+            raise Refused(f"no agent {agent_id}")
+        if agent.department != case.department:
+            raise Refused(
+                f"{agent_id} works in {agent.department}, the case is {case.department}'s"
+            )
+        if not reason.strip():
+            raise Refused("a reassignment needs a reason")
+        if not self.worklist.set_owner(row.feedback_id, agent_id, agent):
+            raise Refused(f"{agent_id} has no capacity left for this case")
+        _decide(lambda: case.assign(agent_id, by, reason))
+        self._save(case)
+        self.worklist.mark_announced([row.feedback_id])
+        if row.owner and row.owner != agent_id and row.department:
+            self._record_assignments(self.worklist.drain([row.department]))
+        return case
+
+    def add_co_handler(
+        self, feedback_number: str, department: str, duty: str, due_at: datetime, by: str
+    ) -> Case:
+        if department not in self.classifier.book.departments:
+            raise Refused(f"unknown department {department}")
+        case, _ = self._load(feedback_number)
+        _decide(lambda: case.add_co_handler(department, duty, due_at, by))
+        self._save(case)
+        return case
+
+    def reclassify(
+        self,
+        feedback_number: str,
+        by: str,
+        reason: str,
+        category: str,
+        subcategory: str,
+        feedback_type: FeedbackType | None = None,
+    ) -> Case:
+        book = self.classifier.book
+        if (
+            category not in book.categories
+            or subcategory not in book.categories[category].subcategories
+        ):
+            raise Refused(f"unknown category {category}/{subcategory}")
+        case, row = self._load(feedback_number)
+        previous = dict(case.classification or {})
+        kind = feedback_type.value if feedback_type else str(previous.get("type", "complaint"))
+        department = book.department_for(category, subcategory)
+        decision = {
+            **previous,
+            "type": kind,
+            "category": category,
+            "subcategory": subcategory,
+            "department": department,
+            "confidence": 1.0,
+            "needs_triage": False,
+            "rules": [f"manual:{by}"],
+        }
+        _decide(lambda: case.reclassify(decision, by, reason))
+        old_department = case.department
+        case.route(department, f"reclassified by {by}: {reason}")
+        self._save(case)
+        moved = old_department != department or row.state in ("triage", "disputed")
+        if moved:
+            self.worklist.set_state(
+                row.feedback_id, "queued", department=department, category=category, owner=None
+            )
+            assignments = self.worklist.drain(
+                [department] + ([row.department] if row.department else [])
+            )
+            self._record_assignments(assignments)
+        else:
+            self.worklist.set_state(row.feedback_id, row.state, category=category)
+        return self.store.get_case(case.id)
+
+    def override_priority(
+        self, feedback_number: str, priority: Priority, by: str, reason: str
+    ) -> Case:
+        case, row = self._load(feedback_number)
+        _decide(lambda: case.override_priority(priority.value, by, reason))
+        self._save(case)
+        self.worklist.set_state(
+            row.feedback_id, row.state, priority=priority.value,
+            priority_rank=PRIORITY_RANK[priority.value], weight=self.weights[priority.value],
+        )  # fmt: skip
+        return case
+
+    def put_agent(self, agent: Agent) -> list[Assignment]:
+        """Add or change an agent; freed or new capacity takes queued work at once."""
+        if agent.department not in self.classifier.book.departments:
+            raise Refused(f"unknown department {agent.department}")
+        self.worklist.upsert_agent(agent)
+        assignments = self.worklist.drain([agent.department])
+        self._record_assignments(assignments)
+        return assignments
+
+
+def _decide(decision: Any) -> None:
+    try:
+        decision()
+    except CaseError as error:
+        raise Refused(str(error)) from error
+
+
+def _decision_dict(decision: Decision) -> dict[str, Any]:
+    return decision.as_dict()
+
+
+def _route_reason(decision: Decision) -> str:
+    return f"{decision.type.value}: {decision.category}/{decision.subcategory} -> {decision.department}"
+
+
+def _dead_letter(record: Any, error: Exception) -> DeadLetter:
+    raw = record.value or b""
+    return DeadLetter(
+        source=GROUP,
+        reason=str(error)[:10_000],
+        payload=raw.decode("utf-8", errors="replace"),
+        source_topic=record.topic,
+        source_partition=record.partition,
+        source_offset=record.offset,
+        failed_at=datetime.now(UTC),
+    )
+
+
+__all__ = ["GROUP", "NotFound", "Refused", "RoutingService", "Slice", "defaultdict"]

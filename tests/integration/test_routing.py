@@ -1,0 +1,200 @@
+"""Classification, routing and assignment through the real bus and store: department
+topics, repeat complaints, acceptance, disputes, reassignment, co-handlers, reclassification
+and supervisor overrides."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from contracts.events import CaseEvent, FeedbackRouted, OwnerAssigned
+from examples.department_subscriber import build_subscriber
+from services.common.settings import Settings
+from tests.conftest import serve, wait_for, web_form
+
+pytestmark = pytest.mark.integration
+
+
+async def registered_row(client, number: str, **expected) -> dict:
+    async def matches() -> dict | None:
+        got = await client.get(f"/v1/feedback/{number}")
+        if got.status_code != 200:
+            return None
+        row = got.json()
+        return row if all(row.get(k) == v for k, v in expected.items()) else None
+
+    return await wait_for(matches, timeout=30, what=f"{number} with {expected}")
+
+
+async def post(client, description: str, **extra) -> str:
+    response = await client.post("/v1/feedback", json=web_form(description, **extra))
+    assert response.status_code == 202, response.text
+    return response.json()["feedback_number"]
+
+
+async def test_routed_case_reaches_only_its_department_topic(settings: Settings) -> None:
+    received: dict[str, list[CaseEvent]] = {"logistics": [], "tech": []}
+
+    def collector(department: str):
+        async def on_event(event: CaseEvent) -> None:
+            received[department].append(event)
+
+        return on_event
+
+    async with serve(settings) as running:
+        subscribers = [
+            build_subscriber(
+                settings.kafka_bootstrap_servers, d, collector(d), settings.topic_prefix
+            )
+            for d in received
+        ]
+        for subscriber in subscribers:
+            await subscriber.start()
+        try:
+            number = await post(running.client, "订单说好三天送达，现在已经第七天了还没有收到货")
+            row = await registered_row(running.client, number, status="assigned")
+            assert row["department"] == "logistics"
+            assert row["category"] == "logistics" and row["subcategory"] == "delay"
+            assert row["feedback_type"] == "complaint" and row["priority"] == "high"
+            assert row["owner"] in {"log-feng", "log-he"}
+            assert any(r.startswith("sub.delay:") for r in row["classification_rules"])
+
+            def logistics_heard() -> bool:
+                kinds = {type(e) for e in received["logistics"] if e.feedback_number == number}
+                return {FeedbackRouted, OwnerAssigned} <= kinds
+
+            await wait_for(logistics_heard, timeout=30, what="logistics department topic")
+            assert all(e.department == "logistics" for e in received["logistics"])
+        finally:
+            for subscriber in subscribers:
+                await subscriber.stop()
+        assert not [e for e in received["tech"] if e.feedback_number == number]
+
+
+async def test_repeat_complaint_within_30_days_raises_priority(settings: Settings) -> None:
+    async with serve(settings) as running:
+        first = await post(running.client, "洗衣机脱水时异响很大")
+        row = await registered_row(running.client, first, status="assigned")
+        assert row["priority"] == "medium" and "repeat" not in row["flags"]
+        again = await post(running.client, "洗衣机又有异响了，噪音很大")
+        row = await registered_row(running.client, again, status="assigned")
+        assert "repeat" in row["flags"] and row["priority"] == "high"
+        other_customer = await post(running.client, "洗衣机异响", customer={"phone": "13900001111"})
+        row = await registered_row(running.client, other_customer, status="assigned")
+        assert "repeat" not in row["flags"]
+
+
+async def test_accept_dispute_reassign_co_handle_reclassify_override(settings: Settings) -> None:
+    async with serve(settings) as running:
+        client = running.client
+        number = await post(running.client, "账单里多扣了一笔39元的服务费，购买时没有任何人告知")
+        row = await registered_row(client, number, status="assigned", department="finance")
+        owner = row["owner"]
+        assert owner == "fin-ma"
+
+        wrong = await client.post(f"/v1/cases/{number}/accept", json={"agent_id": "cs-li"})
+        assert wrong.status_code == 409 and "not the pending owner" in wrong.json()["detail"]
+        no_reason = await client.post(
+            f"/v1/cases/{number}/dispute", json={"agent_id": owner, "reason": ""}
+        )
+        assert no_reason.status_code == 422
+
+        accepted = await client.post(f"/v1/cases/{number}/accept", json={"agent_id": owner})
+        assert accepted.status_code == 200 and accepted.json()["status"] == "accepted"
+        await registered_row(client, number, status="accepted")
+
+        due = (datetime.now(UTC) + timedelta(hours=24)).isoformat()
+        co = await client.post(
+            f"/v1/cases/{number}/co-handlers",
+            json={
+                "department": "customer_service",
+                "duty": "向客户解释收费",
+                "due_at": due,
+                "by": owner,
+            },
+        )
+        assert co.status_code == 200, co.text
+        same = await client.post(
+            f"/v1/cases/{number}/co-handlers",
+            json={"department": "finance", "duty": "x", "due_at": due, "by": owner},
+        )
+        assert same.status_code == 409
+
+        override = await client.post(
+            f"/v1/cases/{number}/priority",
+            json={"priority": "urgent", "by": "supervisor-liu", "reason": "客户已投诉到消协"},
+        )
+        assert override.status_code == 200 and override.json()["priority"] == "urgent"
+        row = await registered_row(client, number, priority="urgent")
+        assert row["co_handlers"][0]["department"] == "customer_service"
+
+        disputed = await client.post(
+            f"/v1/cases/{number}/dispute",
+            json={"agent_id": owner, "reason": "这是门店收费，不归财务"},
+        )
+        assert disputed.status_code == 200 and disputed.json()["status"] == "disputed"
+        await registered_row(client, number, status="disputed", owner=None)
+
+        moved = await client.post(
+            f"/v1/cases/{number}/reclassify",
+            json={
+                "category": "policy",
+                "subcategory": "terms",
+                "by": "supervisor-liu",
+                "reason": "门店收费条款问题",
+            },
+        )
+        assert moved.status_code == 200, moved.text
+        assert moved.json()["department"] == "operations"
+        row = await registered_row(client, number, department="operations", status="assigned")
+        assert row["owner"] == "ops-zheng" and row["category"] == "policy"
+
+        reassigned = await client.post(
+            f"/v1/cases/{number}/assign",
+            json={"agent_id": "fin-ma", "by": "supervisor-liu", "reason": "x"},
+        )
+        assert reassigned.status_code == 409 and "operations" in reassigned.json()["detail"]
+
+        case = (await client.get(f"/v1/cases/{number}")).json()
+        assert case["classification"]["rules"] == ["manual:supervisor-liu"]
+
+
+async def test_case_waits_in_queue_until_someone_frees_up(settings: Settings) -> None:
+    async with serve(settings) as running:
+        client = running.client
+        # finance has one agent (fin-ma, capacity 8): make him unavailable.
+        put = await client.put(
+            "/v1/agents/fin-ma",
+            json={"name": "马会计", "department": "finance", "languages": ["zh", "en"], "vip": True,
+                  "capacity": 8, "available": False},
+        )  # fmt: skip
+        assert put.status_code == 200
+        number = await post(client, "发票金额开错了，比实际付款多了100元")
+        await registered_row(client, number, status="queued", department="finance")
+        queue = (await client.get("/v1/departments/finance/queue")).json()
+        assert [item["feedback_number"] for item in queue] == [number]
+
+        back = await client.put(
+            "/v1/agents/fin-ma",
+            json={"name": "马会计", "department": "finance", "languages": ["zh", "en"], "vip": True,
+                  "capacity": 8, "available": True},
+        )  # fmt: skip
+        assert back.status_code == 200 and back.json()["open_work"] > 0
+        await registered_row(client, number, status="assigned", owner="fin-ma")
+
+
+async def test_unclear_feedback_goes_to_triage_then_a_person_routes_it(settings: Settings) -> None:
+    async with serve(settings) as running:
+        client = running.client
+        number = await post(client, "关于上次那个事情")
+        await registered_row(client, number, status="triage")
+        assert number in [i["feedback_number"] for i in (await client.get("/v1/triage")).json()]
+        routed = await client.post(
+            f"/v1/cases/{number}/reclassify",
+            json={"category": "logistics", "subcategory": "delay", "type": "complaint", "by": "supervisor-liu",
+                  "reason": "客户电话确认是送货延迟"},
+        )  # fmt: skip
+        assert routed.status_code == 200, routed.text
+        await registered_row(client, number, status="assigned", department="logistics")
+        assert number not in [i["feedback_number"] for i in (await client.get("/v1/triage")).json()]
