@@ -21,7 +21,7 @@ demo: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy contracts services feedback_cli deploy
+	$(BIN)/mypy contracts services feedback_cli deploy bench examples
 
 test: lint
 	$(BIN)/pytest -q

@@ -211,8 +211,10 @@ class Worklist:
         """Give queued cases of these departments to free agents: urgent and high first,
         then oldest; the least-loaded capable agent each time; nobody over capacity."""
         chosen: list[Assignment] = []
-        for department in sorted(set(departments)):
-            with self.pool.connection() as conn, conn.transaction():
+        # One transaction for all of them; departments in a fixed order so two instances
+        # lock agents in the same order and never deadlock.
+        with self.pool.connection() as conn, conn.transaction():
+            for department in sorted(set(departments)):
                 chosen += self._drain_department(conn, department)
         return chosen
 
@@ -232,11 +234,19 @@ class Worklist:
                 ([a.agent_id for a in agents],),
             )
             loads = {row["owner"]: float(row["load"]) for row in cursor.fetchall()}
+            # Look only as deep into the queue as the free capacity could possibly take:
+            # a long queue behind busy agents must not be scanned on every drain.
+            free = sum(
+                max(0.0, a.capacity - loads.get(a.agent_id, 0.0)) for a in agents if a.available
+            )
+            depth = int(free / _SMALLEST_WEIGHT) + 1
+            if free < _SMALLEST_WEIGHT:
+                return []
             cursor.execute(
                 f"SELECT {_ROW_COLUMNS} FROM routing_cases WHERE department = %s AND state = 'queued' "
                 "ORDER BY priority_rank DESC, registered_at, feedback_number "
-                "FOR UPDATE SKIP LOCKED",
-                (department,),
+                "LIMIT %s FOR UPDATE SKIP LOCKED",
+                (department, depth),
             )
             queued = [CaseRow(**row) for row in cursor.fetchall()]
         chosen = []
@@ -329,6 +339,7 @@ class Worklist:
             return [CaseRow(**row) for row in cursor.fetchall()]
 
 
+_SMALLEST_WEIGHT = 0.25  # no priority weighs less (config/agents.yaml workload_weights)
 _CHANGEABLE = {"department", "category", "priority", "priority_rank", "weight", "owner"}
 _ROW_COLUMNS = (
     "feedback_id, feedback_number, customer_ref, category, department, priority, weight, "
