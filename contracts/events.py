@@ -60,6 +60,9 @@ class Registration(Contract):
     stated_type: FeedbackType | None = None
     evidence: tuple[Evidence, ...] = ()
     receiver: ShortText
+    related_feedback: FeedbackNumber | None = Field(
+        default=None, description="the earlier feedback a callback found this problem in"
+    )
 
 
 class FeedbackReceived(Registration):
@@ -90,6 +93,29 @@ class Classification(Contract):
     needs_triage: bool = False
     supervisor_attention: bool = False
     first_response_hours: float | None = None
+
+
+class CustomerCorrespondence(Contract):
+    """A customer wrote again about an existing feedback (an email reply, a supplement).
+
+    `supplied` carries registration fields the customer provided (e.g. `product_model`)."""
+
+    TOPIC: ClassVar[str] = topics.CORRESPONDENCE
+
+    event_type: Literal["CustomerCorrespondence"] = "CustomerCorrespondence"
+    schema_version: Literal[1] = 1
+    correspondence_id: UUID
+    feedback_id: UUID
+    feedback_number: FeedbackNumber
+    channel: Channel
+    channel_reference: Annotated[str, Field(max_length=500)] | None = None
+    received_at: AwareDatetime
+    text: Annotated[str, Field(max_length=20_000)] = ""
+    supplied: dict[str, str] = {}
+    evidence: tuple[Evidence, ...] = ()
+
+    def key(self) -> bytes:
+        return str(self.feedback_id).encode()
 
 
 class CaseEvent(Contract):
@@ -187,6 +213,30 @@ class PriorityOverridden(CaseEvent):
     reason: str
 
 
+class InformationRequested(CaseEvent):
+    """Mandatory information is missing (待补充): notification adapters ask the customer;
+    deadline clocks pause until it arrives."""
+
+    event_type: Literal["InformationRequested"] = "InformationRequested"
+    missing: tuple[str, ...]
+
+
+class InformationSupplied(CaseEvent):
+    event_type: Literal["InformationSupplied"] = "InformationSupplied"
+    supplied: dict[str, str]
+    complete: bool
+
+
+class CorrespondenceReceived(CaseEvent):
+    """A customer's message about this case, kept with the case's communication records."""
+
+    event_type: Literal["CorrespondenceReceived"] = "CorrespondenceReceived"
+    channel: Channel
+    channel_reference: str | None = None
+    text: str
+    evidence: tuple[Evidence, ...] = ()
+
+
 CASE_EVENTS: tuple[type[CaseEvent], ...] = (
     CaseRegistered,
     FeedbackClassified,
@@ -197,6 +247,9 @@ CASE_EVENTS: tuple[type[CaseEvent], ...] = (
     AssignmentDisputed,
     CoHandlerAdded,
     PriorityOverridden,
+    InformationRequested,
+    InformationSupplied,
+    CorrespondenceReceived,
 )
 CaseEventMessage = Annotated[
     CaseRegistered
@@ -207,7 +260,10 @@ CaseEventMessage = Annotated[
     | OwnerAccepted
     | AssignmentDisputed
     | CoHandlerAdded
-    | PriorityOverridden,
+    | PriorityOverridden
+    | InformationRequested
+    | InformationSupplied
+    | CorrespondenceReceived,
     Field(discriminator="event_type"),
 ]
 case_event_adapter: TypeAdapter[CaseEventMessage] = TypeAdapter(CaseEventMessage)
@@ -220,9 +276,12 @@ class DeadLetter(Contract):
 
     event_type: Literal["DeadLetter"] = "DeadLetter"
     schema_version: Literal[1] = 1
+    dead_letter_id: UUID | None = None
     source: Annotated[str, Field(max_length=200)]
     reason: Annotated[str, Field(max_length=10_000)]
     payload: str
+    payload_encoding: Literal["utf-8", "base64"] = "utf-8"
+    metadata: dict[str, str] = {}
     source_topic: str | None = None
     source_partition: int | None = None
     source_offset: int | None = None

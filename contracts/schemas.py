@@ -7,9 +7,14 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from contracts.events import CASE_EVENTS, DeadLetter, FeedbackReceived
+from contracts.events import CASE_EVENTS, CustomerCorrespondence, DeadLetter, FeedbackReceived
 
-MESSAGES: tuple[type[BaseModel], ...] = (FeedbackReceived, *CASE_EVENTS, DeadLetter)
+MESSAGES: tuple[type[BaseModel], ...] = (
+    FeedbackReceived,
+    CustomerCorrespondence,
+    *CASE_EVENTS,
+    DeadLetter,
+)
 
 
 def schema_of(model: type[BaseModel]) -> dict[str, object]:

@@ -3,6 +3,9 @@
 FEEDBACK_RECEIVED = "feedback.received"
 """Normalised feedback from every intake channel, before it becomes a case."""
 
+CORRESPONDENCE = "feedback.correspondence"
+"""What a customer sends about an existing feedback: replies, supplied information."""
+
 FEEDBACK_EVENTS = "feedback.events"
 """Every stored case event, in order per case, relayed from the event store."""
 

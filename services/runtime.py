@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,8 +25,14 @@ from services.cases.store import CaseStore
 from services.common.bus import ensure_topics, make_broker, platform_topics
 from services.common.database import apply_schema, open_pool
 from services.common.settings import Settings
+from services.intake import deadletters as intake_deadletters
 from services.intake import numbering, pii_vault, registration
-from services.intake.http import intake_router
+from services.intake.channels.chat_social import chat_social_router
+from services.intake.channels.email import EmailIntake, start_smtp
+from services.intake.channels.records import records_router
+from services.intake.channels.web import web_router
+from services.intake.evidence import EvidenceStore
+from services.intake.operations import operations_router
 from services.projections import registrations
 from services.projections.http import projections_router
 from services.routing import worklist as routing_worklist
@@ -52,6 +59,11 @@ class Platform:
     routing_pool: ConnectionPool | None = None
     relay: OutboxRelay | None = None
     registrar: registration.Registrar | None = None
+    evidence: EvidenceStore | None = None
+    deadletters: intake_deadletters.DeadLetters | None = None
+    email: EmailIntake | None = None
+    vault: pii_vault.PiiVault | None = None
+    smtp_server: asyncio.AbstractServer | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -62,7 +74,12 @@ class Platform:
     def schema(self) -> list[str]:
         statements: list[str] = []
         if "intake" in self.services:
-            statements += numbering.SCHEMA + pii_vault.SCHEMA + registration.SCHEMA
+            statements += (
+                numbering.SCHEMA
+                + pii_vault.SCHEMA
+                + registration.SCHEMA
+                + intake_deadletters.SCHEMA
+            )
         if "routing" in self.services:
             statements += routing_worklist.SCHEMA
         if "relay" in self.services:
@@ -99,10 +116,18 @@ class Platform:
         if "intake" in self.services:
             serials = numbering.SerialAllocator(self.pool, settings.number_block_size)
             feedback_numbering = numbering.FeedbackNumbering(serials)
-            vault = pii_vault.PiiVault(self.pool, settings.pii_key_bytes, feedback_numbering)
+            self.vault = pii_vault.PiiVault(self.pool, settings.pii_key_bytes, feedback_numbering)
             self.registrar = registration.Registrar(
-                settings, self.pool, self.broker, feedback_numbering, vault
+                settings, self.pool, self.broker, feedback_numbering, self.vault
             )
+            self.evidence = EvidenceStore(
+                settings.evidence_dir,
+                settings.max_attachment_bytes,
+                settings.allowed_attachment_types,
+                settings.max_attachments,
+            )
+            self.deadletters = intake_deadletters.DeadLetters(self.pool, settings)
+            self.email = EmailIntake(self.registrar, self.evidence, self.deadletters)
         if "relay" in self.services:
             assert self.store is not None
             self.relay = OutboxRelay(settings, self.store, self.broker)
@@ -123,6 +148,17 @@ class Platform:
                 asyncio.create_task(self._reconcile_forever(), name="routing-reconcile")
             )
         await self.broker.start()
+        if self.registrar is not None:
+            self._tasks.append(
+                asyncio.create_task(self.registrar.drain_outbox_forever(), name="intake-outbox")
+            )
+            if self.settings.smtp_port and self.email is not None:
+                self.smtp_server = await start_smtp(
+                    self.email,
+                    self.settings.smtp_host,
+                    self.settings.smtp_port,
+                    self.settings.smtp_max_message_bytes,
+                )
         if self.relay is not None:
             self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
             await asyncio.wait_for(self.relay.ready.wait(), timeout=30)
@@ -142,6 +178,9 @@ class Platform:
 
     async def stop(self) -> None:
         self.ready.clear()
+        if self.smtp_server is not None:
+            self.smtp_server.close()
+            await self.smtp_server.wait_closed()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -203,10 +242,63 @@ def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> Fa
         )
 
     if platform.registrar is not None:
-        app.include_router(intake_router(platform.registrar, settings.customer_tiers))
+        assert platform.evidence is not None and platform.deadletters is not None
+        assert platform.email is not None and platform.vault is not None
+        limiter = RateLimiter(settings.rate_limit_per_minute)
+
+        @app.middleware("http")
+        async def limit_rate(request: Request, call_next: Any) -> Any:
+            if (
+                request.url.path.startswith(("/v1/feedback", "/v1/channels"))
+                and request.method == "POST"
+            ):
+                client = request.client.host if request.client else "unknown"
+                if not limiter.allow(client):
+                    return JSONResponse(
+                        {"detail": f"more than {settings.rate_limit_per_minute} requests a minute"},
+                        status_code=429,
+                        headers={"Retry-After": "60"},
+                    )
+            return await call_next(request)
+
+        app.include_router(
+            web_router(platform.registrar, platform.evidence, settings.customer_tiers)
+        )
+        app.include_router(
+            chat_social_router(
+                platform.registrar,
+                platform.evidence,
+                platform.deadletters,
+                settings.wechat_token,
+                settings.weibo_secret,
+                settings.douyin_secret,
+            )
+        )
+        app.include_router(records_router(platform.registrar, settings.zone))
+        app.include_router(
+            operations_router(
+                platform.registrar, platform.deadletters, platform.email, platform.vault
+            )
+        )
     if platform.routing is not None:
         app.include_router(routing_router(platform.routing))
     if "projections" in platform.services:
         assert platform.pool is not None
         app.include_router(projections_router(platform.pool))
     return app
+
+
+class RateLimiter:
+    """Requests per client per minute, in a fixed one-minute window (per process)."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self.window = 0
+        self.counts: dict[str, int] = {}
+
+    def allow(self, client: str) -> bool:
+        window = int(time.monotonic() // 60)
+        if window != self.window:
+            self.window, self.counts = window, {}
+        self.counts[client] = self.counts.get(client, 0) + 1
+        return self.counts[client] <= self.per_minute

@@ -23,6 +23,7 @@ class CaseStatus(StrEnum):
     assigned = "assigned"  # an owner was picked, not yet accepted
     accepted = "accepted"  # the owner confirmed (确认接收)
     disputed = "disputed"  # the owner refused with a reason; the supervisor reassigns
+    pending_info = "pending_info"  # 待补充: waiting for the customer to supply information
 
 
 class CaseError(Exception):
@@ -45,6 +46,8 @@ class Case(Aggregate):
         self.department: str | None = None
         self.owner: str | None = None
         self.co_handlers: list[dict[str, Any]] = []
+        self.missing: list[str] = []
+        self.correspondence: list[dict[str, Any]] = []
 
     @classmethod
     def register(cls, feedback_id: UUID, registration: Registration) -> Case:
@@ -214,4 +217,73 @@ class Case(Aggregate):
     ) -> None:
         self.co_handlers.append(
             {"department": co_department, "duty": duty, "due_at": due_at.isoformat(), "by": by}
+        )
+
+    # -- information and correspondence -----------------------------------------------
+
+    def request_information(self, missing: list[str]) -> None:
+        """Mandatory information is missing: ask the customer and wait (待补充)."""
+        if not missing:
+            raise CaseError("nothing is missing")
+        self._information_requested(self.feedback_number, self.department, sorted(missing))
+
+    @event("InformationRequested")
+    def _information_requested(
+        self, feedback_number: str, department: str | None, missing: list[str]
+    ) -> None:
+        self.missing = list(missing)
+        self.status = CaseStatus.pending_info
+
+    def supply_information(self, supplied: dict[str, str]) -> bool:
+        """Record what the customer supplied; True when nothing is missing any more."""
+        useful = {k: v for k, v in supplied.items() if v and k in self.missing}
+        if not useful:
+            return not self.missing
+        complete = set(self.missing) <= set(useful)
+        self._information_supplied(self.feedback_number, self.department, useful, complete)
+        return complete
+
+    @event("InformationSupplied")
+    def _information_supplied(
+        self, feedback_number: str, department: str | None, supplied: dict[str, str], complete: bool
+    ) -> None:
+        self.registration = {**self.registration, **supplied}
+        self.missing = [m for m in self.missing if m not in supplied]
+        if complete:
+            self.status = CaseStatus.registered
+
+    def receive_correspondence(
+        self,
+        correspondence_id: str,
+        channel: str,
+        channel_reference: str | None,
+        text: str,
+        evidence: list[dict[str, Any]],
+    ) -> None:
+        """Keep a customer's message with the case's communication records (once)."""
+        if any(c["correspondence_id"] == correspondence_id for c in self.correspondence):
+            return
+        self._correspondence_received(
+            self.feedback_number,
+            self.department,
+            correspondence_id,
+            channel,
+            channel_reference,
+            text,
+            evidence,
+        )
+
+    @event("CorrespondenceReceived")
+    def _correspondence_received(
+        self,
+        feedback_number: str,
+        department: str | None,
+        correspondence_id: str,
+        channel: str,
+        channel_reference: str | None,
+        text: str,
+        evidence: list[dict[str, Any]],
+    ) -> None:
+        self.correspondence.append(
+            {"correspondence_id": correspondence_id, "channel": channel, "text": text}
         )

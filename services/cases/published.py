@@ -80,6 +80,18 @@ def to_contract(domain_event: Any, position: int) -> contract.CaseEvent | None:
                 by=e.by,
                 reason=e.reason,
             )
+        case "InformationRequested":
+            return contract.InformationRequested(**common, missing=tuple(e.missing))
+        case "InformationSupplied":
+            return contract.InformationSupplied(**common, supplied=e.supplied, complete=e.complete)
+        case "CorrespondenceReceived":
+            return contract.CorrespondenceReceived(
+                **common,
+                channel=e.channel,
+                channel_reference=e.channel_reference,
+                text=e.text,
+                evidence=tuple(contract.Evidence.model_validate(x) for x in e.evidence),
+            )
     return None
 
 

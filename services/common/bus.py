@@ -42,7 +42,12 @@ def make_broker(settings: Settings, client_id: str = "feedback") -> KafkaBroker:
 
 
 def platform_topics(settings: Settings, departments: Iterable[str] = ()) -> list[str]:
-    names = [topics.FEEDBACK_RECEIVED, topics.FEEDBACK_EVENTS, topics.DEADLETTER]
+    names = [
+        topics.FEEDBACK_RECEIVED,
+        topics.CORRESPONDENCE,
+        topics.FEEDBACK_EVENTS,
+        topics.DEADLETTER,
+    ]
     names += [topics.department_topic(d) for d in departments]
     return [settings.topic(n) for n in names]
 

@@ -41,6 +41,25 @@ class Settings(BaseSettings):
     consumer_batch_size: int = Field(default=200, ge=1, le=250)
     relay_batch_size: int = Field(default=1000, ge=1, le=10_000)
     relay_idle_poll_s: float = Field(default=0.05, gt=0)
+    # Evidence (attachments): a content-addressed folder; sizes and types enforced.
+    evidence_dir: Path = Path(".feedback/evidence")
+    max_attachment_bytes: int = 10 * 1024 * 1024
+    max_attachments: int = 10
+    allowed_attachment_types: tuple[str, ...] = (
+        "image/jpeg", "image/png", "image/gif", "image/webp", "application/pdf", "text/plain",
+        "audio/mpeg", "audio/wav", "audio/x-wav", "audio/amr", "message/rfc822",
+        "application/json", "application/octet-stream",
+    )  # fmt: skip
+    # Channel secrets: push and webhook channels refuse requests they cannot verify.
+    wechat_token: SecretStr | None = None
+    weibo_secret: SecretStr | None = None
+    douyin_secret: SecretStr | None = None
+    # SMTP intake (aiosmtpd); port 0 disables it.
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 0
+    smtp_max_message_bytes: int = 25 * 1024 * 1024
+    # Requests per minute per client address on the intake endpoints.
+    rate_limit_per_minute: int = Field(default=600, ge=1)
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     state_dir: Path = Path(".feedback")

@@ -40,9 +40,14 @@ SCHEMA = [
 
 
 class Contact(BaseModel):
+    """Personal data of a customer: only ever stored sealed in the vault."""
+
     name: str | None = None
     phone: str | None = None
     email: EmailStr | None = None
+    address: str | None = None
+    # A platform account (e.g. `wechat:<openid>`, `weibo:<uid>`): identifies the person too.
+    account: str | None = None
 
 
 def normalise_phone(phone: str) -> str:
@@ -54,8 +59,13 @@ PHONE_IN_TEXT = re.compile(r"(?<!\d)(1[3-9]\d)(\d{4})(\d{4})(?!\d)")
 EMAIL_IN_TEXT = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*(@[A-Za-z0-9.-]+\.[A-Za-z]{2,})")
 
 
+ID_OR_CARD_IN_TEXT = re.compile(r"(?<!\d)(\d{4})\d{8,11}(\d{3}[\dXx])(?!\d)")
+
+
 def mask_contacts(text: str) -> str:
-    """Mask mobile numbers and emails that customers write into free text (138****5678)."""
+    """Mask mobile numbers, emails, ID and bank card numbers customers write into free
+    text (138****5678)."""
+    text = ID_OR_CARD_IN_TEXT.sub(lambda m: f"{m.group(1)}********{m.group(2)}", text)
     text = PHONE_IN_TEXT.sub(lambda m: f"{m.group(1)}****{m.group(3)}", text)
     return EMAIL_IN_TEXT.sub(lambda m: f"{m.group(1)}***{m.group(2)}", text)
 
@@ -74,6 +84,8 @@ class PiiVault:
             keys.append(f"phone:{normalise_phone(contact.phone)}")
         if contact.email:
             keys.append(f"email:{contact.email.lower()}")
+        if contact.account:
+            keys.append(f"account:{contact.account}")
         return [hmac.new(self.lookup_key, k.encode(), hashlib.sha256).digest() for k in keys]
 
     def seal(self, customer_ref: str, contact: Contact) -> bytes:
@@ -122,6 +134,20 @@ class PiiVault:
                     # A concurrent request registered the same contact first: use theirs.
                     raise _Raced()
         return customer_ref
+
+    async def erase(self, customer_ref: str) -> bool:
+        """Crypto-shredding: the sealed contact and every lookup hash are destroyed; the
+        history keeps the pseudonym, which no longer leads to a person."""
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                "DELETE FROM pii_customer_lookup WHERE customer_ref = %s", (customer_ref,)
+            )
+            cursor = await conn.execute(
+                "UPDATE pii_customers SET sealed = NULL, erased_at = now() "
+                "WHERE customer_ref = %s AND erased_at IS NULL RETURNING customer_ref",
+                (customer_ref,),
+            )
+            return await cursor.fetchone() is not None
 
     async def reveal(self, customer_ref: str) -> Contact | None:
         async with self.pool.connection() as conn:

@@ -6,6 +6,8 @@ A feedback counts as accepted only once Kafka acknowledged `FeedbackReceived` (a
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from datetime import UTC, date, datetime
 from typing import Any
@@ -16,7 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, ValidationError
 
 from contracts.codes import Channel, Emotion, FeedbackType
-from contracts.events import Evidence, FeedbackReceived
+from contracts.events import CustomerCorrespondence, Evidence, FeedbackReceived
 from services.common.bus import publish
 from services.common.settings import Settings
 from services.intake.numbering import FeedbackNumbering
@@ -33,7 +35,29 @@ SCHEMA = [
         published boolean NOT NULL DEFAULT false,
         created_at timestamptz NOT NULL DEFAULT now()
     )
+    """,
+    # Every accepted feedback: lets replies and supplements find their case by number or
+    # by the Message-ID of the email that registered it.
     """
+    CREATE TABLE IF NOT EXISTS intake_registry (
+        feedback_number text PRIMARY KEY,
+        feedback_id uuid NOT NULL UNIQUE,
+        channel text NOT NULL,
+        channel_reference text,
+        registered_at timestamptz NOT NULL DEFAULT now()
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS intake_registry_reference ON intake_registry (channel, channel_reference)",
+    # The durable buffer: messages accepted while Kafka may be away, published in order.
+    """
+    CREATE TABLE IF NOT EXISTS intake_outbox (
+        id bigserial PRIMARY KEY,
+        topic text NOT NULL,
+        message_key bytea,
+        payload bytea NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now()
+    )
+    """,
 ]
 
 
@@ -56,6 +80,7 @@ class Submission(BaseModel):
     emotion: Emotion | None = None
     stated_type: FeedbackType | None = None
     evidence: tuple[Evidence, ...] = ()
+    related_feedback: str | None = None
 
 
 class Accepted(BaseModel):
@@ -70,6 +95,14 @@ class IntakeUnavailable(Exception):
 
 class DuplicateInProgress(Exception):
     """The same delivery is being registered by a concurrent request right now."""
+
+
+class UnknownFeedback(LookupError):
+    """No feedback has this number."""
+
+
+class _DuplicateRace(Exception):
+    pass
 
 
 class InvalidSubmission(ValueError):
@@ -92,6 +125,188 @@ class Registrar:
         self.broker = broker
         self.numbering = numbering
         self.vault = vault
+        self.outbox_waiting = asyncio.Event()
+
+    async def register_durably(
+        self, submission: Submission, dedup_key: str | None = None
+    ) -> Accepted:
+        """Accept into the durable buffer (PostgreSQL) and publish when Kafka can take it.
+
+        For channels that cannot be asked to retry (SMTP, batch files): once this returns,
+        the feedback is safe even if Kafka is away; the outbox drainer publishes it later.
+        """
+        if dedup_key is None and submission.channel_reference:
+            dedup_key = f"{submission.channel.value}:{submission.channel_reference}"
+        if dedup_key is not None:
+            existing = await self._existing(dedup_key)
+            if existing is not None:
+                return existing
+        now = datetime.now(UTC)
+        feedback_id = uuid4()
+        number = await self.numbering.feedback_number(now.astimezone(self.settings.zone))
+        customer_ref = await self.vault.pseudonym_for(submission.contact, now)
+        try:
+            event = self._received(submission, feedback_id, number, customer_ref, now)
+        except ValidationError as error:
+            raise InvalidSubmission(error.errors(include_url=False)) from error  # type: ignore[arg-type]
+        try:
+            async with self.pool.connection() as conn, conn.transaction():
+                if dedup_key is not None:
+                    cursor = await conn.execute(
+                        "INSERT INTO intake_deduplication (dedup_key, feedback_id, feedback_number, "
+                        "published) VALUES (%s, %s, %s, true) ON CONFLICT (dedup_key) DO NOTHING "
+                        "RETURNING dedup_key",
+                        (dedup_key, feedback_id, number),
+                    )
+                    if await cursor.fetchone() is None:
+                        raise _DuplicateRace()
+                await self._remember(conn, event)
+                await conn.execute(
+                    "INSERT INTO intake_outbox (topic, message_key, payload) VALUES (%s, %s, %s)",
+                    (
+                        self.settings.topic(event.TOPIC),
+                        event.key(),
+                        event.model_dump_json().encode(),
+                    ),
+                )
+        except _DuplicateRace:
+            # A concurrent delivery of the same message won; answer with its number.
+            assert dedup_key is not None
+            existing = await self._existing(dedup_key)
+            if existing is None:
+                raise DuplicateInProgress(dedup_key) from None
+            return existing
+        self.outbox_waiting.set()
+        return Accepted(feedback_id=feedback_id, feedback_number=number)
+
+    async def drain_outbox(self, limit: int = 500) -> int:
+        """Publish buffered messages in order; each row goes once Kafka acknowledged it."""
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT id, topic, message_key, payload FROM intake_outbox ORDER BY id LIMIT %s",
+                (limit,),
+            )
+            rows = await cursor.fetchall()
+        if not rows:
+            return 0
+        async with asyncio.timeout(self.settings.publish_timeout_s):
+            pending = [
+                await self.broker.publish(
+                    bytes(payload),
+                    topic,
+                    key=bytes(key) if key is not None else None,
+                    headers={"content-type": "application/json"},
+                    no_confirm=True,
+                )
+                for _, topic, key, payload in rows
+            ]
+            await asyncio.gather(*pending)
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "DELETE FROM intake_outbox WHERE id = ANY(%s)", ([r[0] for r in rows],)
+            )
+        return len(rows)
+
+    async def drain_outbox_forever(self) -> None:
+        while True:
+            try:
+                while await self.drain_outbox():
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("intake outbox not drained yet (%s); retrying", error)
+                await asyncio.sleep(1.0)
+                continue
+            self.outbox_waiting.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self.outbox_waiting.wait()
+
+    async def buffered(self) -> int:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute("SELECT count(*) FROM intake_outbox")
+            row: Any = await cursor.fetchone()
+        return int(row[0])
+
+    async def _remember(self, conn: Any, event: FeedbackReceived) -> None:
+        await conn.execute(
+            "INSERT INTO intake_registry (feedback_number, feedback_id, channel, channel_reference) "
+            "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (
+                event.feedback_number,
+                event.feedback_id,
+                event.channel.value,
+                event.channel_reference,
+            ),
+        )
+
+    async def find(self, feedback_number: str) -> UUID | None:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT feedback_id FROM intake_registry WHERE feedback_number = %s",
+                (feedback_number,),
+            )
+            row: Any = await cursor.fetchone()
+        return row[0] if row else None
+
+    async def find_by_reference(self, channel: Channel, references: list[str]) -> str | None:
+        """The feedback number registered from any of these channel references."""
+        if not references:
+            return None
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT feedback_number FROM intake_registry WHERE channel = %s "
+                "AND channel_reference = ANY(%s) ORDER BY registered_at LIMIT 1",
+                (channel.value, references),
+            )
+            row: Any = await cursor.fetchone()
+        return str(row[0]) if row else None
+
+    async def correspond(
+        self,
+        feedback_number: str,
+        channel: Channel,
+        text: str,
+        *,
+        supplied: dict[str, str] | None = None,
+        evidence: tuple[Evidence, ...] = (),
+        channel_reference: str | None = None,
+        received_at: datetime | None = None,
+        durable: bool = False,
+    ) -> CustomerCorrespondence:
+        """A customer's message about an existing feedback goes to its case."""
+        feedback_id = await self.find(feedback_number)
+        if feedback_id is None:
+            raise UnknownFeedback(feedback_number)
+        message = CustomerCorrespondence(
+            correspondence_id=uuid4(),
+            feedback_id=feedback_id,
+            feedback_number=feedback_number,
+            channel=channel,
+            channel_reference=channel_reference,
+            received_at=received_at or datetime.now(UTC),
+            text=mask_contacts(text),
+            supplied=supplied or {},
+            evidence=evidence,
+        )
+        if durable:
+            async with self.pool.connection() as conn:
+                await conn.execute(
+                    "INSERT INTO intake_outbox (topic, message_key, payload) VALUES (%s, %s, %s)",
+                    (
+                        self.settings.topic(message.TOPIC),
+                        message.key(),
+                        message.model_dump_json().encode(),
+                    ),
+                )
+            self.outbox_waiting.set()
+            return message
+        try:
+            await publish(self.broker, self.settings, message)
+        except Exception as error:
+            raise IntakeUnavailable(str(error)) from error
+        return message
 
     async def register(self, submission: Submission, dedup_key: str | None = None) -> Accepted:
         if dedup_key is None and submission.channel_reference:
@@ -122,6 +337,8 @@ class Registrar:
             raise IntakeUnavailable(str(error)) from error
         if dedup_key is not None:
             await self._mark_published(dedup_key, feedback_id)
+        async with self.pool.connection() as conn:
+            await self._remember(conn, event)
         return Accepted(feedback_id=feedback_id, feedback_number=number)
 
     def _received(
@@ -152,6 +369,7 @@ class Registrar:
             stated_type=submission.stated_type,
             evidence=submission.evidence,
             receiver=submission.receiver,
+            related_feedback=submission.related_feedback,
         )
 
     async def _existing(self, dedup_key: str) -> Accepted | None:

@@ -48,6 +48,9 @@ class RegistrationView(BaseModel):
     supervisor_attention: bool = False
     owner: str | None = None
     co_handlers: list[dict[str, Any]] = []
+    missing_information: list[str] = []
+    correspondence_count: int = 0
+    related_feedback: str | None = None
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> RegistrationView:

@@ -23,8 +23,11 @@ from contracts.events import (
     CaseEvent,
     CaseRegistered,
     CoHandlerAdded,
+    CorrespondenceReceived,
     FeedbackClassified,
     FeedbackRouted,
+    InformationRequested,
+    InformationSupplied,
     OwnerAccepted,
     OwnerAssigned,
     PriorityOverridden,
@@ -83,7 +86,10 @@ SCHEMA = [
         ADD COLUMN IF NOT EXISTS classification_rules text[] NOT NULL DEFAULT '{}',
         ADD COLUMN IF NOT EXISTS supervisor_attention boolean NOT NULL DEFAULT false,
         ADD COLUMN IF NOT EXISTS owner text,
-        ADD COLUMN IF NOT EXISTS co_handlers jsonb NOT NULL DEFAULT '[]'
+        ADD COLUMN IF NOT EXISTS co_handlers jsonb NOT NULL DEFAULT '[]',
+        ADD COLUMN IF NOT EXISTS missing_information text[] NOT NULL DEFAULT '{}',
+        ADD COLUMN IF NOT EXISTS correspondence_count integer NOT NULL DEFAULT 0,
+        ADD COLUMN IF NOT EXISTS related_feedback text
     """,
     "CREATE INDEX IF NOT EXISTS registrations_registered_at ON registrations (registered_at)",
     "CREATE INDEX IF NOT EXISTS registrations_department ON registrations (department, status)",
@@ -103,9 +109,9 @@ async def apply_registered(conn: Any, event: CaseRegistered) -> None:
             channel_reference, customer_ref, customer_tier, product_model, service_type,
             purchase_date, description, customer_attempts, occurred_at, expectation, emotion,
             stated_type, feedback_type, evidence, receiver, registration_late, status,
-            last_version, updated_at)
+            last_version, updated_at, related_feedback)
         VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
-                %s, %s, %s, 'registered', %s, %s)
+                %s, %s, %s, 'registered', %s, %s, %s)
         ON CONFLICT (feedback_id) DO NOTHING
         """,
         (
@@ -132,6 +138,7 @@ async def apply_registered(conn: Any, event: CaseRegistered) -> None:
             late,
             event.version,
             event.occurred_at,
+            r.related_feedback,
         ),
     )
 
@@ -211,6 +218,23 @@ async def apply_event(conn: Any, event: CaseEvent) -> None:
             await _update(
                 conn, event, "priority = %(priority)s", {"priority": event.priority.value}
             )
+        case InformationRequested():
+            await _update(
+                conn,
+                event,
+                "status = 'pending_info', missing_information = %(missing)s",
+                {"missing": list(event.missing)},
+            )
+        case InformationSupplied():
+            await _update(
+                conn,
+                event,
+                "missing_information = ARRAY(SELECT unnest(missing_information) EXCEPT "
+                "SELECT unnest(%(supplied)s::text[])), product_model = coalesce(%(model)s, product_model)",
+                {"supplied": list(event.supplied), "model": event.supplied.get("product_model")},
+            )
+        case CorrespondenceReceived():
+            await _update(conn, event, "correspondence_count = correspondence_count + 1", {})
 
 
 async def apply_batch(pool: AsyncConnectionPool, records: list[Any]) -> int:
@@ -261,7 +285,8 @@ COLUMNS = (
     "customer_attempts, occurred_at, expectation, emotion, stated_type, feedback_type, "
     "evidence, receiver, registration_late, status, last_version, updated_at, category, "
     "subcategory, priority, department, classified_emotion, flags, confidence, "
-    "classification_rules, supervisor_attention, owner, co_handlers"
+    "classification_rules, supervisor_attention, owner, co_handlers, missing_information, "
+    "correspondence_count, related_feedback"
 )
 
 

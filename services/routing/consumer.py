@@ -20,7 +20,7 @@ from contracts import topics
 from services.common.bus import publish
 from services.common.kafka_positions import by_partition
 from services.common.settings import Settings
-from services.routing.service import GROUP, RoutingService
+from services.routing.service import CORRESPONDENCE_GROUP, GROUP, RoutingService
 
 log = logging.getLogger(__name__)
 
@@ -51,3 +51,23 @@ def register_routing(broker: KafkaBroker, settings: Settings, routing: RoutingSe
                 await publish(broker, settings, letter)
             if work.next_offset is not None:
                 await asyncio.to_thread(routing.commit, work)
+
+    @broker.subscriber(
+        settings.topic(topics.CORRESPONDENCE),
+        group_id=CORRESPONDENCE_GROUP,
+        batch=True,
+        max_records=settings.consumer_batch_size,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        title="routing-correspondence",
+    )
+    async def on_correspondence(body: list[Any], msg: KafkaMessage) -> None:
+        records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
+        for (topic, partition), slice_records in by_partition(records).items():
+            work = await asyncio.to_thread(
+                routing.prepare_correspondence, topic, partition, slice_records
+            )
+            for letter in work.dead_letters:
+                await publish(broker, settings, letter)
+            if work.next_offset is not None:
+                await asyncio.to_thread(routing.commit_correspondence, work)

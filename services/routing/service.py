@@ -19,7 +19,7 @@ from eventsourcing.persistence import IntegrityError
 from pydantic import ValidationError
 
 from contracts.codes import FeedbackType, Priority
-from contracts.events import DeadLetter, FeedbackReceived
+from contracts.events import CustomerCorrespondence, DeadLetter, FeedbackReceived
 from services.cases.domain import Case, CaseError, CaseStatus
 from services.cases.store import CaseStore, KafkaPosition
 from services.routing.assignment import PRIORITY_RANK, Agent, AgentRoster, language_of
@@ -29,6 +29,7 @@ from services.routing.worklist import Assignment, CaseRow, Worklist
 log = logging.getLogger(__name__)
 
 GROUP = "routing"
+CORRESPONDENCE_GROUP = "routing-correspondence"
 ROUTING = "routing"  # the actor name of automatic decisions
 
 
@@ -115,7 +116,7 @@ class RoutingService:
             if decision.category:
                 history.setdefault(message.customer_ref, set()).add(decision.category)
             case = Case.register(message.feedback_id, message)
-            self._decide_route(case, decision, by=ROUTING)
+            self._decide_route(case, decision, by=ROUTING, missing=self._missing(message, decision))
             work.cases[case.id] = case
             rows.append(self._row(case, message, decision))
         on_record = self.worklist.enter(rows)
@@ -139,9 +140,17 @@ class RoutingService:
         self.worklist.mark_announced(c.id for c in work.cases.values() if c.owner)
         self.created += len(work.cases)
 
-    def _decide_route(self, case: Case, decision: Decision, by: str) -> None:
+    def _missing(self, message: FeedbackReceived, decision: Decision) -> list[str]:
+        if decision.priority == Priority.urgent or decision.needs_triage or not decision.category:
+            return []  # urgent feedback never waits for paperwork; triage decides first
+        wanted = self.classifier.book.mandatory_information.get(decision.category, ())
+        return [name for name in wanted if not getattr(message, name, None)]
+
+    def _decide_route(self, case: Case, decision: Decision, by: str, missing: list[str]) -> None:
         case.classify(_decision_dict(decision), by)
-        if decision.needs_triage:
+        if missing:
+            case.request_information(missing)
+        elif decision.needs_triage:
             case.send_to_triage(
                 f"confidence {decision.confidence:.2f} below {self.classifier.book.confidence_threshold}"
             )
@@ -154,14 +163,66 @@ class RoutingService:
             feedback_number=case.feedback_number,
             customer_ref=message.customer_ref,
             category=decision.category,
-            department=case.department,
             priority=decision.priority.value,
             weight=self.weights[decision.priority.value],
             language=language_of(message.description),
             vip=message.customer_tier == "vip",
             registered_at=message.registered_at,
-            state="triage" if case.status == CaseStatus.triage else "queued",
+            state={CaseStatus.triage: "triage", CaseStatus.pending_info: "pending_info"}.get(
+                case.status, "queued"
+            ),
+            department=case.department or decision.department,
         )
+
+    # -- customers writing again -----------------------------------------------------
+
+    def prepare_correspondence(self, topic: str, partition: int, records: list[Any]) -> Slice:
+        """Customer messages about existing cases: kept with the case; supplied
+        information completes a pending registration, which is then routed."""
+        work = Slice(topic, partition)
+        next_offset = self.store.next_offset(CORRESPONDENCE_GROUP, topic, partition)
+        unseen = [r for r in records if r.offset >= next_offset]
+        if not unseen:
+            return work
+        work.next_offset = unseen[-1].offset + 1
+        resumed: list[Case] = []
+        for record in unseen:
+            try:
+                message = CustomerCorrespondence.model_validate_json(record.value or b"")
+                case = work.cases.get(message.feedback_id) or self.store.get_case(
+                    message.feedback_id
+                )
+            except (ValidationError, AggregateNotFoundError) as error:
+                work.dead_letters.append(_dead_letter(record, error, CORRESPONDENCE_GROUP))
+                continue
+            work.cases[case.id] = case
+            case.receive_correspondence(
+                str(message.correspondence_id),
+                message.channel.value,
+                message.channel_reference,
+                message.text,
+                [e.model_dump(mode="json") for e in message.evidence],
+            )
+            if case.status == CaseStatus.pending_info and case.supply_information(message.supplied):
+                resumed.append(case)
+        for case in resumed:
+            assert case.classification is not None
+            department = str(case.classification["department"])
+            case.route(department, "information supplied: " + _route_reason_of(case.classification))
+            self.worklist.set_state(case.id, "queued", department=department)
+        for assignment in self.worklist.drain({str(c.department) for c in resumed}):
+            drained = work.cases.get(assignment.feedback_id)
+            if drained is not None:
+                drained.assign(assignment.owner, ROUTING, assignment.reason)
+        return work
+
+    def commit_correspondence(self, work: Slice) -> None:
+        assert work.next_offset is not None
+        self.store.record(
+            work.cases.values(),
+            KafkaPosition(CORRESPONDENCE_GROUP, work.topic, work.partition, work.next_offset),
+        )
+        self.worklist.mark_announced(c.id for c in work.cases.values() if c.owner)
 
     # -- assignments made outside a slice ---------------------------------------------
 
@@ -329,14 +390,21 @@ def _decision_dict(decision: Decision) -> dict[str, Any]:
     return decision.as_dict()
 
 
+def _route_reason_of(classification: dict[str, Any]) -> str:
+    return (
+        f"{classification['type']}: {classification['category']}/{classification['subcategory']}"
+        f" -> {classification['department']}"
+    )
+
+
 def _route_reason(decision: Decision) -> str:
     return f"{decision.type.value}: {decision.category}/{decision.subcategory} -> {decision.department}"
 
 
-def _dead_letter(record: Any, error: Exception) -> DeadLetter:
+def _dead_letter(record: Any, error: Exception, source: str = "routing") -> DeadLetter:
     raw = record.value or b""
     return DeadLetter(
-        source=GROUP,
+        source=source,
         reason=str(error)[:10_000],
         payload=raw.decode("utf-8", errors="replace"),
         source_topic=record.topic,

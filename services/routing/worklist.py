@@ -62,7 +62,7 @@ SCHEMA = [
 
 # triage: a person must classify; queued: waits for an owner; owned: has one;
 # disputed: the owner refused, the supervisor reassigns.
-STATES = ("triage", "queued", "owned", "disputed")
+STATES = ("triage", "queued", "owned", "disputed", "pending_info")
 
 
 @dataclass(frozen=True)

@@ -74,13 +74,18 @@ async def test_routed_case_reaches_only_its_department_topic(settings: Settings)
 
 async def test_repeat_complaint_within_30_days_raises_priority(settings: Settings) -> None:
     async with serve(settings) as running:
-        first = await post(running.client, "洗衣机脱水时异响很大")
+        first = await post(running.client, "洗衣机脱水时异响很大", product_model="洗衣机 W10")
         row = await registered_row(running.client, first, status="assigned")
         assert row["priority"] == "medium" and "repeat" not in row["flags"]
-        again = await post(running.client, "洗衣机又有异响了，噪音很大")
+        again = await post(running.client, "洗衣机又有异响了，噪音很大", product_model="洗衣机 W10")
         row = await registered_row(running.client, again, status="assigned")
         assert "repeat" in row["flags"] and row["priority"] == "high"
-        other_customer = await post(running.client, "洗衣机异响", customer={"phone": "13900001111"})
+        other_customer = await post(
+            running.client,
+            "洗衣机异响",
+            customer={"phone": "13900001111"},
+            product_model="洗衣机 W10",
+        )
         row = await registered_row(running.client, other_customer, status="assigned")
         assert "repeat" not in row["flags"]
 

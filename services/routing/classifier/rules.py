@@ -107,6 +107,7 @@ class RuleBook(Strict):
     flag_emotion_weight: float = 1.0
     departments: dict[str, str]
     general_department: str
+    mandatory_information: dict[str, tuple[str, ...]] = {}
     categories: dict[str, Category]
     types: dict[FeedbackType, Labelled]
     emotions: dict[Emotion, Labelled]

@@ -1,0 +1,267 @@
+"""Pushes from chat and social platforms: finished web-chat sessions (`web_chat`), WeChat
+Official Account messages (`wechat`), Weibo and Douyin comments and direct messages.
+
+Pushes are verified before anything else (WeChat: SHA-1 signature over token, timestamp
+and nonce; Weibo/Douyin: HMAC-SHA256 over timestamp and body with a shared secret); a
+forged or stale push gets 403 and is not kept. An authentic push that cannot be read goes
+to the dead letters with the reason, and the platform still gets its acknowledgement.
+
+Fields relied on (documented for operators):
+- WeChat XML: ToUserName, FromUserName (the openid), CreateTime, MsgType (text, voice
+  with Recognition, image with PicUrl), Content, MsgId.
+- Weibo JSON: type ("comment" | "direct_message"), id, created_at (ISO 8601),
+  user.id, user.screen_name, text, status_id (the post, for comments).
+- Douyin JSON: event ("im_receive_msg" | "item_comment_reply"), msg_id, create_time
+  (unix seconds), from_user_id, content.text, item_id (the video, for comments).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from defusedxml import ElementTree
+from fastapi import APIRouter, Header, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
+
+from contracts.codes import Channel
+from contracts.events import Evidence
+from services.intake.channels.common import (
+    CustomerIn,
+    FeedbackAccepted,
+    Short,
+    Tier,
+    answer,
+    fresh,
+    same,
+)
+from services.intake.deadletters import DeadLetters
+from services.intake.evidence import EvidenceStore
+from services.intake.pii_vault import Contact
+from services.intake.registration import Registrar, Submission
+
+
+class ChatLine(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    speaker: Literal["customer", "agent", "bot"]
+    time: AwareDatetime
+    text: Annotated[str, Field(max_length=5000)]
+
+
+class ChatSessionIn(BaseModel):
+    """A finished web-chat session (在线客服), pushed by the chat system."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    session_id: Annotated[str, Field(min_length=1, max_length=100)]
+    agent_id: Annotated[str, Field(max_length=100)] | None = None
+    customer: CustomerIn
+    customer_tier: Tier = "normal"
+    product_model: Short | None = None
+    transcript: Annotated[list[ChatLine], Field(min_length=1, max_length=2000)]
+
+
+class WeiboPush(BaseModel):
+    type: Literal["comment", "direct_message"]
+    id: Annotated[str, Field(min_length=1, max_length=100)]
+    created_at: AwareDatetime
+    user: dict[str, str]
+    text: Annotated[str, Field(min_length=1, max_length=5000)]
+    status_id: str | None = None
+
+
+class DouyinPush(BaseModel):
+    event: Literal["im_receive_msg", "item_comment_reply"]
+    msg_id: Annotated[str, Field(min_length=1, max_length=100)]
+    create_time: int
+    from_user_id: Annotated[str, Field(min_length=1, max_length=100)]
+    content: dict[str, str]
+    item_id: str | None = None
+
+
+def wechat_signature(token: str, timestamp: str, nonce: str) -> str:
+    return hashlib.sha1("".join(sorted([token, timestamp, nonce])).encode()).hexdigest()  # noqa: S324 (WeChat's protocol)
+
+
+def social_signature(secret: str, timestamp: str, body: bytes) -> str:
+    return hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def _secret(value: SecretStr | None, channel: str) -> str:
+    if value is None:
+        raise HTTPException(503, detail=f"the {channel} channel is not configured (no secret)")
+    return value.get_secret_value()
+
+
+def chat_social_router(
+    registrar: Registrar,
+    evidence: EvidenceStore,
+    deadletters: DeadLetters,
+    wechat_token: SecretStr | None,
+    weibo_secret: SecretStr | None,
+    douyin_secret: SecretStr | None,
+) -> APIRouter:
+    router = APIRouter(tags=["intake"])
+
+    @router.post("/v1/channels/web-chat/sessions", status_code=202, response_model=FeedbackAccepted)
+    async def chat_session(body: ChatSessionIn) -> FeedbackAccepted | JSONResponse:
+        said = [
+            line.text
+            for line in body.transcript
+            if line.speaker == "customer" and line.text.strip()
+        ]
+        if not said:
+            raise HTTPException(422, detail="the transcript has nothing the customer said")
+        transcript = json.dumps(
+            [line.model_dump(mode="json") for line in body.transcript], ensure_ascii=False
+        ).encode()
+        kept = evidence.put(
+            transcript, f"chat-{body.session_id}.json", "application/json", kind="transcript"
+        )
+        submission = Submission(
+            channel=Channel.web_chat,
+            description="\n".join(said)[:5000],
+            contact=body.customer.contact(),
+            receiver=body.agent_id or "web_chat",
+            received_at=body.transcript[0].time,
+            channel_reference=body.session_id,
+            customer_tier=body.customer_tier,
+            product_model=body.product_model,
+            evidence=(kept,),
+        )
+        return await answer(registrar.register(submission))
+
+    @router.get("/v1/channels/wechat", response_class=PlainTextResponse)
+    async def wechat_verify(
+        signature: str, timestamp: str, nonce: str, echostr: Annotated[str, Query(max_length=200)]
+    ) -> str:
+        token = _secret(wechat_token, "wechat")
+        if not same(wechat_signature(token, timestamp, nonce), signature):
+            raise HTTPException(403, detail="signature does not match")
+        return echostr
+
+    @router.post("/v1/channels/wechat", response_class=PlainTextResponse)
+    async def wechat_push(request: Request, signature: str, timestamp: str, nonce: str) -> str:
+        token = _secret(wechat_token, "wechat")
+        if not same(wechat_signature(token, timestamp, nonce), signature) or not fresh(timestamp):
+            raise HTTPException(403, detail="signature does not match or the push is stale")
+        # Acknowledged either way: registered, or kept as a dead letter; WeChat must not retry.
+        await _accept_push(registrar, deadletters, "wechat", await request.body())
+        return "success"
+
+    @router.post("/v1/channels/weibo/webhook", status_code=202)
+    async def weibo_push(
+        request: Request,
+        x_signature: Annotated[str, Header()],
+        x_timestamp: Annotated[str, Header()],
+    ) -> dict[str, str]:
+        raw = await _verified(request, _secret(weibo_secret, "weibo"), x_signature, x_timestamp)
+        return await _accept_push(registrar, deadletters, "weibo", raw)
+
+    @router.post("/v1/channels/douyin/webhook", status_code=202)
+    async def douyin_push(
+        request: Request,
+        x_signature: Annotated[str, Header()],
+        x_timestamp: Annotated[str, Header()],
+    ) -> dict[str, str]:
+        raw = await _verified(request, _secret(douyin_secret, "douyin"), x_signature, x_timestamp)
+        return await _accept_push(registrar, deadletters, "douyin", raw)
+
+    return router
+
+
+async def _verified(request: Request, secret: str, signature: str, timestamp: str) -> bytes:
+    raw = await request.body()
+    expected = social_signature(secret, timestamp, raw)
+    if not same(f"sha256={expected}", signature) or not fresh(timestamp):
+        raise HTTPException(403, detail="signature does not match or the push is stale")
+    return raw
+
+
+async def _accept_push(
+    registrar: Registrar, deadletters: DeadLetters, source: str, raw: bytes
+) -> dict[str, str]:
+    try:
+        submission = PUSH_PARSERS[source](raw)
+    except ValueError as error:  # includes pydantic's ValidationError
+        await deadletters.keep(source, str(error), raw)
+        return {"status": "kept as a dead letter"}
+    # Pushes cannot be asked to retry later: accept durably, Kafka or not.
+    result = await answer(registrar.register_durably(submission))
+    if isinstance(result, JSONResponse):
+        raise HTTPException(result.status_code, detail="not accepted; retry")
+    return {"status": "accepted", "feedback_number": result.feedback_number}
+
+
+def weibo_submission(raw: bytes) -> Submission:
+    push = WeiboPush.model_validate_json(raw)
+    return Submission(
+        channel=Channel.weibo,
+        description=push.text,
+        contact=Contact(
+            name=push.user.get("screen_name"), account=f"weibo:{push.user.get('id', '')}"
+        ),
+        receiver=f"weibo-{push.type}",
+        received_at=push.created_at,
+        channel_reference=push.id,
+    )
+
+
+def douyin_submission(raw: bytes) -> Submission:
+    push = DouyinPush.model_validate_json(raw)
+    text = push.content.get("text", "").strip()
+    if not text:
+        raise ValueError("the message has no text")
+    return Submission(
+        channel=Channel.douyin,
+        description=text[:5000],
+        contact=Contact(account=f"douyin:{push.from_user_id}"),
+        receiver=f"douyin-{push.event}",
+        received_at=datetime.fromtimestamp(push.create_time, UTC),
+        channel_reference=push.msg_id,
+    )
+
+
+def wechat_submission(raw: bytes) -> Submission:
+    try:
+        root = ElementTree.fromstring(raw)
+    except Exception as error:
+        raise ValueError(f"not WeChat XML: {error}") from error
+    fields: dict[str, Any] = {child.tag: (child.text or "").strip() for child in root}
+    kind = fields.get("MsgType")
+    if kind == "text":
+        text = fields.get("Content", "")
+    elif kind == "voice":
+        text = fields.get("Recognition", "")
+    elif kind == "image":
+        text = "[图片]"
+    else:
+        raise ValueError(f"unsupported WeChat message type {kind!r}")
+    openid, message_id, created = (
+        fields.get("FromUserName"),
+        fields.get("MsgId"),
+        fields.get("CreateTime"),
+    )
+    if not openid or not message_id or not created or not text:
+        raise ValueError("WeChat message lacks FromUserName, MsgId, CreateTime or content")
+    evidence: tuple[Evidence, ...] = ()
+    if kind == "image" and fields.get("PicUrl"):
+        evidence = (Evidence(kind="image", reference=fields["PicUrl"][:500]),)
+    return Submission(
+        channel=Channel.wechat,
+        description=text[:5000],
+        contact=Contact(account=f"wechat:{openid}"),
+        receiver="wechat",
+        received_at=datetime.fromtimestamp(int(created), UTC),
+        channel_reference=message_id,
+        evidence=evidence,
+    )
+
+
+# Parsers of pushes, by source: used on arrival and when an operator replays a dead letter.
+PUSH_PARSERS = {"wechat": wechat_submission, "weibo": weibo_submission, "douyin": douyin_submission}

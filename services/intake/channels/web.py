@@ -1,0 +1,171 @@
+"""Website / app (`web_form`, JSON and multipart with attachments) and the agent's phone
+entry form (`phone`)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Form, Header, HTTPException, UploadFile
+from fastapi.responses import JSONResponse
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from contracts.codes import Channel, Emotion, FeedbackType
+from contracts.events import Evidence
+from services.intake.channels.common import (
+    CustomerIn,
+    FeedbackAccepted,
+    Short,
+    Text,
+    Tier,
+    answer,
+)
+from services.intake.evidence import EvidenceRefused, EvidenceStore
+from services.intake.registration import Registrar, Submission
+
+MAX_DESCRIPTION = 5_000
+
+
+class FeedbackIn(BaseModel):
+    """What a website or app form sends."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    channel: Literal[Channel.web_form]
+    description: Annotated[str, Field(min_length=1, max_length=MAX_DESCRIPTION)]
+    customer: CustomerIn
+    customer_tier: Tier = "normal"
+    product_model: Short | None = None
+    service_type: Short | None = None
+    purchase_date: date | None = None
+    received_at: AwareDatetime | None = None
+    occurred_at: AwareDatetime | None = None
+    customer_attempts: Text | None = None
+    expectation: Text | None = None
+    emotion: Emotion | None = None
+    type: FeedbackType | None = Field(default=None, description="the type the customer picked")
+
+    @model_validator(mode="after")
+    def _not_in_future(self) -> FeedbackIn:
+        soon = datetime.now(UTC) + timedelta(minutes=5)
+        if self.received_at and self.received_at > soon:
+            raise ValueError("received_at is in the future")
+        if (
+            self.purchase_date
+            and self.purchase_date > (datetime.now(UTC) + timedelta(days=1)).date()
+        ):
+            raise ValueError("purchase_date is in the future")
+        return self
+
+    def submission(self, channel: Channel, receiver: str, **extra: object) -> Submission:
+        return Submission(
+            channel=channel,
+            description=self.description,
+            contact=self.customer.contact(),
+            receiver=receiver,
+            received_at=self.received_at,
+            customer_tier=self.customer_tier,
+            product_model=self.product_model,
+            service_type=self.service_type,
+            purchase_date=self.purchase_date,
+            customer_attempts=self.customer_attempts,
+            occurred_at=self.occurred_at,
+            expectation=self.expectation,
+            emotion=self.emotion,
+            stated_type=self.type,
+            **extra,
+        )
+
+
+class PhoneCallIn(FeedbackIn):
+    """The agent's entry form during or after a call (电话, entered by an agent)."""
+
+    channel: Literal[Channel.phone]  # type: ignore[assignment]
+    call_id: Annotated[str, Field(min_length=1, max_length=100)]
+    agent_id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{1,63}$")]
+    recording_ref: Annotated[str, Field(max_length=500)] | None = None
+
+
+def _tier_known(tier: str, tiers: tuple[str, ...]) -> None:
+    if tier not in tiers:
+        raise HTTPException(
+            422,
+            detail=[
+                {
+                    "loc": ["body", "customer_tier"],
+                    "msg": f"unknown tier; one of {list(tiers)}",
+                    "type": "value_error",
+                }
+            ],
+        )
+
+
+def web_router(
+    registrar: Registrar, evidence: EvidenceStore, customer_tiers: tuple[str, ...]
+) -> APIRouter:
+    router = APIRouter(tags=["intake"])
+
+    @router.post(
+        "/v1/feedback",
+        status_code=202,
+        response_model=FeedbackAccepted,
+        responses={
+            422: {"description": "invalid feedback"},
+            503: {"description": "bus unavailable"},
+        },
+    )
+    async def submit_feedback(
+        body: FeedbackIn,
+        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    ) -> FeedbackAccepted | JSONResponse:
+        _tier_known(body.customer_tier, customer_tiers)
+        key = f"idempotency:{idempotency_key}" if idempotency_key else None
+        return await answer(
+            registrar.register(body.submission(Channel.web_form, "web_form"), dedup_key=key)
+        )
+
+    @router.post("/v1/feedback/multipart", status_code=202, response_model=FeedbackAccepted)
+    async def submit_with_attachments(
+        feedback: Annotated[str, Form(description="the same JSON as POST /v1/feedback")],
+        attachments: list[UploadFile] | None = None,
+        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    ) -> FeedbackAccepted | JSONResponse:
+        try:
+            body = FeedbackIn.model_validate(json.loads(feedback))
+        except (ValueError, ValidationError) as error:
+            detail = (
+                error.errors(include_url=False)
+                if isinstance(error, ValidationError)
+                else str(error)
+            )
+            raise HTTPException(422, detail=detail) from error
+        _tier_known(body.customer_tier, customer_tiers)
+        files = attachments or []
+        if len(files) > evidence.max_count:
+            raise HTTPException(422, detail=f"at most {evidence.max_count} attachments")
+        kept: list[Evidence] = []
+        for upload in files:
+            data = await upload.read(evidence.max_bytes + 1)
+            try:
+                kept.append(evidence.put(data, upload.filename, upload.content_type))
+            except EvidenceRefused as error:
+                raise HTTPException(422, detail=str(error)) from error
+        key = f"idempotency:{idempotency_key}" if idempotency_key else None
+        submission = body.submission(Channel.web_form, "web_form", evidence=tuple(kept))
+        return await answer(registrar.register(submission, dedup_key=key))
+
+    @router.post("/v1/channels/phone", status_code=202, response_model=FeedbackAccepted)
+    async def phone_call(body: PhoneCallIn) -> FeedbackAccepted | JSONResponse:
+        _tier_known(body.customer_tier, customer_tiers)
+        recording = (
+            (Evidence(kind="recording", reference=body.recording_ref),)
+            if body.recording_ref
+            else ()
+        )
+        submission = body.submission(
+            Channel.phone, body.agent_id, channel_reference=body.call_id, evidence=recording
+        )
+        return await answer(registrar.register(submission))
+
+    return router

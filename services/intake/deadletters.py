@@ -1,0 +1,98 @@
+"""Dead letters: what a channel received but could not read, kept with the reason.
+
+Nothing accepted is lost: the raw payload goes to the `feedback.deadletter` topic (through
+the durable outbox) and into a table an operator lists and replays (`feedback deadletter`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from contracts.events import DeadLetter
+from services.common.settings import Settings
+
+SCHEMA = [
+    """
+    CREATE TABLE IF NOT EXISTS deadletters (
+        dead_letter_id uuid PRIMARY KEY,
+        source text NOT NULL,
+        reason text NOT NULL,
+        payload bytea NOT NULL,
+        metadata jsonb NOT NULL DEFAULT '{}',
+        created_at timestamptz NOT NULL DEFAULT now(),
+        replayed_at timestamptz,
+        replay_result text
+    )
+    """
+]
+
+
+class DeadLetters:
+    def __init__(self, pool: AsyncConnectionPool, settings: Settings) -> None:
+        self.pool = pool
+        self.settings = settings
+
+    async def keep(
+        self, source: str, reason: str, payload: bytes, metadata: dict[str, str] | None = None
+    ) -> uuid.UUID:
+        dead_letter_id = uuid.uuid4()
+        try:
+            text, encoding = payload.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            text, encoding = base64.b64encode(payload).decode(), "base64"
+        message = DeadLetter(
+            dead_letter_id=dead_letter_id,
+            source=source,
+            reason=reason[:10_000],
+            payload=text,
+            payload_encoding=encoding,
+            metadata=metadata or {},
+            failed_at=datetime.now(UTC),
+        )
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO deadletters (dead_letter_id, source, reason, payload, metadata) "
+                "VALUES (%s, %s, %s, %s, %s)",
+                (dead_letter_id, source, message.reason, payload, Jsonb(metadata or {})),
+            )
+            await conn.execute(
+                "INSERT INTO intake_outbox (topic, message_key, payload) VALUES (%s, NULL, %s)",
+                (self.settings.topic(message.TOPIC), message.model_dump_json().encode()),
+            )
+        return dead_letter_id
+
+    async def list(self, limit: int = 100, include_replayed: bool = False) -> list[dict[str, Any]]:
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+            await cursor.execute(
+                "SELECT dead_letter_id, source, reason, length(payload) AS size, metadata, "
+                "created_at, replayed_at, replay_result FROM deadletters "
+                "WHERE %s OR replayed_at IS NULL ORDER BY created_at DESC LIMIT %s",
+                (include_replayed, limit),
+            )
+            return await cursor.fetchall()
+
+    async def get(self, dead_letter_id: uuid.UUID) -> dict[str, Any] | None:
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+            await cursor.execute(
+                "SELECT * FROM deadletters WHERE dead_letter_id = %s", (dead_letter_id,)
+            )
+            return await cursor.fetchone()
+
+    async def mark_replayed(self, dead_letter_id: uuid.UUID, result: str) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE deadletters SET replayed_at = now(), replay_result = %s WHERE dead_letter_id = %s",
+                (result, dead_letter_id),
+            )
+
+
+def metadata_json(metadata: dict[str, Any]) -> str:
+    return json.dumps(metadata, ensure_ascii=False)

@@ -1,0 +1,79 @@
+"""Operator endpoints of intake: dead letters (list, replay) and erasing a customer."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path
+from pydantic import BaseModel
+
+from contracts.events import CUSTOMER_REF_PATTERN
+from services.intake.channels.chat_social import PUSH_PARSERS
+from services.intake.channels.email import EmailIntake
+from services.intake.deadletters import DeadLetters
+from services.intake.pii_vault import PiiVault
+from services.intake.registration import Registrar
+
+
+class DeadLetterView(BaseModel):
+    dead_letter_id: uuid.UUID
+    source: str
+    reason: str
+    size: int
+    metadata: dict[str, Any]
+    created_at: datetime
+    replayed_at: datetime | None
+    replay_result: str | None
+
+
+def operations_router(
+    registrar: Registrar, deadletters: DeadLetters, email_intake: EmailIntake, vault: PiiVault
+) -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/v1/deadletters", response_model=list[DeadLetterView])
+    async def list_dead_letters(all: bool = False, limit: int = 100) -> list[DeadLetterView]:
+        return [
+            DeadLetterView(**row) for row in await deadletters.list(limit, include_replayed=all)
+        ]
+
+    @router.post("/v1/deadletters/{dead_letter_id}/replay")
+    async def replay(dead_letter_id: uuid.UUID) -> dict[str, str]:
+        row = await deadletters.get(dead_letter_id)
+        if row is None:
+            raise HTTPException(404, detail="no such dead letter")
+        if row["replayed_at"] is not None:
+            raise HTTPException(409, detail=f"already replayed: {row['replay_result']}")
+        payload = bytes(row["payload"])
+        try:
+            result = await _replay(row["source"], payload, registrar, email_intake)
+        except (ValueError, KeyError) as error:
+            raise HTTPException(409, detail=f"still unreadable: {error}") from error
+        await deadletters.mark_replayed(dead_letter_id, result)
+        return {"status": "replayed", "result": result}
+
+    @router.delete("/v1/customers/{customer_ref}/personal-data")
+    async def erase_customer(
+        customer_ref: Annotated[str, Path(pattern=CUSTOMER_REF_PATTERN)],
+    ) -> dict[str, str]:
+        if not await vault.erase(customer_ref):
+            raise HTTPException(404, detail=f"no personal data held for {customer_ref}")
+        return {"status": "erased", "customer_ref": customer_ref}
+
+    return router
+
+
+async def _replay(
+    source: str, payload: bytes, registrar: Registrar, email_intake: EmailIntake
+) -> str:
+    if source == "email":
+        number = await email_intake.receive(payload, receiver="replay")
+        if number == "dead-letter":
+            raise ValueError("the email is still unreadable (a new dead letter records why)")
+        return number
+    if source not in PUSH_PARSERS:
+        raise ValueError(f"no replay for source {source!r}")
+    accepted = await registrar.register_durably(PUSH_PARSERS[source](payload))
+    return accepted.feedback_number
