@@ -135,6 +135,7 @@ def _properties(port: int, controller_port: int, data: Path) -> str:
 @dataclass
 class LocalKafka:
     bootstrap_servers: str
+    controller_port: int | None = None
     process: subprocess.Popen[bytes] | None = None
     data_dir: Path | None = None
     log_file: Path | None = None
@@ -202,8 +203,14 @@ def _wait_until_answering(kafka: LocalKafka, deadline: float) -> None:
     raise KafkaStartError(f"Kafka did not answer within {START_TIMEOUT_S}s; see {kafka.log_file}")
 
 
-def start_kafka(data_dir: Path | None = None, log_level: str = "warn") -> LocalKafka:
-    """Start a single-node KRaft broker on free ports and wait until it answers."""
+def start_kafka(
+    data_dir: Path | None = None,
+    log_level: str = "warn",
+    port: int | None = None,
+    controller_port: int | None = None,
+) -> LocalKafka:
+    """Start a single-node KRaft broker on free ports (or the given ones, to restart a
+    broker where its clients expect it) and wait until it answers."""
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if external:
         return LocalKafka(bootstrap_servers=external)
@@ -212,7 +219,7 @@ def start_kafka(data_dir: Path | None = None, log_level: str = "warn") -> LocalK
     owns = data_dir is None
     data = Path(tempfile.mkdtemp(prefix="feedback-kafka-")) if data_dir is None else data_dir
     data.mkdir(parents=True, exist_ok=True)
-    port, controller_port = free_port(), free_port()
+    port, controller_port = port or free_port(), controller_port or free_port()
     properties = data / "server.properties"
     properties.write_text(_properties(port, controller_port, data))
     log_file = data / "kafka.log"
@@ -258,6 +265,7 @@ def start_kafka(data_dir: Path | None = None, log_level: str = "warn") -> LocalK
         )
     kafka = LocalKafka(
         bootstrap_servers=f"127.0.0.1:{port}",
+        controller_port=controller_port,
         process=process,
         data_dir=data,
         log_file=log_file,

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path
+from fastapi import APIRouter, HTTPException, Path, UploadFile
 from pydantic import BaseModel
 
 from contracts.events import CUSTOMER_REF_PATTERN
@@ -53,6 +53,14 @@ def operations_router(
             raise HTTPException(409, detail=f"still unreadable: {error}") from error
         await deadletters.mark_replayed(dead_letter_id, result)
         return {"status": "replayed", "result": result}
+
+    @router.post("/v1/channels/email/eml", status_code=202)
+    async def import_eml(file: UploadFile) -> dict[str, str]:
+        """Import one `.eml` file exactly as if it had arrived over SMTP."""
+        raw = await file.read(25 * 1024 * 1024 + 1)
+        if len(raw) > 25 * 1024 * 1024:
+            raise HTTPException(413, detail="an email is at most 25 MiB")
+        return {"feedback_number": await email_intake.receive(raw, receiver="eml-import")}
 
     @router.delete("/v1/customers/{customer_ref}/personal-data")
     async def erase_customer(

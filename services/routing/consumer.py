@@ -20,7 +20,12 @@ from contracts import topics
 from services.common.bus import publish
 from services.common.kafka_positions import by_partition
 from services.common.settings import Settings
-from services.routing.service import CORRESPONDENCE_GROUP, GROUP, RoutingService
+from services.routing.service import (
+    CORRESPONDENCE_GROUP,
+    GROUP,
+    CaseNotStoredYet,
+    RoutingService,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +69,13 @@ def register_routing(broker: KafkaBroker, settings: Settings, routing: RoutingSe
     async def on_correspondence(body: list[Any], msg: KafkaMessage) -> None:
         records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
         for (topic, partition), slice_records in by_partition(records).items():
-            work = await asyncio.to_thread(
-                routing.prepare_correspondence, topic, partition, slice_records
-            )
+            try:
+                work = await asyncio.to_thread(
+                    routing.prepare_correspondence, topic, partition, slice_records
+                )
+            except CaseNotStoredYet:
+                await asyncio.sleep(0.5)  # then redelivered (nack), by when the case exists
+                raise
             for letter in work.dead_letters:
                 await publish(broker, settings, letter)
             if work.next_offset is not None:

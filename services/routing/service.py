@@ -37,6 +37,10 @@ class NotFound(LookupError):
     pass
 
 
+class CaseNotStoredYet(LookupError):
+    """Correspondence arrived before its case was stored; the slice is retried."""
+
+
 class Refused(ValueError):
     """A command the case or the worklist refuses; the message says why."""
 
@@ -189,12 +193,17 @@ class RoutingService:
         for record in unseen:
             try:
                 message = CustomerCorrespondence.model_validate_json(record.value or b"")
+            except ValidationError as error:
+                work.dead_letters.append(_dead_letter(record, error, CORRESPONDENCE_GROUP))
+                continue
+            try:
                 case = work.cases.get(message.feedback_id) or self.store.get_case(
                     message.feedback_id
                 )
-            except (ValidationError, AggregateNotFoundError) as error:
-                work.dead_letters.append(_dead_letter(record, error, CORRESPONDENCE_GROUP))
-                continue
+            except AggregateNotFoundError as error:
+                # Intake only accepts correspondence for feedback it registered, so the case
+                # is on its way (the customer wrote right after registering): try again.
+                raise CaseNotStoredYet(message.feedback_number) from error
             work.cases[case.id] = case
             case.receive_correspondence(
                 str(message.correspondence_id),

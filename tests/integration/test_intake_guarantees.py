@@ -1,0 +1,260 @@
+"""What every channel promises: one registration per message however often it arrives,
+unique numbers across intake processes, no personal data on the bus or in read models,
+nothing lost while Kafka is down, erasure on request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import smtplib
+import subprocess
+import sys
+import time
+from email.message import EmailMessage
+from email.utils import make_msgid
+
+import psycopg
+import pytest
+from aiokafka import AIOKafkaConsumer
+from pydantic import SecretStr
+
+from contracts import topics
+from deploy.kafka_broker import start_kafka
+from services.common.settings import Settings
+from services.intake.channels.chat_social import wechat_signature
+from tests.conftest import free_port, serve, wait_for, web_form
+
+pytestmark = pytest.mark.integration
+TOKEN = "wechat-token-test"
+
+
+async def test_concurrent_duplicate_pushes_register_once(settings: Settings) -> None:
+    settings = settings.model_copy(update={"wechat_token": SecretStr(TOKEN)})
+    async with serve(settings, ("intake",)) as running:
+        timestamp, nonce = str(int(time.time())), "n"
+        params = {
+            "signature": wechat_signature(TOKEN, timestamp, nonce),
+            "timestamp": timestamp,
+            "nonce": nonce,
+        }
+        xml = (
+            "<xml><ToUserName>gh</ToUserName><FromUserName>oDup</FromUserName>"
+            f"<CreateTime>{timestamp}</CreateTime><MsgType>text</MsgType>"
+            "<Content>快递箱子压扁了</Content><MsgId>555000111</MsgId></xml>"
+        ).encode()
+        answers = await asyncio.gather(
+            *[
+                running.client.post("/v1/channels/wechat", params=params, content=xml)
+                for _ in range(20)
+            ]
+        )
+        assert all(a.status_code == 200 for a in answers)
+        with psycopg.connect(settings.database_url) as conn:
+            rows = conn.execute(
+                "SELECT feedback_number FROM intake_registry WHERE channel = 'wechat'"
+            ).fetchall()
+        assert len(rows) == 1
+
+        headers = {"Idempotency-Key": "same-form-submit"}
+        posts = await asyncio.gather(
+            *[
+                running.client.post("/v1/feedback", json=web_form(), headers=headers)
+                for _ in range(10)
+            ]
+        )
+        numbers = {p.json()["feedback_number"] for p in posts if p.status_code == 202}
+        assert len(numbers) == 1
+        assert all(
+            p.status_code in (202, 409) for p in posts
+        )  # 409: "still being registered; retry"
+
+
+NUMBERING_SCRIPT = """
+import asyncio, json, sys
+from datetime import datetime
+from psycopg_pool import AsyncConnectionPool
+from services.intake.numbering import FeedbackNumbering, SerialAllocator
+
+async def main(url, count, block):
+    pool = AsyncConnectionPool(url, min_size=4, max_size=4, kwargs={"autocommit": True}, open=False)
+    await pool.open()
+    numbering = FeedbackNumbering(SerialAllocator(pool, block))
+    day = datetime(2024, 5, 20)
+    async def worker(n):
+        return [await numbering.feedback_number(day) for _ in range(n)]
+    results = await asyncio.gather(*[worker(count // 4) for _ in range(4)])
+    await pool.close()
+    print(json.dumps([n for r in results for n in r]))
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+"""
+
+
+@pytest.mark.parametrize("block", [1, 20])
+def test_ten_thousand_numbers_from_two_processes_are_unique(settings: Settings, block: int) -> None:
+    from services.common.database import apply_schema
+    from services.intake.numbering import SCHEMA
+
+    apply_schema(settings.database_url, SCHEMA)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", NUMBERING_SCRIPT, settings.database_url, "5000", str(block)],
+            stdout=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    numbers = []
+    for process in processes:
+        out, _ = process.communicate(timeout=240)
+        assert process.returncode == 0
+        numbers += json.loads(out)
+    assert len(numbers) == 10_000
+    assert len(set(numbers)) == 10_000
+    assert all(n.startswith("F20240520-") for n in numbers)
+
+
+PERSONAL = ["张伟", "13812345678", "zhang.wei@example.com", "北京市朝阳区幸福路1号"]
+
+
+async def test_personal_data_never_on_the_bus_or_in_read_models(settings: Settings) -> None:
+    async with serve(settings) as running:
+        body = web_form(
+            "打印机无法连接WiFi，请打13812345678或发邮件到zhang.wei@example.com联系张先生",
+            customer={
+                "name": "张伟",
+                "phone": "13812345678",
+                "email": "zhang.wei@example.com",
+                "address": "北京市朝阳区幸福路1号",
+            },
+            product_model="LP-2200",
+        )
+        response = await running.client.post("/v1/feedback", json=body)
+        number = response.json()["feedback_number"]
+        await running.client.post(
+            f"/v1/feedback/{number}/supplements",
+            json={"channel": "phone", "text": "我的新号码13812345678，邮箱zhang.wei@example.com"},
+        )
+
+        async def settled() -> bool:
+            got = await running.client.get(f"/v1/feedback/{number}")
+            return got.status_code == 200 and got.json()["correspondence_count"] == 1
+
+        await wait_for(settled, timeout=30, what="registration and correspondence projected")
+
+    everything = await _all_messages(settings)
+    assert everything, "nothing read from the topics"
+    for value in PERSONAL:
+        assert value not in everything, f"{value} found on the bus"
+    with psycopg.connect(settings.database_url) as conn:
+        for table in ("registrations", "routing_cases", "cases_events"):
+            dump = json.dumps(
+                [list(map(str, r)) for r in conn.execute(f"SELECT * FROM {table}").fetchall()],
+                ensure_ascii=False,
+            )
+            if table == "cases_events":
+                dump += b"".join(
+                    bytes(r[0]) for r in conn.execute("SELECT state FROM cases_events")
+                ).decode()
+            for value in PERSONAL:
+                assert value not in dump, f"{value} found in {table}"
+        sealed = conn.execute("SELECT sealed FROM pii_customers").fetchall()
+        assert sealed and all(b"13812345678" not in bytes(r[0]) for r in sealed)
+
+
+async def _all_messages(settings: Settings) -> str:
+    consumer = AIOKafkaConsumer(
+        *[
+            settings.topic(t)
+            for t in (topics.FEEDBACK_RECEIVED, topics.CORRESPONDENCE, topics.FEEDBACK_EVENTS)
+        ],
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        auto_offset_reset="earliest",
+        group_id=None,
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    chunks: list[str] = []
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=1000)
+            if not batch and chunks:
+                break
+            for records in batch.values():
+                chunks += [(r.value or b"").decode() for r in records]
+    finally:
+        await consumer.stop()
+    return "\n".join(chunks)
+
+
+async def test_mail_accepted_while_kafka_is_down_is_not_lost(settings: Settings, tmp_path) -> None:
+    kafka_port, controller_port = free_port(), free_port()
+    kafka = start_kafka(tmp_path / "kafka", port=kafka_port, controller_port=controller_port)
+    try:
+        settings = settings.model_copy(
+            update={
+                "kafka_bootstrap_servers": kafka.bootstrap_servers,
+                "smtp_port": free_port(),
+                "publish_timeout_s": 3.0,
+                "evidence_dir": tmp_path / "evidence",
+            }
+        )
+        async with serve(settings) as running:
+            kafka.stop()
+            numbers = []
+            for i in range(5):
+                mail = EmailMessage()
+                mail["Subject"] = f"第{i}封：快递还没到"
+                mail["From"] = "buyer@example.com"
+                mail["Message-ID"] = make_msgid()
+                mail.set_content("订单说好三天送达，现在已经第七天了还没有收到货")
+                numbers.append(await asyncio.to_thread(_send, settings, mail))
+            with psycopg.connect(settings.database_url) as conn:
+                buffered = conn.execute("SELECT count(*) FROM intake_outbox").fetchone()
+            assert buffered is not None and buffered[0] >= 5
+            kafka = start_kafka(
+                tmp_path / "kafka", port=kafka_port, controller_port=controller_port
+            )
+
+            async def all_registered() -> bool:
+                for number in numbers:
+                    got = await running.client.get(f"/v1/feedback/{number}")
+                    if got.status_code != 200:
+                        return False
+                return True
+
+            await wait_for(
+                all_registered, timeout=90, what="buffered mails registered after the restart"
+            )
+        with psycopg.connect(settings.database_url) as conn:
+            assert conn.execute("SELECT count(*) FROM intake_outbox").fetchone() == (0,)
+            assert conn.execute("SELECT count(*) FROM registrations").fetchone() == (5,)
+    finally:
+        kafka.stop()
+
+
+def _send(settings: Settings, mail: EmailMessage) -> str:
+    with smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=30) as smtp:
+        smtp.ehlo()
+        smtp.mail("buyer@example.com")
+        smtp.rcpt("service@company.example")
+        code, answer = smtp.data(mail.as_bytes())
+        assert code == 250, answer
+        return answer.decode().split()[-1]
+
+
+async def test_customer_erasure_shreds_the_personal_data(settings: Settings) -> None:
+    async with serve(settings, ("intake",)) as running:
+        await running.client.post("/v1/feedback", json=web_form())
+        vault = running.platform.vault
+        with psycopg.connect(settings.database_url) as conn:
+            (customer_ref,) = conn.execute("SELECT customer_ref FROM pii_customers").fetchone()
+        assert await vault.reveal(customer_ref) is not None
+        erased = await running.client.delete(f"/v1/customers/{customer_ref}/personal-data")
+        assert erased.status_code == 200
+        assert await vault.reveal(customer_ref) is None
+        with psycopg.connect(settings.database_url) as conn:
+            assert conn.execute("SELECT sealed FROM pii_customers").fetchone() == (None,)
+            assert conn.execute("SELECT count(*) FROM pii_customer_lookup").fetchone() == (0,)
+        again = await running.client.delete(f"/v1/customers/{customer_ref}/personal-data")
+        assert again.status_code == 404
