@@ -6,7 +6,7 @@ import importlib
 import sys
 import time
 
-BENCHMARKS = ["classifier", "routing_throughput", "e2e_latency"]
+BENCHMARKS = ["classifier", "routing_throughput", "e2e_latency", "intake_throughput"]
 
 if __name__ == "__main__":
     chosen = sys.argv[1:] or BENCHMARKS

@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import uvicorn
+from pydantic import SecretStr
 
 from contracts.codes import (
     CHANNEL_LABELS,
@@ -29,9 +31,8 @@ from contracts.codes import (
     Priority,
 )
 from deploy.local import local_infrastructure, local_pii_key
+from feedback_cli.demo_channels import SECRETS, deliver, deliver_batches
 from services.common.settings import Settings
-from services.intake.pii_vault import Contact
-from services.intake.registration import Submission
 from services.routing.classifier import load_rulebook
 from services.runtime import Platform, create_app
 
@@ -75,6 +76,15 @@ def run_demo(sample_path: Path, timeout: float) -> int:
 async def _run_pipeline(
     settings: Settings, items: list[dict[str, Any]], timeout: float
 ) -> list[dict[str, Any]]:
+    settings = settings.model_copy(
+        update={
+            "smtp_port": _free_port(),
+            "wechat_token": SecretStr(SECRETS["wechat"]),
+            "weibo_secret": SecretStr(SECRETS["weibo"]),
+            "douyin_secret": SecretStr(SECRETS["douyin"]),
+            "evidence_dir": Path(tempfile.mkdtemp(prefix="feedback-evidence-")),
+        }
+    )
     app = create_app(settings)
     platform: Platform = app.state.platform
     port = _free_port()
@@ -105,41 +115,33 @@ async def _wait_healthy(client: httpx.AsyncClient, timeout: float) -> None:
 async def _send(
     client: httpx.AsyncClient, platform: Platform, items: list[dict[str, Any]]
 ) -> list[str]:
-    numbers = []
+    numbers: list[str] = []
+    batches: dict[str, list[tuple[dict[str, Any], datetime]]] = {"store": [], "letter": []}
     now = datetime.now(UTC)
+    first_number: str | None = None
     for item in items:
         received_at = now - timedelta(minutes=int(item.get("received_minutes_ago", 0)))
-        if item["channel"] == Channel.web_form:
-            body = {
-                k: v
-                for k, v in item.items()
-                if k not in {"received_minutes_ago", "channel_reference"}
-            }
-            body["received_at"] = received_at.isoformat()
-            response = await client.post("/v1/feedback", json=body)
-            response.raise_for_status()
-            numbers.append(response.json()["feedback_number"])
-        else:
-            assert platform.registrar is not None
-            accepted = await platform.registrar.register(
-                Submission(
-                    channel=Channel(item["channel"]),
-                    description=item["description"],
-                    contact=Contact(**item["customer"]),
-                    receiver=f"{item['channel']}-adapter"
-                    if item["channel"] != "phone"
-                    else "agent-007",
-                    received_at=received_at,
-                    channel_reference=item.get("channel_reference"),
-                    customer_tier=item.get("customer_tier", "normal"),
-                    product_model=item.get("product_model"),
-                    purchase_date=item.get("purchase_date"),
-                    expectation=item.get("expectation"),
-                    emotion=item.get("emotion"),
-                )
-            )
-            numbers.append(accepted.feedback_number)
-    return numbers
+        if item["channel"] in batches:
+            batches[item["channel"]].append((item, received_at))
+            continue
+        number = await deliver(client, platform.settings.smtp_port, item, received_at, first_number)
+        if number is None:  # WeChat answers "success" only: find it by its reference
+            number = await _number_by_reference(platform, item)
+        numbers.append(number)
+        first_number = first_number or number
+    return numbers + await deliver_batches(client, batches)
+
+
+async def _number_by_reference(platform: Platform, item: dict[str, Any]) -> str:
+    assert platform.registrar is not None
+    for _ in range(100):
+        number = await platform.registrar.find_by_reference(
+            Channel(item["channel"]), [str(abs(hash(item["channel_reference"])))]
+        )
+        if number:
+            return number
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"{item['channel_reference']} was not registered")
 
 
 async def _wait_registered(
@@ -151,7 +153,9 @@ async def _wait_registered(
     while time.monotonic() < deadline:
         page = (await client.get("/v1/registrations", params={"limit": 1000})).json()
         rows = [r for r in page["items"] if r["feedback_number"] in wanted]
-        settled = [r for r in rows if r["status"] in ("assigned", "queued", "triage")]
+        settled = [
+            r for r in rows if r["status"] in ("assigned", "queued", "triage", "pending_info")
+        ]
         if len(settled) == len(wanted):
             return rows
         await asyncio.sleep(0.2)
@@ -201,6 +205,9 @@ def _print_table(rows: list[dict[str, Any]], zone: ZoneInfo) -> None:
         )
         kind = row.get("feedback_type") or row.get("stated_type")
         kind_label = FEEDBACK_TYPE_LABELS[FeedbackType(kind)] if kind else "待分类"
+        department = DEPARTMENTS.get(row.get("department") or "", "待分诊")
+        if row["status"] == "pending_info":
+            department = "待补充"
         cells = [
             row["feedback_number"],
             received,
@@ -208,7 +215,7 @@ def _print_table(rows: list[dict[str, Any]], zone: ZoneInfo) -> None:
             row["customer_ref"],
             kind_label,
             PRIORITY_LABELS[Priority(row["priority"])] if row.get("priority") else "-",
-            DEPARTMENTS.get(row.get("department") or "", "待分诊"),
-            _excerpt(row["description"], widths[-1]),
+            department,
+            _excerpt(" ".join(row["description"].split()), widths[-1]),
         ]
         print("  ".join(_pad(c, w) for c, w in zip(cells, widths, strict=True)))

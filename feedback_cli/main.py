@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -181,6 +181,71 @@ def evaluate_rules(
                     k: f"{item.expected[k]}≠{got[k]}" for k in got if got[k] != item.expected[k]
                 }
                 typer.echo(f"    {item.line}: {item.text[:40]}  {diff}")
+
+
+deadletter_app = typer.Typer(help="What intake received but could not read, kept with the reason.")
+app.add_typer(deadletter_app, name="deadletter")
+URL = Annotated[str, typer.Option(help="a running platform's HTTP address")]
+
+
+def _call(method: str, url: str, **kwargs: Any) -> Any:
+    import httpx
+
+    try:
+        response = httpx.request(method, url, timeout=120, **kwargs)
+    except httpx.TransportError as error:
+        typer.echo(f"cannot reach {url}: {error}", err=True)
+        raise typer.Exit(2) from error
+    if response.status_code >= 400:
+        typer.echo(f"{response.status_code}: {response.text}", err=True)
+        raise typer.Exit(1)
+    return response.json()
+
+
+@deadletter_app.command("list")
+def deadletter_list(
+    url: URL = "http://127.0.0.1:8000",
+    all_: Annotated[bool, typer.Option("--all", help="include replayed ones")] = False,
+) -> None:
+    """List dead letters, newest first."""
+    for letter in _call("GET", f"{url}/v1/deadletters", params={"all": all_}):
+        replayed = f"  replayed: {letter['replay_result']}" if letter["replayed_at"] else ""
+        typer.echo(
+            f"{letter['dead_letter_id']}  {letter['created_at'][:19]}  {letter['source']:<8} "
+            f"{letter['size']:>7} B  {letter['reason'][:80]}{replayed}"
+        )
+
+
+@deadletter_app.command("replay")
+def deadletter_replay(dead_letter_id: str, url: URL = "http://127.0.0.1:8000") -> None:
+    """Parse a dead letter again (after a fix) and register it."""
+    result = _call("POST", f"{url}/v1/deadletters/{dead_letter_id}/replay")
+    typer.echo(f"replayed: {result['result']}")
+
+
+@app.command("import")
+def import_batch(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV or XLSX")],
+    channel: Annotated[str, typer.Option(help="store | letter")],
+    url: URL = "http://127.0.0.1:8000",
+) -> None:
+    """Import a registration table; prints what was taken and what was refused, by row."""
+    if channel not in ("store", "letter"):
+        typer.echo("--channel is store or letter", err=True)
+        raise typer.Exit(2)
+    summary = _call(
+        "POST", f"{url}/v1/channels/batch/{channel}", files={"file": (file.name, file.read_bytes())}
+    )
+    for taken in summary["taken"]:
+        note = " (already registered)" if taken["duplicate"] else ""
+        typer.echo(f"row {taken['row']}: {taken['feedback_number']}{note}")
+    for refused in summary["refused"]:
+        typer.echo(f"row {refused['row']}: refused: {'; '.join(refused['errors'])}")
+    typer.echo(
+        f"{len(summary['taken'])} taken, {len(summary['refused'])} refused of {summary['rows']} rows"
+    )
+    if summary["refused"]:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import smtplib
+import sys
 import time
 from email.header import Header
 from email.message import EmailMessage
@@ -157,6 +158,12 @@ async def test_unreadable_email_becomes_a_dead_letter_that_can_be_listed(
         assert letters and letters[0]["source"] == "email" and letters[0]["reason"]
         replay = await running.client.post(f"/v1/deadletters/{letters[0]['dead_letter_id']}/replay")
         assert replay.status_code == 409  # still unreadable; kept
+        listed = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "feedback_cli.main", "deadletter", "list", "--url", str(running.client.base_url),
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await listed.communicate()
+        assert listed.returncode == 0 and letters[0]["dead_letter_id"] in out.decode()
 
 
 async def test_web_chat_session(channel_settings: Settings) -> None:

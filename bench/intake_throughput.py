@@ -1,0 +1,119 @@
+"""HTTP intake throughput and latency, and SMTP intake rate.
+
+The services run in their own process (intake, routing, relay, projections, as `feedback
+up` does); the load comes from this process: N concurrent clients posting feedback for a
+fixed time (accepted = Kafka acknowledged), then a fixed rate of 500/s for the p99 target;
+then mails over SMTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import time
+from email.message import EmailMessage
+from email.utils import make_msgid
+
+import httpx
+
+from bench.harness import free_port, percentile, platform_process
+
+DURATION_S = 10.0
+
+
+def body(i: int) -> dict[str, object]:
+    return {
+        "channel": "web_form",
+        "description": f"第{i}条：订单说好三天送达，现在已经第七天了还没有收到货",
+        "customer": {"phone": f"13{i % 10}{i:08d}"[:11]},
+    }
+
+
+async def closed_loop(base_url: str, clients: int, seconds: float) -> tuple[int, list[float], int]:
+    latencies: list[float] = []
+    errors = 0
+    stop = time.perf_counter() + seconds
+    counter = iter(range(10**9))
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base_url, timeout=30, limits=limits) as client:
+
+        async def worker() -> None:
+            nonlocal errors
+            while time.perf_counter() < stop:
+                began = time.perf_counter()
+                response = await client.post("/v1/feedback", json=body(next(counter)))
+                if response.status_code == 202:
+                    latencies.append(time.perf_counter() - began)
+                else:
+                    errors += 1
+
+        await asyncio.gather(*[worker() for _ in range(clients)])
+    return len(latencies), latencies, errors
+
+
+async def open_loop(base_url: str, rate: float, seconds: float) -> tuple[list[float], int]:
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    async with httpx.AsyncClient(base_url=base_url, timeout=30, limits=limits) as client:
+
+        async def one(i: int) -> None:
+            nonlocal errors
+            began = time.perf_counter()
+            response = await client.post("/v1/feedback", json=body(i))
+            if response.status_code == 202:
+                latencies.append(time.perf_counter() - began)
+            else:
+                errors += 1
+
+        tasks = []
+        start = time.perf_counter()
+        for i in range(int(rate * seconds)):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+    return latencies, errors
+
+
+def smtp_rate(port: int, mails: int) -> float:
+    began = time.perf_counter()
+    with smtplib.SMTP("127.0.0.1", port, timeout=60) as smtp:
+        for i in range(mails):
+            mail = EmailMessage()
+            mail["Subject"] = f"投诉 {i}：快递还没到"
+            mail["From"] = f"buyer{i}@example.com"
+            mail["Message-ID"] = make_msgid()
+            mail.set_content("订单说好三天送达，现在已经第七天了还没有收到货")
+            smtp.send_message(mail, to_addrs=["service@company.example"])
+    return mails / (time.perf_counter() - began)
+
+
+def run() -> list[str]:
+    lines = []
+    smtp_port = free_port()
+    extra = {"FEEDBACK_SMTP_PORT": str(smtp_port), "FEEDBACK_RATE_LIMIT_PER_MINUTE": "10000000"}
+    with platform_process(extra_env=extra) as running:
+        for clients in (1, 16, 64):
+            accepted, latencies, errors = asyncio.run(
+                closed_loop(running.base_url, clients, DURATION_S)
+            )
+            ms = [v * 1000 for v in latencies]
+            lines.append(
+                f"{clients:>2} clients: {accepted / DURATION_S:,.0f} accepted/s, "
+                f"p50 {percentile(ms, 0.5):.1f} ms, p99 {percentile(ms, 0.99):.1f} ms, errors {errors}"
+            )
+        latencies, errors = asyncio.run(open_loop(running.base_url, 500, DURATION_S))
+        ms = [v * 1000 for v in latencies]
+        lines.append(
+            f"fixed 500/s for {DURATION_S:.0f}s: p50 {percentile(ms, 0.5):.1f} ms, "
+            f"p99 {percentile(ms, 0.99):.1f} ms, errors {errors}"
+        )
+        lines.append(f"SMTP, one connection: {smtp_rate(smtp_port, 500):,.0f} mails/s accepted")
+    return lines
+
+
+if __name__ == "__main__":
+    for line in run():
+        print(line)
