@@ -14,7 +14,7 @@ import time
 from email.message import EmailMessage
 from email.utils import make_msgid
 
-import httpx
+import aiohttp
 
 from bench.harness import free_port, percentile, platform_process
 
@@ -30,41 +30,45 @@ def body(i: int) -> dict[str, object]:
 
 
 async def closed_loop(base_url: str, clients: int, seconds: float) -> tuple[int, list[float], int]:
+    """`clients` connections, each posting again as soon as its answer arrives."""
     latencies: list[float] = []
     errors = 0
     stop = time.perf_counter() + seconds
     counter = iter(range(10**9))
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base_url, timeout=30, limits=limits) as client:
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(base_url, connector=connector) as session:
 
         async def worker() -> None:
             nonlocal errors
             while time.perf_counter() < stop:
                 began = time.perf_counter()
-                response = await client.post("/v1/feedback", json=body(next(counter)))
-                if response.status_code == 202:
-                    latencies.append(time.perf_counter() - began)
-                else:
-                    errors += 1
+                async with session.post("/v1/feedback", json=body(next(counter))) as response:
+                    await response.read()
+                    if response.status == 202:
+                        latencies.append(time.perf_counter() - began)
+                    else:
+                        errors += 1
 
         await asyncio.gather(*[worker() for _ in range(clients)])
     return len(latencies), latencies, errors
 
 
 async def open_loop(base_url: str, rate: float, seconds: float) -> tuple[list[float], int]:
+    """A fixed arrival rate, whatever the answers do (latency under a given load)."""
     latencies: list[float] = []
     errors = 0
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    async with httpx.AsyncClient(base_url=base_url, timeout=30, limits=limits) as client:
+    connector = aiohttp.TCPConnector(limit=256)
+    async with aiohttp.ClientSession(base_url, connector=connector) as session:
 
         async def one(i: int) -> None:
             nonlocal errors
             began = time.perf_counter()
-            response = await client.post("/v1/feedback", json=body(i))
-            if response.status_code == 202:
-                latencies.append(time.perf_counter() - began)
-            else:
-                errors += 1
+            async with session.post("/v1/feedback", json=body(i)) as response:
+                await response.read()
+                if response.status == 202:
+                    latencies.append(time.perf_counter() - began)
+                else:
+                    errors += 1
 
         tasks = []
         start = time.perf_counter()

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
@@ -220,18 +220,7 @@ def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> Fa
     )
     app.state.platform = platform
 
-    @app.middleware("http")
-    async def limit_body_size(request: Request, call_next: Any) -> Any:
-        # Refuse oversized bodies before reading them; field limits apply after parsing.
-        length = request.headers.get("content-length")
-        if length is not None and (
-            not length.isdigit() or int(length) > settings.max_request_bytes
-        ):
-            return JSONResponse(
-                {"detail": f"request body larger than {settings.max_request_bytes} bytes"},
-                status_code=413,
-            )
-        return await call_next(request)
+    app.add_middleware(GuardMiddleware, max_body_bytes=settings.max_request_bytes, limiter=None)
 
     @app.get("/health", tags=["operations"])
     async def health() -> JSONResponse:
@@ -246,20 +235,8 @@ def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> Fa
         assert platform.email is not None and platform.vault is not None
         limiter = RateLimiter(settings.rate_limit_per_minute)
 
-        @app.middleware("http")
-        async def limit_rate(request: Request, call_next: Any) -> Any:
-            if (
-                request.url.path.startswith(("/v1/feedback", "/v1/channels"))
-                and request.method == "POST"
-            ):
-                client = request.client.host if request.client else "unknown"
-                if not limiter.allow(client):
-                    return JSONResponse(
-                        {"detail": f"more than {settings.rate_limit_per_minute} requests a minute"},
-                        status_code=429,
-                        headers={"Retry-After": "60"},
-                    )
-            return await call_next(request)
+        # Added last, so it runs first: the rate limit before anything else is done.
+        app.add_middleware(GuardMiddleware, max_body_bytes=None, limiter=limiter)
 
         app.include_router(
             web_router(platform.registrar, platform.evidence, settings.customer_tiers)
@@ -286,6 +263,45 @@ def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> Fa
         assert platform.pool is not None
         app.include_router(projections_router(platform.pool))
     return app
+
+
+class GuardMiddleware:
+    """Refuses oversized bodies (413, before reading them) and clients over the rate
+    limit on intake posts (429). Plain ASGI: Starlette's BaseHTTPMiddleware cost about a
+    fifth of intake's CPU per request."""
+
+    def __init__(self, app: Any, max_body_bytes: int | None, limiter: RateLimiter | None) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.limiter = limiter
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _refusal(self, scope: Any) -> JSONResponse | None:
+        if self.max_body_bytes is not None:
+            length = dict(scope.get("headers") or []).get(b"content-length")
+            if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+                return JSONResponse(
+                    {"detail": f"request body larger than {self.max_body_bytes} bytes"},
+                    status_code=413,
+                )
+        if self.limiter is not None and scope["method"] == "POST":
+            path = scope.get("path", "")
+            if path.startswith(("/v1/feedback", "/v1/channels")):
+                client = (scope.get("client") or ("unknown", 0))[0]
+                if not self.limiter.allow(client):
+                    return JSONResponse(
+                        {"detail": f"more than {self.limiter.per_minute} requests a minute"},
+                        status_code=429,
+                        headers={"Retry-After": "60"},
+                    )
+        return None
 
 
 class RateLimiter:

@@ -68,3 +68,11 @@ async def test_invalid_payloads_get_422_with_field_reasons_and_publish_nothing(
         ok = await running.client.post("/v1/feedback", json=web_form())
         assert ok.status_code == 202
         assert await messages_in(settings, topics.FEEDBACK_RECEIVED) == before + 1
+
+
+async def test_clients_over_the_rate_limit_get_429(settings: Settings) -> None:
+    settings = settings.model_copy(update={"rate_limit_per_minute": 3})
+    async with serve(settings, ("intake",)) as running:
+        answers = [(await running.client.post("/v1/feedback", json=web_form())).status_code for _ in range(5)]
+        assert answers[:3] == [202, 202, 202] and answers[3:] == [429, 429]
+        assert (await running.client.get("/health")).status_code == 200  # reads are not limited
