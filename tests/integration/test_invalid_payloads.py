@@ -73,6 +73,9 @@ async def test_invalid_payloads_get_422_with_field_reasons_and_publish_nothing(
 async def test_clients_over_the_rate_limit_get_429(settings: Settings) -> None:
     settings = settings.model_copy(update={"rate_limit_per_minute": 3})
     async with serve(settings, ("intake",)) as running:
-        answers = [(await running.client.post("/v1/feedback", json=web_form())).status_code for _ in range(5)]
+        answers = [
+            (await running.client.post("/v1/feedback", json=web_form())).status_code
+            for _ in range(5)
+        ]
         assert answers[:3] == [202, 202, 202] and answers[3:] == [429, 429]
         assert (await running.client.get("/health")).status_code == 200  # reads are not limited
