@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from services.intake.channels.chat_social import social_signature, wechat_signature
+from services.intake.channels.chat_social import signed_push_headers, wechat_signature
 
 SECRETS = {
     "wechat": "demo-wechat-token",
@@ -44,12 +44,7 @@ def _form(item: dict[str, Any], received_at: datetime) -> dict[str, Any]:
 
 def _signed(secret: str, payload: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
     raw = json.dumps(payload, ensure_ascii=False).encode()
-    timestamp = str(int(time.time()))
-    return raw, {
-        "X-Timestamp": timestamp,
-        "X-Signature": "sha256=" + social_signature(secret, timestamp, raw),
-        "content-type": "application/json",
-    }
+    return raw, signed_push_headers(secret, raw)
 
 
 async def deliver(

@@ -197,3 +197,16 @@ def case_counts(settings: Settings) -> tuple[int, int]:
         ).fetchone()
         assert row is not None
         return int(row[0]), int(row[1])
+
+
+async def registered_row(client: httpx.AsyncClient, number: str, **expected: Any) -> dict[str, Any]:
+    """Wait until the registration table shows `number` with the expected values."""
+
+    async def matches() -> dict[str, Any] | None:
+        got = await client.get(f"/v1/feedback/{number}")
+        if got.status_code != 200:
+            return None
+        row: dict[str, Any] = got.json()
+        return row if all(row.get(k) == v for k, v in expected.items()) else None
+
+    return await wait_for(matches, timeout=30, what=f"{number} with {expected}")  # type: ignore[no-any-return]

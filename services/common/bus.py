@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
-from typing import ClassVar, Protocol
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, ClassVar, Protocol
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 
 from contracts import topics
@@ -103,3 +104,32 @@ async def publish(broker: KafkaBroker, settings: Settings, message: Keyed) -> No
             key=message.key(),
             headers={"content-type": "application/json"},
         )
+
+
+Handler = Callable[..., Awaitable[None]]
+
+
+def batch_subscriber(
+    broker: KafkaBroker, settings: Settings, topic: str, group: str
+) -> Callable[[Handler], object]:
+    """The subscriber every exactly-once consumer uses: batches from the earliest offset,
+    offsets committed only after the handler succeeded, and on an error the batch is
+    read again (the handler's stored positions make the repeat harmless)."""
+    subscriber: Callable[[Handler], object] = broker.subscriber(
+        settings.topic(topic),
+        group_id=group,
+        batch=True,
+        max_records=settings.consumer_batch_size,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        title=group,
+    )
+    return subscriber
+
+
+def partition_slices(message: Any) -> dict[tuple[str, int], list[Any]]:
+    """The consumer records of a FastStream batch message, by (topic, partition)."""
+    from services.common.kafka_positions import by_partition
+
+    raw = message.raw_message
+    return by_partition(raw if isinstance(raw, tuple) else (raw,))

@@ -10,7 +10,6 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from psycopg.rows import dict_row
@@ -35,7 +34,7 @@ from contracts.events import (
     case_event_adapter,
 )
 from services.common import kafka_positions
-from services.common.kafka_positions import by_partition
+from services.common.bus import batch_subscriber, partition_slices
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -264,18 +263,9 @@ async def apply_batch(pool: AsyncConnectionPool, records: list[Any]) -> int:
 def register_projections(
     broker: KafkaBroker, settings: Settings, pool: AsyncConnectionPool
 ) -> None:
-    @broker.subscriber(
-        settings.topic(topics.FEEDBACK_EVENTS),
-        group_id=GROUP,
-        batch=True,
-        max_records=settings.consumer_batch_size,
-        auto_offset_reset="earliest",
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-        title="projections",
-    )
+    @batch_subscriber(broker, settings, topics.FEEDBACK_EVENTS, GROUP)
     async def on_case_events(body: list[Any], msg: KafkaMessage) -> None:
-        records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
-        for slice_records in by_partition(records).values():
+        for slice_records in partition_slices(msg).values():
             await apply_batch(pool, slice_records)
 
 

@@ -12,13 +12,11 @@ import asyncio
 import logging
 from typing import Any
 
-from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
 from contracts import topics
-from services.common.bus import publish
-from services.common.kafka_positions import by_partition
+from services.common.bus import batch_subscriber, partition_slices, publish
 from services.common.settings import Settings
 from services.routing.service import (
     CORRESPONDENCE_GROUP,
@@ -31,18 +29,9 @@ log = logging.getLogger(__name__)
 
 
 def register_routing(broker: KafkaBroker, settings: Settings, routing: RoutingService) -> None:
-    @broker.subscriber(
-        settings.topic(topics.FEEDBACK_RECEIVED),
-        group_id=GROUP,
-        batch=True,
-        max_records=settings.consumer_batch_size,
-        auto_offset_reset="earliest",
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-        title="routing",
-    )
+    @batch_subscriber(broker, settings, topics.FEEDBACK_RECEIVED, GROUP)
     async def on_feedback_received(body: list[Any], msg: KafkaMessage) -> None:
-        records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
-        for (topic, partition), slice_records in by_partition(records).items():
+        for (topic, partition), slice_records in partition_slices(msg).items():
             work = await asyncio.to_thread(routing.prepare, topic, partition, slice_records)
             # Dead letters go out before the position moves past them: at least once.
             for letter in work.dead_letters:
@@ -57,18 +46,9 @@ def register_routing(broker: KafkaBroker, settings: Settings, routing: RoutingSe
             if work.next_offset is not None:
                 await asyncio.to_thread(routing.commit, work)
 
-    @broker.subscriber(
-        settings.topic(topics.CORRESPONDENCE),
-        group_id=CORRESPONDENCE_GROUP,
-        batch=True,
-        max_records=settings.consumer_batch_size,
-        auto_offset_reset="earliest",
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-        title="routing-correspondence",
-    )
+    @batch_subscriber(broker, settings, topics.CORRESPONDENCE, CORRESPONDENCE_GROUP)
     async def on_correspondence(body: list[Any], msg: KafkaMessage) -> None:
-        records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
-        for (topic, partition), slice_records in by_partition(records).items():
+        for (topic, partition), slice_records in partition_slices(msg).items():
             try:
                 work = await asyncio.to_thread(
                     routing.prepare_correspondence, topic, partition, slice_records

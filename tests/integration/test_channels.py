@@ -21,8 +21,8 @@ from openpyxl import Workbook
 from pydantic import SecretStr
 
 from services.common.settings import Settings
-from services.intake.channels.chat_social import social_signature, wechat_signature
-from tests.conftest import free_port, serve, wait_for, web_form
+from services.intake.channels.chat_social import signed_push_headers, wechat_signature
+from tests.conftest import free_port, registered_row, serve, wait_for, web_form
 
 pytestmark = pytest.mark.integration
 TOKEN, WEIBO, DOUYIN = "wechat-token-test", "weibo-secret-test", "douyin-secret-test"
@@ -39,17 +39,6 @@ def channel_settings(settings: Settings, tmp_path) -> Settings:
             "evidence_dir": tmp_path / "evidence",
         }
     )
-
-
-async def row_of(client, number: str, **expected) -> dict:
-    async def matches() -> dict | None:
-        got = await client.get(f"/v1/feedback/{number}")
-        if got.status_code != 200:
-            return None
-        row = got.json()
-        return row if all(row.get(k) == v for k, v in expected.items()) else None
-
-    return await wait_for(matches, timeout=30, what=f"{number} with {expected}")
 
 
 def send_mail(settings: Settings, message: bytes | EmailMessage | MIMEMultipart) -> str:
@@ -89,7 +78,9 @@ async def test_web_form_with_attachments(channel_settings: Settings) -> None:
             files=[("attachments", ("scratch.png", photo, "image/png"))],
         )
         assert response.status_code == 202, response.text
-        row = await row_of(running.client, response.json()["feedback_number"], status="assigned")
+        row = await registered_row(
+            running.client, response.json()["feedback_number"], status="assigned"
+        )
         evidence = row["evidence"][0]
         assert evidence["sha256"] == hashlib.sha256(photo).hexdigest()
         assert evidence["reference"] == f"evidence://sha256/{evidence['sha256']}"
@@ -116,7 +107,7 @@ async def test_email_over_smtp_in_chinese_encodings_and_a_reply(channel_settings
         attachment.add_header("Content-Disposition", "attachment", filename=("gbk", "", "发票.pdf"))
         mail.attach(attachment)
         number = await asyncio.to_thread(send_mail, channel_settings, mail)
-        row = await row_of(running.client, number, status="assigned")
+        row = await registered_row(running.client, number, status="assigned")
         assert row["channel"] == "email" and row["channel_reference"] == message_id
         assert row["description"].startswith("投诉：打印机无法连接WiFi")
         assert "以前的邮件" not in row["description"]
@@ -135,17 +126,17 @@ async def test_email_over_smtp_in_chinese_encodings_and_a_reply(channel_settings
             In_Reply_To=message_id,
         )
         assert await asyncio.to_thread(send_mail, channel_settings, reply) == number
-        await row_of(running.client, number, correspondence_count=1)
+        await registered_row(running.client, number, correspondence_count=1)
         by_subject = gbk_mail(f"关于 {number} 的进展", "请尽快处理", "李娜", make_msgid())
         assert await asyncio.to_thread(send_mail, channel_settings, by_subject) == number
-        await row_of(running.client, number, correspondence_count=2)
+        await registered_row(running.client, number, correspondence_count=2)
 
         eml = gbk_mail("Smart lock", "The smart lock keeps disconnecting.", "Tom", make_msgid())
         imported = await running.client.post(
             "/v1/channels/email/eml", files={"file": ("mail.eml", eml.as_bytes(), "message/rfc822")}
         )
         assert imported.status_code == 202
-        await row_of(running.client, imported.json()["feedback_number"], channel="email")
+        await registered_row(running.client, imported.json()["feedback_number"], channel="email")
 
 
 async def test_unreadable_email_becomes_a_dead_letter_that_can_be_listed(
@@ -188,7 +179,7 @@ async def test_web_chat_session(channel_settings: Settings) -> None:
         }
         response = await running.client.post("/v1/channels/web-chat/sessions", json=session)
         assert response.status_code == 202, response.text
-        row = await row_of(running.client, response.json()["feedback_number"])
+        row = await registered_row(running.client, response.json()["feedback_number"])
         assert row["channel"] == "web_chat" and "我帮您查一下" not in row["description"]
         assert row["evidence"][0]["kind"] == "transcript"
 
@@ -234,7 +225,7 @@ async def test_wechat_push_signed_and_forged(channel_settings: Settings) -> None
             lambda: _channel_rows(running.client, "wechat"), timeout=30, what="wechat registration"
         )
         assert len(rows) == 1 and rows[0]["channel_reference"] == "23456789"
-        row = await row_of(running.client, rows[0]["feedback_number"], priority="urgent")
+        row = await registered_row(running.client, rows[0]["feedback_number"], priority="urgent")
         assert "safety" in row["flags"]
 
 
@@ -244,12 +235,7 @@ async def _channel_rows(client, channel: str) -> list[dict]:
 
 def signed(secret: str, body: dict) -> tuple[bytes, dict[str, str]]:
     raw = json.dumps(body, ensure_ascii=False).encode()
-    timestamp = str(int(time.time()))
-    return raw, {
-        "X-Timestamp": timestamp,
-        "X-Signature": "sha256=" + social_signature(secret, timestamp, raw),
-        "content-type": "application/json",
-    }
+    return raw, signed_push_headers(secret, raw)
 
 
 async def test_weibo_and_douyin_webhooks_signed_and_forged(channel_settings: Settings) -> None:
@@ -286,7 +272,9 @@ async def test_weibo_and_douyin_webhooks_signed_and_forged(channel_settings: Set
         raw, headers = signed(DOUYIN, douyin)
         ok = await running.client.post("/v1/channels/douyin/webhook", content=raw, headers=headers)
         assert ok.status_code == 202 and ok.json()["status"] == "accepted"
-        row = await row_of(running.client, ok.json()["feedback_number"], feedback_type="praise")
+        row = await registered_row(
+            running.client, ok.json()["feedback_number"], feedback_type="praise"
+        )
         assert row["channel"] == "douyin"
         broken_raw, broken_headers = signed(DOUYIN, {"event": "im_receive_msg", "msg_id": "x"})
         kept = await running.client.post(
@@ -306,7 +294,7 @@ async def test_phone_entry_and_callback_finding(channel_settings: Settings) -> N
         response = await running.client.post("/v1/channels/phone", json=call)
         assert response.status_code == 202, response.text
         earlier = response.json()["feedback_number"]
-        row = await row_of(running.client, earlier)
+        row = await registered_row(running.client, earlier)
         assert row["receiver"] == "cs-li" and row["evidence"][0]["kind"] == "recording"
 
         finding = {
@@ -319,7 +307,7 @@ async def test_phone_entry_and_callback_finding(channel_settings: Settings) -> N
         }
         linked = await running.client.post("/v1/channels/callback", json=finding)
         assert linked.status_code == 202, linked.text
-        row = await row_of(running.client, linked.json()["feedback_number"])
+        row = await registered_row(running.client, linked.json()["feedback_number"])
         assert row["channel"] == "callback" and row["related_feedback"] == earlier
         unknown = await running.client.post(
             "/v1/channels/callback", json=finding | {"earlier_feedback_number": "F20000101-0001"}
@@ -379,7 +367,7 @@ async def test_store_csv_and_letter_xlsx_batches(channel_settings: Settings) -> 
             },
         )
         assert letter.status_code == 200 and len(letter.json()["taken"]) == 1, letter.text
-        row = await row_of(
+        row = await registered_row(
             running.client, letter.json()["taken"][0]["feedback_number"], status="assigned"
         )
         assert (
@@ -395,14 +383,14 @@ async def test_pending_information_is_requested_then_supplied(channel_settings: 
             "/v1/feedback", json=web_form("吸尘器使用三天后无法启动")
         )
         number = response.json()["feedback_number"]
-        row = await row_of(running.client, number, status="pending_info")
+        row = await registered_row(running.client, number, status="pending_info")
         assert row["missing_information"] == ["product_model"]
         supplied = await running.client.post(
             f"/v1/feedback/{number}/supplements",
             json={"channel": "phone", "product_model": "吸尘器 V8"},
         )
         assert supplied.status_code == 202
-        row = await row_of(running.client, number, status="assigned")
+        row = await registered_row(running.client, number, status="assigned")
         assert row["product_model"] == "吸尘器 V8" and row["missing_information"] == []
         assert (
             await running.client.post(

@@ -11,20 +11,9 @@ import pytest
 from contracts.events import CaseEvent, FeedbackRouted, OwnerAssigned
 from examples.department_subscriber import build_subscriber
 from services.common.settings import Settings
-from tests.conftest import serve, wait_for, web_form
+from tests.conftest import registered_row, serve, wait_for, web_form
 
 pytestmark = pytest.mark.integration
-
-
-async def registered_row(client, number: str, **expected) -> dict:
-    async def matches() -> dict | None:
-        got = await client.get(f"/v1/feedback/{number}")
-        if got.status_code != 200:
-            return None
-        row = got.json()
-        return row if all(row.get(k) == v for k, v in expected.items()) else None
-
-    return await wait_for(matches, timeout=30, what=f"{number} with {expected}")
 
 
 async def post(client, description: str, **extra) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -90,6 +91,16 @@ def wechat_signature(token: str, timestamp: str, nonce: str) -> str:
 
 def social_signature(secret: str, timestamp: str, body: bytes) -> str:
     return hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def signed_push_headers(secret: str, raw: bytes, timestamp: str | None = None) -> dict[str, str]:
+    """The headers a Weibo/Douyin push carries (what a sender, or a test, attaches)."""
+    stamp = timestamp or str(int(time.time()))
+    return {
+        "X-Timestamp": stamp,
+        "X-Signature": "sha256=" + social_signature(secret, stamp, raw),
+        "content-type": "application/json",
+    }
 
 
 def _secret(value: SecretStr | None, channel: str) -> str:
