@@ -125,6 +125,7 @@ class Platform:
                 settings.max_attachment_bytes,
                 settings.allowed_attachment_types,
                 settings.max_attachments,
+                key=settings.pii_key_bytes,
             )
             self.deadletters = intake_deadletters.DeadLetters(self.pool, settings)
             self.email = EmailIntake(self.registrar, self.evidence, self.deadletters)

@@ -1,15 +1,20 @@
 """Evidence store: attachments kept by content hash in a folder; events carry references.
 
-`evidence://sha256/<hex>` names the bytes; the same attachment sent twice is stored once.
-An S3-compatible store can take this class's place behind the same `put` and `open`.
+`evidence://sha256/<hex>` names the bytes (the hash of the plaintext); the same attachment
+sent twice is stored once. Files are encrypted at rest (AES-256-GCM, a key derived from
+the PII key): chat transcripts and photos carry personal data too. An S3-compatible store
+can take this class's place behind the same `put` and `open`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import tempfile
 from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from contracts.events import Evidence
 
@@ -25,8 +30,13 @@ class EvidenceStore:
         max_bytes: int,
         allowed_types: tuple[str, ...],
         max_count: int = 10,
+        key: bytes | None = None,
     ) -> None:
         self.folder = folder
+        # A key of its own, derived so that evidence and contacts never share one.
+        self.cipher = (
+            AESGCM(hmac.new(key, b"feedback-evidence", hashlib.sha256).digest()) if key else None
+        )
         self.max_bytes = max_bytes
         self.allowed_types = allowed_types
         self.max_count = max_count
@@ -50,7 +60,7 @@ class EvidenceStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             # Write then rename: a reader never sees half a file.
             with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as handle:
-                handle.write(data)
+                handle.write(self._seal(digest, data))
                 temporary = handle.name
             os.replace(temporary, path)
         media = (content_type or "application/octet-stream").split(";")[0].strip().lower()
@@ -68,7 +78,16 @@ class EvidenceStore:
 
     def open(self, reference: str) -> bytes:
         digest = reference.rsplit("/", 1)[-1]
-        return self.path_of(digest).read_bytes()
+        stored = self.path_of(digest).read_bytes()
+        if self.cipher is None:
+            return stored
+        return self.cipher.decrypt(stored[:12], stored[12:], digest.encode())
+
+    def _seal(self, digest: str, data: bytes) -> bytes:
+        if self.cipher is None:
+            return data
+        nonce = os.urandom(12)
+        return nonce + self.cipher.encrypt(nonce, data, digest.encode())
 
 
 def _kind_of(media: str) -> str:

@@ -84,7 +84,10 @@ async def test_web_form_with_attachments(channel_settings: Settings) -> None:
         evidence = row["evidence"][0]
         assert evidence["sha256"] == hashlib.sha256(photo).hexdigest()
         assert evidence["reference"] == f"evidence://sha256/{evidence['sha256']}"
-        assert running.platform.evidence.open(evidence["reference"]) == photo  # type: ignore[union-attr]
+        store = running.platform.evidence
+        assert store is not None and store.open(evidence["reference"]) == photo
+        on_disk = store.path_of(evidence["sha256"]).read_bytes()
+        assert photo not in on_disk and len(on_disk) == len(photo) + 12 + 16  # encrypted at rest
         refused = await running.client.post(
             "/v1/feedback/multipart",
             data={"feedback": json.dumps(web_form())},
