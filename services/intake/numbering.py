@@ -11,7 +11,6 @@ import asyncio
 from datetime import datetime
 from typing import Any
 
-from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 SCHEMA = [
@@ -52,33 +51,17 @@ class SerialAllocator:
             self._blocks[scope] = (next_value + 1, last)
             return next_value
 
-    @property
-    def inline(self) -> bool:
-        """Serials come one at a time, so they can be taken inside a caller's transaction.
-        Blocks cannot: a block must commit on its own before it is handed out, and waiting
-        for a second pooled connection inside a transaction can exhaust the pool."""
-        return self.block_size == 1
-
-    async def next_within(self, conn: AsyncConnection[Any], scope: str) -> int:
-        """A serial taken inside the caller's transaction (one commit for both)."""
-        assert self.inline, "blocks are reserved outside the caller's transaction"
-        return await _increment(conn, scope, 1)
-
     async def _reserve(self, scope: str, count: int) -> int:
         """Reserve `count` serials and return the last one reserved."""
         async with self.pool.connection() as conn:
-            return await _increment(conn, scope, count)
-
-
-async def _increment(conn: AsyncConnection[Any], scope: str, count: int) -> int:
-    cursor = await conn.execute(
-        "INSERT INTO intake_serials (scope, last_value) VALUES (%s, %s) "
-        "ON CONFLICT (scope) DO UPDATE SET last_value = intake_serials.last_value + %s "
-        "RETURNING last_value",
-        (scope, count, count),
-    )
-    row: Any = await cursor.fetchone()
-    return int(row[0])
+            cursor = await conn.execute(
+                "INSERT INTO intake_serials (scope, last_value) VALUES (%s, %s) "
+                "ON CONFLICT (scope) DO UPDATE SET last_value = intake_serials.last_value + %s "
+                "RETURNING last_value",
+                (scope, count, count),
+            )
+            row: Any = await cursor.fetchone()
+            return int(row[0])
 
 
 class FeedbackNumbering:
@@ -89,15 +72,5 @@ class FeedbackNumbering:
         scope = f"F{local_registration_time:%Y%m%d}"
         return feedback_number(local_registration_time, await self.serials.next(scope))
 
-    async def feedback_number_within(
-        self, conn: AsyncConnection[Any], local_registration_time: datetime
-    ) -> str:
-        """Inside the caller's transaction (serials one at a time only)."""
-        scope = f"F{local_registration_time:%Y%m%d}"
-        return feedback_number(local_registration_time, await self.serials.next_within(conn, scope))
-
     async def customer_reference(self, year: int) -> str:
         return customer_reference(year, await self.serials.next(f"C{year:04d}"))
-
-    async def customer_reference_within(self, conn: AsyncConnection[Any], year: int) -> str:
-        return customer_reference(year, await self.serials.next_within(conn, f"C{year:04d}"))

@@ -117,18 +117,9 @@ class PiiVault:
                 row: Any = await cursor.fetchone()
                 if row:
                     return str(row[0])
-        # The reference and the sealed contact commit together: one round of fsync.
-        # (A block of serials is reserved before the transaction, never inside it.)
-        reserved = (
-            None
-            if self.numbering.serials.inline
-            else await self.numbering.customer_reference(now.year)
-        )
+        customer_ref = await self.numbering.customer_reference(now.year)
+        sealed = self.seal(customer_ref, contact)
         async with self.pool.connection() as conn, conn.transaction():
-            customer_ref = reserved or await self.numbering.customer_reference_within(
-                conn, now.year
-            )
-            sealed = self.seal(customer_ref, contact)
             await conn.execute(
                 "INSERT INTO pii_customers (customer_ref, sealed) VALUES (%s, %s)",
                 (customer_ref, sealed),

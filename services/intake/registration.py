@@ -309,77 +309,37 @@ class Registrar:
         return message
 
     async def register(self, submission: Submission, dedup_key: str | None = None) -> Accepted:
-        """Number, pseudonymise and publish; accepted once Kafka acknowledged.
-
-        Round trips are few on purpose: the number, the de-duplication claim and the
-        registry row commit together; a refused publish takes the claim and row back.
-        """
         if dedup_key is None and submission.channel_reference:
             dedup_key = f"{submission.channel.value}:{submission.channel_reference}"
         now = datetime.now(UTC)
+        local_now = now.astimezone(self.settings.zone)
         feedback_id = uuid4()
         if dedup_key is not None:
             existing = await self._existing(dedup_key)
             if existing is not None:
                 return existing
-        try:
-            customer_ref = await self.vault.pseudonym_for(submission.contact, now)
-        except Exception as error:
-            raise IntakeUnavailable(str(error)) from error
-        local = now.astimezone(self.settings.zone)
-        # Blocks of serials are reserved before the transaction, never inside it.
-        reserved = (
-            None if self.numbering.serials.inline else await self.numbering.feedback_number(local)
-        )
-        try:
-            async with self.pool.connection() as conn, conn.transaction():
-                number = reserved or await self.numbering.feedback_number_within(conn, local)
-                if dedup_key is not None and not await self._claim_within(
-                    conn, dedup_key, feedback_id, number
-                ):
-                    raise _DuplicateRace()
-                try:
-                    event = self._received(submission, feedback_id, number, customer_ref, now)
-                except ValidationError as error:
-                    raise InvalidSubmission(error.errors(include_url=False)) from error  # type: ignore[arg-type]
-                await self._remember(conn, event)
-        except _DuplicateRace:
-            assert dedup_key is not None
+        number = await self.numbering.feedback_number(local_now)
+        if dedup_key is not None and not await self._claim(dedup_key, feedback_id, number):
             existing = await self._existing(dedup_key)
             if existing is None:
-                raise DuplicateInProgress(dedup_key) from None
+                raise DuplicateInProgress(dedup_key)
             return existing
         try:
+            customer_ref = await self.vault.pseudonym_for(submission.contact, now)
+            event = self._received(submission, feedback_id, number, customer_ref, now)
             await publish(self.broker, self.settings, event)
         except Exception as error:
-            await self._take_back(dedup_key, event)
+            if dedup_key is not None:
+                await self._release(dedup_key, feedback_id)
+            if isinstance(error, ValidationError):
+                raise InvalidSubmission(error.errors(include_url=False)) from error  # type: ignore[arg-type]
             log.warning("feedback %s not accepted: %s", number, error)
             raise IntakeUnavailable(str(error)) from error
         if dedup_key is not None:
             await self._mark_published(dedup_key, feedback_id)
+        async with self.pool.connection() as conn:
+            await self._remember(conn, event)
         return Accepted(feedback_id=feedback_id, feedback_number=number)
-
-    async def _claim_within(
-        self, conn: Any, dedup_key: str, feedback_id: UUID, number: str
-    ) -> bool:
-        cursor = await conn.execute(
-            "INSERT INTO intake_deduplication (dedup_key, feedback_id, feedback_number) "
-            "VALUES (%s, %s, %s) ON CONFLICT (dedup_key) DO NOTHING RETURNING dedup_key",
-            (dedup_key, feedback_id, number),
-        )
-        return await cursor.fetchone() is not None
-
-    async def _take_back(self, dedup_key: str | None, event: FeedbackReceived) -> None:
-        """Kafka refused: nothing of this feedback stays registered (its number stays used)."""
-        async with self.pool.connection() as conn, conn.transaction():
-            if dedup_key is not None:
-                await conn.execute(
-                    "DELETE FROM intake_deduplication WHERE dedup_key = %s AND feedback_id = %s",
-                    (dedup_key, event.feedback_id),
-                )
-            await conn.execute(
-                "DELETE FROM intake_registry WHERE feedback_id = %s", (event.feedback_id,)
-            )
 
     def _received(
         self,
@@ -425,6 +385,22 @@ class Registrar:
         if not row[2]:
             raise DuplicateInProgress(dedup_key)
         return Accepted(feedback_id=row[0], feedback_number=row[1], duplicate=True)
+
+    async def _claim(self, dedup_key: str, feedback_id: UUID, number: str) -> bool:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "INSERT INTO intake_deduplication (dedup_key, feedback_id, feedback_number) "
+                "VALUES (%s, %s, %s) ON CONFLICT (dedup_key) DO NOTHING RETURNING dedup_key",
+                (dedup_key, feedback_id, number),
+            )
+            return await cursor.fetchone() is not None
+
+    async def _release(self, dedup_key: str, feedback_id: UUID) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "DELETE FROM intake_deduplication WHERE dedup_key = %s AND feedback_id = %s",
+                (dedup_key, feedback_id),
+            )
 
     async def _mark_published(self, dedup_key: str, feedback_id: UUID) -> None:
         async with self.pool.connection() as conn:
