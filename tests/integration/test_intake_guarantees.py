@@ -258,3 +258,23 @@ async def test_customer_erasure_shreds_the_personal_data(settings: Settings) -> 
             assert conn.execute("SELECT count(*) FROM pii_customer_lookup").fetchone() == (0,)
         again = await running.client.delete(f"/v1/customers/{customer_ref}/personal-data")
         assert again.status_code == 404
+
+
+async def test_number_blocks_under_more_concurrency_than_the_pool(settings: Settings) -> None:
+    # Blocks are reserved outside the registration transaction: 60 requests at once must
+    # not each hold a pooled connection while waiting for another one.
+    settings = settings.model_copy(update={"number_block_size": 5})
+    async with serve(settings, ("intake",)) as running:
+        answers = await asyncio.wait_for(
+            asyncio.gather(
+                *[
+                    running.client.post(
+                        "/v1/feedback", json=web_form(customer={"phone": f"1390000{i:04d}"})
+                    )
+                    for i in range(60)
+                ]
+            ),
+            timeout=60,
+        )
+        assert [a.status_code for a in answers] == [202] * 60
+        assert len({a.json()["feedback_number"] for a in answers}) == 60
