@@ -7,7 +7,6 @@ the durable outbox) and into a table an operator lists and replays (`feedback de
 from __future__ import annotations
 
 import base64
-import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from contracts.events import DeadLetter
 from services.common.settings import Settings
+from services.intake.registration import enqueue
 
 SCHEMA = [
     """
@@ -63,10 +63,7 @@ class DeadLetters:
                 "VALUES (%s, %s, %s, %s, %s)",
                 (dead_letter_id, source, message.reason, payload, Jsonb(metadata or {})),
             )
-            await conn.execute(
-                "INSERT INTO intake_outbox (topic, message_key, payload) VALUES (%s, NULL, %s)",
-                (self.settings.topic(message.TOPIC), message.model_dump_json().encode()),
-            )
+            await enqueue(conn, self.settings, message)
         return dead_letter_id
 
     async def list(self, limit: int = 100, include_replayed: bool = False) -> list[dict[str, Any]]:
@@ -92,7 +89,3 @@ class DeadLetters:
                 "UPDATE deadletters SET replayed_at = now(), replay_result = %s WHERE dead_letter_id = %s",
                 (result, dead_letter_id),
             )
-
-
-def metadata_json(metadata: dict[str, Any]) -> str:
-    return json.dumps(metadata, ensure_ascii=False)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from contracts.codes import Channel, Emotion, FeedbackType
 from contracts.events import CustomerCorrespondence, Evidence, FeedbackReceived
-from services.common.bus import publish
+from services.common.bus import Keyed, publish
 from services.common.settings import Settings
 from services.intake.numbering import FeedbackNumbering
 from services.intake.pii_vault import Contact, PiiVault, mask_contacts
@@ -135,8 +135,7 @@ class Registrar:
         For channels that cannot be asked to retry (SMTP, batch files): once this returns,
         the feedback is safe even if Kafka is away; the outbox drainer publishes it later.
         """
-        if dedup_key is None and submission.channel_reference:
-            dedup_key = f"{submission.channel.value}:{submission.channel_reference}"
+        dedup_key = dedup_key or _delivery_key(submission)
         if dedup_key is not None:
             existing = await self._existing(dedup_key)
             if existing is not None:
@@ -161,14 +160,7 @@ class Registrar:
                     if await cursor.fetchone() is None:
                         raise _DuplicateRace()
                 await self._remember(conn, event)
-                await conn.execute(
-                    "INSERT INTO intake_outbox (topic, message_key, payload) VALUES (%s, %s, %s)",
-                    (
-                        self.settings.topic(event.TOPIC),
-                        event.key(),
-                        event.model_dump_json().encode(),
-                    ),
-                )
+                await enqueue(conn, self.settings, event)
         except _DuplicateRace:
             # A concurrent delivery of the same message won; answer with its number.
             assert dedup_key is not None
@@ -292,14 +284,7 @@ class Registrar:
         )
         if durable:
             async with self.pool.connection() as conn:
-                await conn.execute(
-                    "INSERT INTO intake_outbox (topic, message_key, payload) VALUES (%s, %s, %s)",
-                    (
-                        self.settings.topic(message.TOPIC),
-                        message.key(),
-                        message.model_dump_json().encode(),
-                    ),
-                )
+                await enqueue(conn, self.settings, message)
             self.outbox_waiting.set()
             return message
         try:
@@ -309,8 +294,7 @@ class Registrar:
         return message
 
     async def register(self, submission: Submission, dedup_key: str | None = None) -> Accepted:
-        if dedup_key is None and submission.channel_reference:
-            dedup_key = f"{submission.channel.value}:{submission.channel_reference}"
+        dedup_key = dedup_key or _delivery_key(submission)
         now = datetime.now(UTC)
         local_now = now.astimezone(self.settings.zone)
         feedback_id = uuid4()
@@ -409,6 +393,22 @@ class Registrar:
                 "WHERE dedup_key = %s AND feedback_id = %s",
                 (dedup_key, feedback_id),
             )
+
+
+def _delivery_key(submission: Submission) -> str | None:
+    """The same channel message delivered twice has the same channel reference."""
+    if submission.channel_reference:
+        return f"{submission.channel.value}:{submission.channel_reference}"
+    return None
+
+
+async def enqueue(conn: Any, settings: Settings, message: Keyed) -> None:
+    """Put a contract message into the durable outbox, inside the caller's transaction;
+    the drainer publishes it once Kafka acknowledges."""
+    await conn.execute(
+        "INSERT INTO intake_outbox (topic, message_key, payload) VALUES (%s, %s, %s)",
+        (settings.topic(message.TOPIC), message.key(), message.model_dump_json().encode()),
+    )
 
 
 def _masked(text: str | None) -> str | None:
