@@ -59,4 +59,4 @@ def register_routing(broker: KafkaBroker, settings: Settings, routing: RoutingSe
             for letter in work.dead_letters:
                 await publish(broker, settings, letter)
             if work.next_offset is not None:
-                await asyncio.to_thread(routing.commit_correspondence, work)
+                await asyncio.to_thread(routing.commit, work)

@@ -8,7 +8,6 @@ and the case store. Feedback from Kafka arrives in partition slices (see consume
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -49,12 +48,12 @@ class Refused(ValueError):
 class Slice:
     """A partition slice of received feedback, prepared for one transaction."""
 
+    consumer: str
     topic: str
     partition: int
     next_offset: int | None = None
     cases: dict[UUID, Case] = field(default_factory=dict)
     dead_letters: list[DeadLetter] = field(default_factory=list)
-    skipped: int = 0
 
 
 class RoutingService:
@@ -70,15 +69,13 @@ class RoutingService:
         self.classifier = classifier
         self.weights = {p.value: w for p, w in roster.workload_weights.items()}
         self.repeat_window = timedelta(days=classifier.book.priority.repeat_window_days)
-        self.created = 0
 
     # -- new feedback from Kafka ------------------------------------------------------
 
     def prepare(self, topic: str, partition: int, records: list[Any]) -> Slice:
-        work = Slice(topic, partition)
+        work = Slice(GROUP, topic, partition)
         next_offset = self.store.next_offset(GROUP, topic, partition)
         unseen = [r for r in records if r.offset >= next_offset]
-        work.skipped = len(records) - len(unseen)
         if not unseen:
             return work
         work.next_offset = unseen[-1].offset + 1
@@ -92,11 +89,9 @@ class RoutingService:
         fresh: list[FeedbackReceived] = []
         for message in received:
             # The same feedback published twice (an intake retry) is still one case.
-            if message.feedback_id in already or any(
-                m.feedback_id == message.feedback_id for m in fresh
+            if message.feedback_id not in already and all(
+                m.feedback_id != message.feedback_id for m in fresh
             ):
-                work.skipped += 1
-            else:
                 fresh.append(message)
         if not fresh:
             return work
@@ -128,21 +123,25 @@ class RoutingService:
             # Redelivered after the worklist took it but before the store did: same owner.
             if row.state == "owned" and row.owner:
                 work.cases[feedback_id].assign(row.owner, ROUTING, "assigned before a restart")
-        for assignment in self.worklist.drain(
-            {r.department for r in rows if r.state == "queued" and r.department}
-        ):
-            drained = work.cases.get(assignment.feedback_id)
-            if drained is not None:  # others are recorded by reconcile()
-                drained.assign(assignment.owner, ROUTING, assignment.reason)
+        self._assign_drained(
+            work, {r.department for r in rows if r.state == "queued" and r.department}
+        )
         return work
 
+    def _assign_drained(self, work: Slice, departments: set[str]) -> None:
+        """Give free owners to queued cases of these departments; the cases of this slice
+        record their owner now, others through reconcile()."""
+        for assignment in self.worklist.drain(departments):
+            drained = work.cases.get(assignment.feedback_id)
+            if drained is not None:
+                drained.assign(assignment.owner, ROUTING, assignment.reason)
+
     def commit(self, work: Slice) -> None:
+        """Store the slice's events with the position it reaches, in one transaction."""
         assert work.next_offset is not None
-        self.store.record(
-            work.cases.values(), KafkaPosition(GROUP, work.topic, work.partition, work.next_offset)
-        )
+        position = KafkaPosition(work.consumer, work.topic, work.partition, work.next_offset)
+        self.store.record(work.cases.values(), position)
         self.worklist.mark_announced(c.id for c in work.cases.values() if c.owner)
-        self.created += len(work.cases)
 
     def _missing(self, message: FeedbackReceived, decision: Decision) -> list[str]:
         if decision.priority == Priority.urgent or decision.needs_triage or not decision.category:
@@ -151,7 +150,8 @@ class RoutingService:
         return [name for name in wanted if not getattr(message, name, None)]
 
     def _decide_route(self, case: Case, decision: Decision, by: str, missing: list[str]) -> None:
-        case.classify(_decision_dict(decision), by)
+        classification = decision.as_dict()
+        case.classify(classification, by)
         if missing:
             case.request_information(missing)
         elif decision.needs_triage:
@@ -159,7 +159,7 @@ class RoutingService:
                 f"confidence {decision.confidence:.2f} below {self.classifier.book.confidence_threshold}"
             )
         else:
-            case.route(decision.department, _route_reason(decision))
+            case.route(decision.department, _route_reason(classification))
 
     def _row(self, case: Case, message: FeedbackReceived, decision: Decision) -> CaseRow:
         return CaseRow(
@@ -183,7 +183,7 @@ class RoutingService:
     def prepare_correspondence(self, topic: str, partition: int, records: list[Any]) -> Slice:
         """Customer messages about existing cases: kept with the case; supplied
         information completes a pending registration, which is then routed."""
-        work = Slice(topic, partition)
+        work = Slice(CORRESPONDENCE_GROUP, topic, partition)
         next_offset = self.store.next_offset(CORRESPONDENCE_GROUP, topic, partition)
         unseen = [r for r in records if r.offset >= next_offset]
         if not unseen:
@@ -217,21 +217,10 @@ class RoutingService:
         for case in resumed:
             assert case.classification is not None
             department = str(case.classification["department"])
-            case.route(department, "information supplied: " + _route_reason_of(case.classification))
+            case.route(department, "information supplied: " + _route_reason(case.classification))
             self.worklist.set_state(case.id, "queued", department=department)
-        for assignment in self.worklist.drain({str(c.department) for c in resumed}):
-            drained = work.cases.get(assignment.feedback_id)
-            if drained is not None:
-                drained.assign(assignment.owner, ROUTING, assignment.reason)
+        self._assign_drained(work, {str(c.department) for c in resumed})
         return work
-
-    def commit_correspondence(self, work: Slice) -> None:
-        assert work.next_offset is not None
-        self.store.record(
-            work.cases.values(),
-            KafkaPosition(CORRESPONDENCE_GROUP, work.topic, work.partition, work.next_offset),
-        )
-        self.worklist.mark_announced(c.id for c in work.cases.values() if c.owner)
 
     # -- assignments made outside a slice ---------------------------------------------
 
@@ -395,19 +384,11 @@ def _decide(decision: Any) -> None:
         raise Refused(str(error)) from error
 
 
-def _decision_dict(decision: Decision) -> dict[str, Any]:
-    return decision.as_dict()
-
-
-def _route_reason_of(classification: dict[str, Any]) -> str:
+def _route_reason(classification: dict[str, Any]) -> str:
     return (
         f"{classification['type']}: {classification['category']}/{classification['subcategory']}"
         f" -> {classification['department']}"
     )
-
-
-def _route_reason(decision: Decision) -> str:
-    return f"{decision.type.value}: {decision.category}/{decision.subcategory} -> {decision.department}"
 
 
 def _dead_letter(record: Any, error: Exception, source: str = "routing") -> DeadLetter:
@@ -421,6 +402,3 @@ def _dead_letter(record: Any, error: Exception, source: str = "routing") -> Dead
         source_offset=record.offset,
         failed_at=datetime.now(UTC),
     )
-
-
-__all__ = ["GROUP", "NotFound", "Refused", "RoutingService", "Slice", "defaultdict"]
