@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -93,10 +92,3 @@ def with_database(url: str, name: str) -> str:
     params = conninfo_to_dict(url)
     params["dbname"] = name
     return make_conninfo(**params)  # type: ignore[arg-type]
-
-
-def temporary_folder(prefix: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix=prefix))
-
-
-__all__ = ["LocalPostgres", "create_database", "start_postgres", "subprocess", "with_database"]

@@ -37,7 +37,7 @@ from services.projections import registrations
 from services.projections.http import projections_router
 from services.routing import worklist as routing_worklist
 from services.routing.assignment import load_roster
-from services.routing.classifier import Classifier, load_rulebook
+from services.routing.classifier import Classifier, RuleBook, load_rulebook
 from services.routing.consumer import register_routing
 from services.routing.http import routing_router
 from services.routing.service import RoutingService
@@ -59,6 +59,7 @@ class Platform:
     routing_pool: ConnectionPool | None = None
     relay: OutboxRelay | None = None
     registrar: registration.Registrar | None = None
+    rulebook: RuleBook = field(default_factory=load_rulebook)
     evidence: EvidenceStore | None = None
     deadletters: intake_deadletters.DeadLetters | None = None
     email: EmailIntake | None = None
@@ -107,7 +108,7 @@ class Platform:
             self.routing = RoutingService(
                 self.store,
                 routing_worklist.Worklist(self.routing_pool),
-                Classifier(load_rulebook()),
+                Classifier(self.rulebook),
                 load_roster(),
             )
             register_routing(self.broker, settings, self.routing)
@@ -133,13 +134,12 @@ class Platform:
             assert self.store is not None
             self.relay = OutboxRelay(settings, self.store, self.broker)
 
-    def departments(self) -> list[str]:
-        return list(load_rulebook().departments)
-
     async def start(self) -> None:
         assert self.pool is not None
         await asyncio.to_thread(apply_schema, self.settings.database_url, self.schema())
-        await ensure_topics(self.settings, platform_topics(self.settings, self.departments()))
+        await ensure_topics(
+            self.settings, platform_topics(self.settings, self.rulebook.departments)
+        )
         await self.pool.open(wait=True)
         if self.routing is not None:
             assert self.routing_pool is not None

@@ -42,7 +42,6 @@ class OutboxRelay:
         self.store = store
         self.broker = broker
         self.ready = asyncio.Event()
-        self.published = 0
 
     async def run(self) -> None:
         """Relay until cancelled; after a failure (database or Kafka away) start again."""
@@ -122,5 +121,4 @@ class OutboxRelay:
             " updated_at = now()",
             (self.name, last),
         )
-        self.published += len(pending)
         return int(last)
