@@ -36,6 +36,7 @@ class RunningServices:
 def platform_process(
     services: tuple[str, ...] = ("intake", "routing", "relay", "projections"),
     extra_env: dict[str, str] | None = None,
+    workers: int = 1,
 ) -> Iterator[RunningServices]:
     """Local PostgreSQL + Kafka, and the services in a separate `feedback` process."""
     with local_infrastructure(None) as infrastructure:
@@ -56,6 +57,8 @@ def platform_process(
                 service_arg,
                 "--port",
                 str(port),
+                "--workers",
+                str(workers),
             ]
         else:
             command = [sys.executable, "-m", "bench.serve_all", str(port), ",".join(services)]

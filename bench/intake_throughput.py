@@ -1,24 +1,31 @@
 """HTTP intake throughput and latency, and SMTP intake rate.
 
-The services run in their own process (intake, routing, relay, projections, as `feedback
-up` does); the load comes from this process: N concurrent clients posting feedback for a
-fixed time (accepted = Kafka acknowledged), then a fixed rate of 500/s for the p99 target;
-then mails over SMTP.
+Intake runs in its own processes (`feedback run intake`, one and two workers), then the
+whole platform in one process as `feedback up` runs it. The load comes from another
+process: N concurrent clients posting feedback for a fixed time (accepted = Kafka
+acknowledged), with `wrk` (C, little CPU of its own) when it is installed, else aiohttp;
+then a fixed rate of 500/s (aiohttp, open loop) for the p99 target; then mails over SMTP.
+Everything shares this machine's cores: load generator, intake, Kafka and PostgreSQL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 import smtplib
+import subprocess
 import time
 from email.message import EmailMessage
 from email.utils import make_msgid
+from pathlib import Path
 
 import aiohttp
 
 from bench.harness import free_port, percentile, platform_process
 
 DURATION_S = 10.0
+WRK_SCRIPT = Path(__file__).with_name("wrk_feedback.lua")
 
 
 def body(i: int) -> dict[str, object]:
@@ -94,27 +101,53 @@ def smtp_rate(port: int, mails: int) -> float:
     return mails / (time.perf_counter() - began)
 
 
+def closed_loop_line(base_url: str, clients: int) -> str:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        accepted, latencies, errors = asyncio.run(closed_loop(base_url, clients, DURATION_S))
+        ms = [v * 1000 for v in latencies]
+        return (
+            f"{clients:>2} clients (aiohttp): {accepted / DURATION_S:,.0f} accepted/s, "
+            f"p50 {percentile(ms, 0.5):.1f} ms, p99 {percentile(ms, 0.99):.1f} ms, errors {errors}"
+        )
+    out = subprocess.run(
+        [wrk, "-t1", f"-c{clients}", f"-d{DURATION_S:.0f}s", "-s", str(WRK_SCRIPT), base_url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    figures = json.loads(out.strip().splitlines()[-1])
+    accepted = figures["requests"] - figures["failed"]
+    return (
+        f"{clients:>2} clients (wrk): {accepted / figures['seconds']:,.0f} accepted/s, "
+        f"p50 {figures['p50_us'] / 1000:.1f} ms, p99 {figures['p99_us'] / 1000:.1f} ms, "
+        f"errors {figures['failed']}"
+    )
+
+
+def fixed_rate_line(base_url: str, rate: float) -> str:
+    latencies, errors = asyncio.run(open_loop(base_url, rate, DURATION_S))
+    ms = [v * 1000 for v in latencies]
+    return (
+        f"fixed {rate:.0f}/s for {DURATION_S:.0f}s (aiohttp): p50 {percentile(ms, 0.5):.1f} ms, "
+        f"p99 {percentile(ms, 0.99):.1f} ms, errors {errors}"
+    )
+
+
 def run() -> list[str]:
     lines = []
+    unlimited = {"FEEDBACK_RATE_LIMIT_PER_MINUTE": "10000000"}
+    for workers in (1, 2):
+        lines.append(f"intake alone, {workers} worker(s):")
+        with platform_process(("intake",), unlimited, workers=workers) as running:
+            lines += [f"  {closed_loop_line(running.base_url, c)}" for c in (1, 16, 64)]
+            lines.append(f"  {fixed_rate_line(running.base_url, 500)}")
     smtp_port = free_port()
-    extra = {"FEEDBACK_SMTP_PORT": str(smtp_port), "FEEDBACK_RATE_LIMIT_PER_MINUTE": "10000000"}
-    with platform_process(extra_env=extra) as running:
-        for clients in (1, 16, 64):
-            accepted, latencies, errors = asyncio.run(
-                closed_loop(running.base_url, clients, DURATION_S)
-            )
-            ms = [v * 1000 for v in latencies]
-            lines.append(
-                f"{clients:>2} clients: {accepted / DURATION_S:,.0f} accepted/s, "
-                f"p50 {percentile(ms, 0.5):.1f} ms, p99 {percentile(ms, 0.99):.1f} ms, errors {errors}"
-            )
-        latencies, errors = asyncio.run(open_loop(running.base_url, 500, DURATION_S))
-        ms = [v * 1000 for v in latencies]
-        lines.append(
-            f"fixed 500/s for {DURATION_S:.0f}s: p50 {percentile(ms, 0.5):.1f} ms, "
-            f"p99 {percentile(ms, 0.99):.1f} ms, errors {errors}"
-        )
-        lines.append(f"SMTP, one connection: {smtp_rate(smtp_port, 500):,.0f} mails/s accepted")
+    lines.append("whole platform in one process (intake, routing, relay, projections):")
+    with platform_process(extra_env={**unlimited, "FEEDBACK_SMTP_PORT": str(smtp_port)}) as running:
+        lines += [f"  {closed_loop_line(running.base_url, c)}" for c in (1, 16, 64)]
+        lines.append(f"  {fixed_rate_line(running.base_url, 500)}")
+        lines.append(f"  SMTP, one connection: {smtp_rate(smtp_port, 500):,.0f} mails/s accepted")
     return lines
 
 

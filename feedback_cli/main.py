@@ -69,6 +69,9 @@ def run(
     service: Annotated[str, typer.Argument(help="intake | routing | relay | projections")],
     port: Annotated[int, typer.Option(help="HTTP port (health, and the service's API)")] = 8000,
     host: str = "127.0.0.1",
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="processes sharing the port (HTTP and SMTP)")
+    ] = 1,
     verbose: bool = False,
 ) -> None:
     """Run one service alone against DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS."""
@@ -91,6 +94,17 @@ def run(
     from services.runtime import create_app
 
     settings = Settings()
+    if workers > 1:
+        os.environ["FEEDBACK_SERVICES"] = service
+        uvicorn.run(
+            "services.runtime:app_from_environment",
+            factory=True,
+            workers=workers,
+            host=host,
+            port=port,
+            log_level="warning",
+        )
+        return
     uvicorn.run(create_app(settings, (service,)), host=host, port=port, log_level="warning")
 
 

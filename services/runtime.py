@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from services.intake.channels.chat_social import chat_social_router
 from services.intake.channels.email import EmailIntake, start_smtp
 from services.intake.channels.records import records_router
 from services.intake.channels.web import web_router
-from services.intake.evidence import EvidenceStore
+from services.intake.evidence import Blobs, EvidenceStore, FolderBlobs, S3Blobs
 from services.intake.operations import operations_router
 from services.projections import registrations
 from services.projections.http import projections_router
@@ -122,7 +123,7 @@ class Platform:
                 settings, self.pool, self.broker, feedback_numbering, self.vault
             )
             self.evidence = EvidenceStore(
-                settings.evidence_dir,
+                evidence_blobs(settings),
                 settings.max_attachment_bytes,
                 settings.allowed_attachment_types,
                 settings.max_attachments,
@@ -141,6 +142,8 @@ class Platform:
             self.settings, platform_topics(self.settings, self.rulebook.departments)
         )
         await self.pool.open(wait=True)
+        if self.evidence is not None and isinstance(self.evidence.blobs, S3Blobs):
+            await asyncio.to_thread(self.evidence.blobs.check)
         if self.routing is not None:
             assert self.routing_pool is not None
             await asyncio.to_thread(self.routing_pool.open, True)
@@ -150,6 +153,7 @@ class Platform:
             )
         await self.broker.start()
         if self.registrar is not None:
+            self._tasks.append(asyncio.create_task(self.registrar.run(), name="intake-batches"))
             self._tasks.append(
                 asyncio.create_task(self.registrar.drain_outbox_forever(), name="intake-outbox")
             )
@@ -200,6 +204,24 @@ class Platform:
             await asyncio.to_thread(self.routing_pool.close)
         if self.store is not None:
             self.store.close()
+
+
+def evidence_blobs(settings: Settings) -> Blobs:
+    if settings.evidence_s3_bucket:
+        return S3Blobs(
+            settings.evidence_s3_bucket,
+            settings.evidence_s3_prefix,
+            settings.evidence_s3_endpoint_url,
+            settings.evidence_s3_region,
+        )
+    return FolderBlobs(settings.evidence_dir)
+
+
+def app_from_environment() -> FastAPI:
+    """The app for each of several uvicorn workers (`feedback run --workers N`): settings
+    from the environment, services from FEEDBACK_SERVICES (comma-separated)."""
+    services = os.environ.get("FEEDBACK_SERVICES", ",".join(ALL_SERVICES)).split(",")
+    return create_app(Settings(), services)
 
 
 def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> FastAPI:

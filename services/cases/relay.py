@@ -18,11 +18,11 @@ from faststream.kafka import KafkaBroker
 from contracts import topics
 from services.cases.published import department_topics, to_contract
 from services.cases.store import CaseStore
+from services.common.database import RELAY_LOCK
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
 
-RELAY_LOCK = 7321002
 SCHEMA = [
     """
     CREATE TABLE IF NOT EXISTS outbox_positions (

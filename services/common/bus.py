@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, ClassVar, Protocol
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -35,7 +35,7 @@ def make_broker(settings: Settings, client_id: str = "feedback") -> KafkaBroker:
         client_id=client_id,
         acks="all",
         enable_idempotence=True,
-        linger_ms=2,
+        linger_ms=0,
         request_timeout_ms=int(settings.publish_timeout_s * 1000),
         logger=log,
         graceful_timeout=15.0,
@@ -104,6 +104,44 @@ async def publish(broker: KafkaBroker, settings: Settings, message: Keyed) -> No
             key=message.key(),
             headers={"content-type": "application/json"},
         )
+
+
+async def publish_many(
+    broker: KafkaBroker, settings: Settings, messages: Sequence[Keyed]
+) -> list[BaseException | None]:
+    """Publish messages together (the producer batches them) and wait for every
+    acknowledgement; per message, None when Kafka acknowledged it, else why not.
+
+    A message still unacknowledged after `publish_timeout_s` counts as not accepted.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.publish_timeout_s
+    futures: list[asyncio.Future[Any]] = []
+    refused: BaseException | None = None
+    try:
+        async with asyncio.timeout_at(deadline):
+            for message in messages:
+                futures.append(
+                    await broker.publish(
+                        message.model_dump_json().encode(),
+                        settings.topic(message.TOPIC),
+                        key=message.key(),
+                        headers={"content-type": "application/json"},
+                        no_confirm=True,
+                    )
+                )
+    except Exception as error:  # the producer refused or stalled before sending them all
+        refused = error
+    outcomes: list[BaseException | None] = [refused] * len(messages)
+    if futures:
+        _, pending = await asyncio.wait(futures, timeout=max(0.0, deadline - loop.time()))
+        for index, future in enumerate(futures):
+            if future in pending:
+                future.cancel()
+                outcomes[index] = TimeoutError("no acknowledgement from Kafka in time")
+            else:
+                outcomes[index] = future.exception()
+    return outcomes
 
 
 Handler = Callable[..., Awaitable[None]]

@@ -25,6 +25,12 @@ def eventsourcing_env(database_url: str, *, pool_size: int = 5) -> dict[str, str
     }
 
 
+# PostgreSQL advisory lock keys, one per purpose, kept here so that none is used twice.
+SCHEMA_LOCK = 7321001  # applying schema statements
+RELAY_LOCK = 7321002  # the one case-event relay
+INTAKE_OUTBOX_LOCK = 7321003  # the one intake outbox drainer
+
+
 def open_pool(database_url: str, *, min_size: int = 1, max_size: int = 10) -> AsyncConnectionPool:
     return AsyncConnectionPool(
         database_url, min_size=min_size, max_size=max_size, open=False, kwargs={"autocommit": True}
@@ -35,9 +41,9 @@ def apply_schema(database_url: str, statements: Iterable[str]) -> None:
     """Create tables idempotently; every service calls this for its own tables at start."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         # Several services may start at once against one database.
-        conn.execute("SELECT pg_advisory_lock(7321001)")
+        conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK,))
         try:
             for statement in statements:
                 conn.execute(statement.encode())
         finally:
-            conn.execute("SELECT pg_advisory_unlock(7321001)")
+            conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK,))

@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     relay_idle_poll_s: float = Field(default=0.05, gt=0)
     # Evidence (attachments): a content-addressed folder; sizes and types enforced.
     evidence_dir: Path = Path(".feedback/evidence")
+    # Or an S3-compatible bucket (credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
+    evidence_s3_bucket: str | None = None
+    evidence_s3_endpoint_url: str | None = None
+    evidence_s3_prefix: str = "evidence/"
+    evidence_s3_region: str = ""
     max_attachment_bytes: int = 10 * 1024 * 1024
     max_attachments: int = 10
     allowed_attachment_types: tuple[str, ...] = (

@@ -1,18 +1,21 @@
-"""Evidence store: attachments kept by content hash in a folder; events carry references.
+"""Evidence store: attachments kept by content hash; events carry references, never bytes.
 
-`evidence://sha256/<hex>` names the bytes (the hash of the plaintext); the same attachment
-sent twice is stored once. Files are encrypted at rest (AES-256-GCM, a key derived from
-the PII key): chat transcripts and photos carry personal data too. An S3-compatible store
-can take this class's place behind the same `put` and `open`.
+`evidence://sha256/<hex>` names the bytes (the hash of the plaintext) wherever they are
+kept: in a folder (the default) or in an S3-compatible bucket (`FEEDBACK_EVIDENCE_S3_BUCKET`).
+The same attachment sent twice is stored once. Stored bytes are encrypted (AES-256-GCM, a
+key derived from the PII key): chat transcripts and photos carry personal data too, and a
+bucket's own encryption would leave them readable to anyone with bucket access.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import os
 import tempfile
 from pathlib import Path
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -23,16 +26,99 @@ class EvidenceRefused(ValueError):
     """An attachment outside the configured limits; the message says which."""
 
 
+class Blobs(Protocol):
+    """Where sealed evidence bytes live, by content hash. Calls may block (run in a thread)."""
+
+    def exists(self, digest: str) -> bool: ...
+
+    def write(self, digest: str, sealed: bytes) -> None: ...
+
+    def read(self, digest: str) -> bytes: ...
+
+
+class FolderBlobs:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def path_of(self, digest: str) -> Path:
+        return self.folder / digest[:2] / digest[2:4] / digest
+
+    def exists(self, digest: str) -> bool:
+        return self.path_of(digest).exists()
+
+    def write(self, digest: str, sealed: bytes) -> None:
+        path = self.path_of(digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename: a reader never sees half a file.
+        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as handle:
+            handle.write(sealed)
+            temporary = handle.name
+        os.replace(temporary, path)
+
+    def read(self, digest: str) -> bytes:
+        return self.path_of(digest).read_bytes()
+
+
+class S3Blobs:
+    """An S3-compatible bucket (AWS S3, MinIO, Ceph RGW, ...). Credentials come from the
+    standard AWS variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`) or the host role."""
+
+    def __init__(
+        self, bucket: str, prefix: str = "", endpoint_url: str | None = None, region: str = ""
+    ) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.prefix = prefix
+        self.client: Any = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region or None,
+            config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+        )
+
+    def key_of(self, digest: str) -> str:
+        return f"{self.prefix}sha256/{digest[:2]}/{digest}"
+
+    def check(self) -> None:
+        """Fail at start, not at the first attachment, when the bucket is unreachable."""
+        self.client.head_bucket(Bucket=self.bucket)
+
+    def exists(self, digest: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self.key_of(digest))
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    def write(self, digest: str, sealed: bytes) -> None:
+        self.client.put_object(
+            Bucket=self.bucket,
+            Key=self.key_of(digest),
+            Body=sealed,
+            ContentType="application/octet-stream",
+        )
+
+    def read(self, digest: str) -> bytes:
+        response = self.client.get_object(Bucket=self.bucket, Key=self.key_of(digest))
+        return bytes(response["Body"].read())
+
+
 class EvidenceStore:
     def __init__(
         self,
-        folder: Path,
+        blobs: Blobs,
         max_bytes: int,
         allowed_types: tuple[str, ...],
         max_count: int = 10,
         key: bytes | None = None,
     ) -> None:
-        self.folder = folder
+        self.blobs = blobs
         # A key of its own, derived so that evidence and contacts never share one.
         self.cipher = (
             AESGCM(hmac.new(key, b"feedback-evidence", hashlib.sha256).digest()) if key else None
@@ -50,19 +136,12 @@ class EvidenceStore:
                 f"attachment {filename!r}: {size} bytes is over the limit of {self.max_bytes}"
             )
 
-    def put(
+    async def put(
         self, data: bytes, filename: str | None, content_type: str | None, kind: str | None = None
     ) -> Evidence:
         self.check(filename, content_type, len(data))
         digest = hashlib.sha256(data).hexdigest()
-        path = self.path_of(digest)
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Write then rename: a reader never sees half a file.
-            with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as handle:
-                handle.write(self._seal(digest, data))
-                temporary = handle.name
-            os.replace(temporary, path)
+        await asyncio.to_thread(self._keep, digest, data)
         media = (content_type or "application/octet-stream").split(";")[0].strip().lower()
         return Evidence(
             kind=kind or _kind_of(media),
@@ -73,15 +152,16 @@ class EvidenceStore:
             size_bytes=len(data),
         )
 
-    def path_of(self, digest: str) -> Path:
-        return self.folder / digest[:2] / digest[2:4] / digest
-
-    def open(self, reference: str) -> bytes:
+    async def open(self, reference: str) -> bytes:
         digest = reference.rsplit("/", 1)[-1]
-        stored = self.path_of(digest).read_bytes()
+        stored = await asyncio.to_thread(self.blobs.read, digest)
         if self.cipher is None:
             return stored
         return self.cipher.decrypt(stored[:12], stored[12:], digest.encode())
+
+    def _keep(self, digest: str, data: bytes) -> None:
+        if not self.blobs.exists(digest):
+            self.blobs.write(digest, self._seal(digest, data))
 
     def _seal(self, digest: str, data: bytes) -> bytes:
         if self.cipher is None:

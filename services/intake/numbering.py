@@ -2,7 +2,8 @@
 
 Serials come from a counter row per scope in PostgreSQL, incremented atomically, so any
 number of intake instances get distinct serials and none is ever reused (a crash may leave
-a gap). Each instance may reserve a block of serials per round trip under heavy load.
+a gap). Each instance may reserve a block of serials per round trip under heavy load;
+a batch of registrations takes all its serials in one round trip.
 """
 
 from __future__ import annotations
@@ -41,15 +42,28 @@ class SerialAllocator:
         self._lock = asyncio.Lock()
 
     async def next(self, scope: str) -> int:
+        return (await self.take(scope, 1))[0]
+
+    async def take(self, scope: str, count: int) -> list[int]:
+        """`count` distinct serials of `scope`, in increasing order."""
+        if count <= 0:
+            return []
         if self.block_size == 1:
-            return await self._reserve(scope, 1)
+            last = await self._reserve(scope, count)
+            return list(range(last - count + 1, last + 1))
         async with self._lock:
             next_value, last = self._blocks.get(scope, (1, 0))
-            if next_value > last:
-                last = await self._reserve(scope, self.block_size)
-                next_value = last - self.block_size + 1
-            self._blocks[scope] = (next_value + 1, last)
-            return next_value
+            taken = list(range(next_value, min(last, next_value + count - 1) + 1))
+            next_value += len(taken)
+            missing = count - len(taken)
+            if missing:
+                size = max(self.block_size, missing)
+                last = await self._reserve(scope, size)
+                first = last - size + 1
+                taken += range(first, first + missing)
+                next_value = first + missing
+            self._blocks[scope] = (next_value, last)
+            return taken
 
     async def _reserve(self, scope: str, count: int) -> int:
         """Reserve `count` serials and return the last one reserved."""
@@ -69,8 +83,13 @@ class FeedbackNumbering:
         self.serials = serials
 
     async def feedback_number(self, local_registration_time: datetime) -> str:
-        scope = f"F{local_registration_time:%Y%m%d}"
-        return feedback_number(local_registration_time, await self.serials.next(scope))
+        return (await self.feedback_numbers(local_registration_time, 1))[0]
 
-    async def customer_reference(self, year: int) -> str:
-        return customer_reference(year, await self.serials.next(f"C{year:04d}"))
+    async def feedback_numbers(self, local_registration_time: datetime, count: int) -> list[str]:
+        scope = f"F{local_registration_time:%Y%m%d}"
+        serials = await self.serials.take(scope, count)
+        return [feedback_number(local_registration_time, serial) for serial in serials]
+
+    async def customer_references(self, year: int, count: int) -> list[str]:
+        serials = await self.serials.take(f"C{year:04d}", count)
+        return [customer_reference(year, serial) for serial in serials]

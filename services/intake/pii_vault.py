@@ -12,6 +12,7 @@ import hmac
 import json
 import os
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -99,41 +100,95 @@ class PiiVault:
 
     async def pseudonym_for(self, contact: Contact, now: datetime) -> str:
         """The customer's reference: existing for a known phone/email, else a new one."""
+        return (await self.pseudonyms_for([contact], now))[0]
+
+    async def pseudonyms_for(self, contacts: Sequence[Contact], now: datetime) -> list[str]:
+        """References for a batch of contacts, in their order, in a few round trips.
+
+        A contact whose phone, email or account is known keeps its reference; contacts new
+        to the vault that share one of those within the batch become one customer.
+        """
         for _ in range(3):
             try:
-                return await self._pseudonym_for(contact, now)
+                return await self._pseudonyms_for(contacts, now)
             except _Raced:
-                continue  # a concurrent request registered the same contact: look again
-        return await self._pseudonym_for(contact, now)
+                continue  # a lookup vanished under us (an erasure): look again
+        return await self._pseudonyms_for(contacts, now)
 
-    async def _pseudonym_for(self, contact: Contact, now: datetime) -> str:
-        hashes = self._lookup_hashes(contact)
+    async def _pseudonyms_for(self, contacts: Sequence[Contact], now: datetime) -> list[str]:
+        hashes = [self._lookup_hashes(contact) for contact in contacts]
         async with self.pool.connection() as conn:
-            if hashes:
-                cursor = await conn.execute(
-                    "SELECT customer_ref FROM pii_customer_lookup WHERE lookup_hash = ANY(%s) LIMIT 1",
-                    (hashes,),
-                )
-                row: Any = await cursor.fetchone()
-                if row:
-                    return str(row[0])
-        customer_ref = await self.numbering.customer_reference(now.year)
-        sealed = self.seal(customer_ref, contact)
-        async with self.pool.connection() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO pii_customers (customer_ref, sealed) VALUES (%s, %s)",
-                (customer_ref, sealed),
+            known = await _owners(conn, {h for contact in hashes for h in contact})
+        references: list[str | None] = [None] * len(contacts)
+        # Customers new to the vault: one group per person, found by shared lookup hashes.
+        groups: list[list[int]] = []
+        group_of_hash: dict[bytes, int] = {}
+        for index, contact_hashes in enumerate(hashes):
+            found = next((known[h] for h in contact_hashes if h in known), None)
+            if found is not None:
+                references[index] = found
+                continue
+            group = next((group_of_hash[h] for h in contact_hashes if h in group_of_hash), None)
+            if group is None:
+                group = len(groups)
+                groups.append([])
+            groups[group].append(index)
+            for lookup_hash in contact_hashes:
+                group_of_hash.setdefault(lookup_hash, group)
+        if groups:
+            new = await self._create(contacts, groups, group_of_hash, now)
+            for group, members in enumerate(groups):
+                for index in members:
+                    references[index] = new[group]
+        return [reference for reference in references if reference is not None]
+
+    async def _create(
+        self,
+        contacts: Sequence[Contact],
+        groups: list[list[int]],
+        group_of_hash: dict[bytes, int],
+        now: datetime,
+    ) -> list[str]:
+        """Seal one new customer per group; where a concurrent registration claimed the same
+        phone or email first, that customer is the one (ours is folded into it)."""
+        new = await self.numbering.customer_references(now.year, len(groups))
+        sealed = [self.seal(new[g], contacts[members[0]]) for g, members in enumerate(groups)]
+        # Sorted, so that concurrent batches take the hash locks in one order (no deadlock).
+        lookups = sorted(group_of_hash.items())
+        async with self.pool.connection() as conn:
+            # One statement, so one round trip and atomic: the customers, then their lookups.
+            cursor = await conn.execute(
+                "WITH customers AS (INSERT INTO pii_customers (customer_ref, sealed) "
+                "SELECT * FROM unnest(%s::text[], %s::bytea[])) "
+                "INSERT INTO pii_customer_lookup (lookup_hash, customer_ref) "
+                "SELECT * FROM unnest(%s::bytea[], %s::text[]) "
+                "ON CONFLICT (lookup_hash) DO NOTHING RETURNING lookup_hash",
+                (new, sealed, [h for h, _ in lookups], [new[g] for _, g in lookups]),
             )
-            for lookup_hash in hashes:
-                cursor = await conn.execute(
-                    "INSERT INTO pii_customer_lookup (lookup_hash, customer_ref) VALUES (%s, %s) "
-                    "ON CONFLICT (lookup_hash) DO NOTHING RETURNING customer_ref",
-                    (lookup_hash, customer_ref),
-                )
-                if await cursor.fetchone() is None:
-                    # A concurrent request registered the same contact first: use theirs.
+            won = {bytes(row[0]) for row in await cursor.fetchall()}
+        lost = [(h, g) for h, g in lookups if h not in won]
+        if lost:
+            await self._fold(new, lost)
+        return new
+
+    async def _fold(self, new: list[str], lost: list[tuple[bytes, int]]) -> None:
+        """A concurrent registration claimed some of these phones or emails first: each
+        customer we just created for them is folded into that earlier customer."""
+        async with self.pool.connection() as conn, conn.transaction():
+            owners = await _owners(conn, {h for h, _ in lost})
+            folded_groups: set[int] = set()
+            for lookup_hash, group in lost:
+                if lookup_hash not in owners:
                     raise _Raced()
-        return customer_ref
+                if group in folded_groups:
+                    continue
+                folded_groups.add(group)
+                folded, new[group] = new[group], owners[lookup_hash]
+                await conn.execute(
+                    "UPDATE pii_customer_lookup SET customer_ref = %s WHERE customer_ref = %s",
+                    (new[group], folded),
+                )
+                await conn.execute("DELETE FROM pii_customers WHERE customer_ref = %s", (folded,))
 
     async def erase(self, customer_ref: str) -> bool:
         """Crypto-shredding: the sealed contact and every lookup hash are destroyed; the
@@ -163,3 +218,14 @@ class PiiVault:
 
 class _Raced(Exception):
     pass
+
+
+async def _owners(conn: Any, hashes: set[bytes]) -> dict[bytes, str]:
+    """Which customer each of these lookup hashes leads to, where known."""
+    if not hashes:
+        return {}
+    cursor = await conn.execute(
+        "SELECT lookup_hash, customer_ref FROM pii_customer_lookup WHERE lookup_hash = ANY(%s)",
+        (list(hashes),),
+    )
+    return {bytes(row[0]): str(row[1]) for row in await cursor.fetchall()}

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 from uuid import UUID, uuid4
@@ -19,7 +21,8 @@ from pydantic import BaseModel, ValidationError
 
 from contracts.codes import Channel, Emotion, FeedbackType
 from contracts.events import CustomerCorrespondence, Evidence, FeedbackReceived
-from services.common.bus import Keyed, publish
+from services.common.bus import Keyed, publish, publish_many
+from services.common.database import INTAKE_OUTBOX_LOCK
 from services.common.settings import Settings
 from services.intake.numbering import FeedbackNumbering
 from services.intake.pii_vault import Contact, PiiVault, mask_contacts
@@ -101,17 +104,44 @@ class UnknownFeedback(LookupError):
     """No feedback has this number."""
 
 
-class _DuplicateRace(Exception):
-    pass
-
-
 class InvalidSubmission(ValueError):
     def __init__(self, errors: list[dict[str, Any]]) -> None:
         super().__init__("invalid feedback")
         self.errors = errors
 
 
+@dataclass(eq=False)
+class _Pending:
+    """One registration waiting for its batch."""
+
+    submission: Submission
+    dedup_key: str | None
+    durable: bool
+    outcome: asyncio.Future[Accepted]
+    feedback_id: UUID = field(default_factory=uuid4)
+    event: FeedbackReceived | None = None
+
+    def settle(self, result: Accepted | BaseException) -> None:
+        if self.outcome.done():
+            return
+        if isinstance(result, BaseException):
+            self.outcome.set_exception(result)
+        else:
+            self.outcome.set_result(result)
+
+
 class Registrar:
+    """Registers feedback in batches (group commit).
+
+    Requests that arrive while a batch is being written wait for the next one, so a whole
+    batch costs a handful of database round trips and one producer flush, not a dozen
+    round trips per feedback. Each caller still gets its own answer: its number once Kafka
+    acknowledged (or, for durable registrations, once the outbox row is committed).
+    """
+
+    MAX_BATCH = 256
+    BATCHES_IN_FLIGHT = 4
+
     def __init__(
         self,
         settings: Settings,
@@ -126,6 +156,12 @@ class Registrar:
         self.numbering = numbering
         self.vault = vault
         self.outbox_waiting = asyncio.Event()
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    async def register(self, submission: Submission, dedup_key: str | None = None) -> Accepted:
+        """Accepted once Kafka acknowledged `FeedbackReceived`; IntakeUnavailable if not."""
+        return await self._submit(submission, dedup_key, durable=False)
 
     async def register_durably(
         self, submission: Submission, dedup_key: str | None = None
@@ -135,65 +171,258 @@ class Registrar:
         For channels that cannot be asked to retry (SMTP, batch files): once this returns,
         the feedback is safe even if Kafka is away; the outbox drainer publishes it later.
         """
-        dedup_key = dedup_key or _delivery_key(submission)
-        if dedup_key is not None:
-            existing = await self._existing(dedup_key)
-            if existing is not None:
-                return existing
+        return await self._submit(submission, dedup_key, durable=True)
+
+    async def _submit(
+        self, submission: Submission, dedup_key: str | None, durable: bool
+    ) -> Accepted:
+        pending = _Pending(
+            submission,
+            dedup_key or _delivery_key(submission),
+            durable,
+            asyncio.get_running_loop().create_future(),
+        )
+        self._queue.put_nowait(pending)
+        return await asyncio.shield(pending.outcome)
+
+    async def run(self) -> None:
+        """Take what is waiting, register it as one batch; up to BATCHES_IN_FLIGHT at once."""
+        slots = asyncio.Semaphore(self.BATCHES_IN_FLIGHT)
+        try:
+            while True:
+                batch = [await self._queue.get()]
+                await slots.acquire()
+                while len(batch) < self.MAX_BATCH and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                task = asyncio.create_task(self._register_batch(batch))
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+                task.add_done_callback(lambda _: slots.release())
+        finally:
+            # Stopping: batches already taken finish; what never started is refused.
+            if self._in_flight:
+                await asyncio.wait(self._in_flight, timeout=self.settings.publish_timeout_s)
+            while not self._queue.empty():
+                self._queue.get_nowait().settle(IntakeUnavailable("intake is stopping"))
+
+    async def _register_batch(self, batch: list[_Pending]) -> None:
+        # The same delivery twice in one batch: the later ones answer as duplicates of the first.
+        first_of: dict[str, _Pending] = {}
+        repeats: list[tuple[_Pending, _Pending]] = []
+        firsts: list[_Pending] = []
+        for pending in batch:
+            if pending.dedup_key is not None and pending.dedup_key in first_of:
+                repeats.append((pending, first_of[pending.dedup_key]))
+                continue
+            if pending.dedup_key is not None:
+                first_of[pending.dedup_key] = pending
+            firsts.append(pending)
+        try:
+            fresh = await self._answer_known_deliveries(firsts)
+            if fresh:
+                await self._register_fresh(fresh)
+        except Exception as error:
+            log.exception("a batch of %d registrations failed", len(firsts))
+            for pending in firsts:
+                pending.settle(IntakeUnavailable(str(error)))
+        for repeat, first in repeats:
+            failure = first.outcome.exception()
+            if failure is not None:
+                repeat.settle(failure)
+            else:
+                repeat.settle(first.outcome.result().model_copy(update={"duplicate": True}))
+
+    async def _answer_known_deliveries(self, batch: list[_Pending]) -> list[_Pending]:
+        """Deliveries registered before get their earlier answer; the rest are returned."""
+        keys = [p.dedup_key for p in batch if p.dedup_key is not None]
+        if not keys:
+            return batch
+        known = await self._existing_many(keys)
+        fresh = []
+        for pending in batch:
+            if pending.dedup_key in known:
+                pending.settle(known[pending.dedup_key])
+            else:
+                fresh.append(pending)
+        return fresh
+
+    async def _register_fresh(self, batch: list[_Pending]) -> None:
         now = datetime.now(UTC)
-        feedback_id = uuid4()
-        number = await self.numbering.feedback_number(now.astimezone(self.settings.zone))
-        customer_ref = await self.vault.pseudonym_for(submission.contact, now)
-        try:
-            event = self._received(submission, feedback_id, number, customer_ref, now)
-        except ValidationError as error:
-            raise InvalidSubmission(error.errors(include_url=False)) from error  # type: ignore[arg-type]
-        try:
-            async with self.pool.connection() as conn, conn.transaction():
-                if dedup_key is not None:
-                    cursor = await conn.execute(
-                        "INSERT INTO intake_deduplication (dedup_key, feedback_id, feedback_number, "
-                        "published) VALUES (%s, %s, %s, true) ON CONFLICT (dedup_key) DO NOTHING "
-                        "RETURNING dedup_key",
-                        (dedup_key, feedback_id, number),
-                    )
-                    if await cursor.fetchone() is None:
-                        raise _DuplicateRace()
-                await self._remember(conn, event)
-                await enqueue(conn, self.settings, event)
-        except _DuplicateRace:
+        numbers = await self.numbering.feedback_numbers(
+            now.astimezone(self.settings.zone), len(batch)
+        )
+        references = await self.vault.pseudonyms_for([p.submission.contact for p in batch], now)
+        valid: list[_Pending] = []
+        for pending, number, reference in zip(batch, numbers, references, strict=True):
+            try:
+                pending.event = self._received(
+                    pending.submission, pending.feedback_id, number, reference, now
+                )
+            except ValidationError as error:
+                pending.settle(InvalidSubmission(error.errors(include_url=False)))  # type: ignore[arg-type]
+                continue
+            valid.append(pending)
+        claimed = await self._record(valid)
+        if any(p.durable for p in claimed):
+            self.outbox_waiting.set()
+        for pending in claimed:
+            if pending.durable:
+                pending.settle(self._accepted(pending))
+        await self._publish([p for p in claimed if not p.durable])
+
+    async def _record(self, batch: list[_Pending]) -> list[_Pending]:
+        """One statement (atomic, one round trip): de-duplication claims, then registry rows
+        and, for durable registrations, outbox rows for the claims won. Returns the
+        registrations this batch owns; a delivery claimed concurrently elsewhere gets that
+        registration's answer."""
+        if not batch:
+            return []
+        # Sorted by key, so that concurrent batches take the key locks in one order.
+        ordered = sorted(batch, key=lambda p: p.dedup_key or "")
+        events = [_event(p) for p in ordered]
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                """
+                WITH batch AS (
+                    SELECT * FROM unnest(%s::text[], %s::uuid[], %s::text[], %s::text[],
+                        %s::text[], %s::bool[], %s::text[], %s::bytea[], %s::bytea[])
+                        WITH ORDINALITY AS b(dedup_key, feedback_id, feedback_number, channel,
+                        channel_reference, durable, topic, message_key, payload, position)
+                ), claims AS (
+                    INSERT INTO intake_deduplication
+                        (dedup_key, feedback_id, feedback_number, published)
+                    SELECT dedup_key, feedback_id, feedback_number, durable FROM batch
+                    WHERE dedup_key IS NOT NULL ORDER BY position
+                    ON CONFLICT (dedup_key) DO NOTHING RETURNING feedback_id
+                ), owned AS (
+                    SELECT * FROM batch WHERE dedup_key IS NULL
+                        OR feedback_id IN (SELECT feedback_id FROM claims)
+                ), registry AS (
+                    INSERT INTO intake_registry
+                        (feedback_number, feedback_id, channel, channel_reference)
+                    SELECT feedback_number, feedback_id, channel, channel_reference FROM owned
+                    ON CONFLICT DO NOTHING
+                ), outbox AS (
+                    INSERT INTO intake_outbox (topic, message_key, payload)
+                    SELECT topic, message_key, payload FROM owned WHERE durable
+                    ORDER BY position
+                )
+                SELECT feedback_id FROM owned
+                """,
+                (
+                    [p.dedup_key for p in ordered],
+                    [p.feedback_id for p in ordered],
+                    [e.feedback_number for e in events],
+                    [e.channel.value for e in events],
+                    [e.channel_reference for e in events],
+                    [p.durable for p in ordered],
+                    [self.settings.topic(e.TOPIC) for e in events],
+                    [e.key() for e in events],
+                    [
+                        e.model_dump_json().encode() if p.durable else None
+                        for p, e in zip(ordered, events, strict=True)
+                    ],
+                ),
+            )
+            owned = {row[0] for row in await cursor.fetchall()}
+        claimed = [p for p in batch if p.feedback_id in owned]
+        lost = [p for p in batch if p.feedback_id not in owned]
+        if lost:
             # A concurrent delivery of the same message won; answer with its number.
-            assert dedup_key is not None
-            existing = await self._existing(dedup_key)
-            if existing is None:
-                raise DuplicateInProgress(dedup_key) from None
-            return existing
-        self.outbox_waiting.set()
-        return Accepted(feedback_id=feedback_id, feedback_number=number)
+            known = await self._existing_many([p.dedup_key for p in lost if p.dedup_key])
+            for pending in lost:
+                assert pending.dedup_key is not None
+                pending.settle(
+                    known.get(pending.dedup_key) or DuplicateInProgress(pending.dedup_key)
+                )
+        return claimed
+
+    async def _publish(self, batch: list[_Pending]) -> None:
+        """Publish; acknowledged ones are accepted, the others are forgotten (claim and
+        registry row removed) so that a retry registers them afresh."""
+        if not batch:
+            return
+        outcomes = await publish_many(self.broker, self.settings, [_event(p) for p in batch])
+        accepted = [p for p, failure in zip(batch, outcomes, strict=True) if failure is None]
+        refused = [(p, f) for p, f in zip(batch, outcomes, strict=True) if f is not None]
+        published_keys = [p.dedup_key for p in accepted if p.dedup_key is not None]
+        if published_keys:
+            async with self.pool.connection() as conn:
+                await conn.execute(
+                    "UPDATE intake_deduplication SET published = true WHERE dedup_key = ANY(%s)",
+                    (published_keys,),
+                )
+        if refused:
+            async with self.pool.connection() as conn, conn.transaction():
+                forgotten = [p.feedback_id for p, _ in refused]
+                await conn.execute(
+                    "DELETE FROM intake_deduplication WHERE feedback_id = ANY(%s)", (forgotten,)
+                )
+                await conn.execute(
+                    "DELETE FROM intake_registry WHERE feedback_id = ANY(%s)", (forgotten,)
+                )
+        for pending in accepted:
+            pending.settle(self._accepted(pending))
+        for pending, failure in refused:
+            log.warning("feedback %s not accepted: %s", _event(pending).feedback_number, failure)
+            pending.settle(IntakeUnavailable(str(failure)))
+
+    @staticmethod
+    def _accepted(pending: _Pending) -> Accepted:
+        return Accepted(
+            feedback_id=pending.feedback_id, feedback_number=_event(pending).feedback_number
+        )
+
+    async def _existing_many(self, dedup_keys: list[str]) -> dict[str, Accepted | Exception]:
+        """Earlier registrations of these deliveries: their answer, or DuplicateInProgress
+        while the earlier one is not yet acknowledged."""
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT dedup_key, feedback_id, feedback_number, published "
+                "FROM intake_deduplication WHERE dedup_key = ANY(%s)",
+                (dedup_keys,),
+            )
+            rows = await cursor.fetchall()
+        return {
+            str(key): (
+                Accepted(feedback_id=feedback_id, feedback_number=number, duplicate=True)
+                if published
+                else DuplicateInProgress(key)
+            )
+            for key, feedback_id, number, published in rows
+        }
 
     async def drain_outbox(self, limit: int = 500) -> int:
-        """Publish buffered messages in order; each row goes once Kafka acknowledged it."""
-        async with self.pool.connection() as conn:
+        """Publish buffered messages in order; each row goes once Kafka acknowledged it.
+
+        One drainer at a time across intake instances (a transaction-scoped advisory lock),
+        so that rows are published once each and in order."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cursor = await conn.execute(
+                "SELECT pg_try_advisory_xact_lock(%s)", (INTAKE_OUTBOX_LOCK,)
+            )
+            locked: Any = await cursor.fetchone()
+            if not locked[0]:
+                return 0
             cursor = await conn.execute(
                 "SELECT id, topic, message_key, payload FROM intake_outbox ORDER BY id LIMIT %s",
                 (limit,),
             )
             rows = await cursor.fetchall()
-        if not rows:
-            return 0
-        async with asyncio.timeout(self.settings.publish_timeout_s):
-            pending = [
-                await self.broker.publish(
-                    bytes(payload),
-                    topic,
-                    key=bytes(key) if key is not None else None,
-                    headers={"content-type": "application/json"},
-                    no_confirm=True,
-                )
-                for _, topic, key, payload in rows
-            ]
-            await asyncio.gather(*pending)
-        async with self.pool.connection() as conn:
+            if not rows:
+                return 0
+            async with asyncio.timeout(self.settings.publish_timeout_s):
+                pending = [
+                    await self.broker.publish(
+                        bytes(payload),
+                        topic,
+                        key=bytes(key) if key is not None else None,
+                        headers={"content-type": "application/json"},
+                        no_confirm=True,
+                    )
+                    for _, topic, key, payload in rows
+                ]
+                await asyncio.gather(*pending)
             await conn.execute(
                 "DELETE FROM intake_outbox WHERE id = ANY(%s)", ([r[0] for r in rows],)
             )
@@ -220,18 +449,6 @@ class Registrar:
             cursor = await conn.execute("SELECT count(*) FROM intake_outbox")
             row: Any = await cursor.fetchone()
         return int(row[0])
-
-    async def _remember(self, conn: Any, event: FeedbackReceived) -> None:
-        await conn.execute(
-            "INSERT INTO intake_registry (feedback_number, feedback_id, channel, channel_reference) "
-            "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (
-                event.feedback_number,
-                event.feedback_id,
-                event.channel.value,
-                event.channel_reference,
-            ),
-        )
 
     async def find(self, feedback_number: str) -> UUID | None:
         async with self.pool.connection() as conn:
@@ -293,38 +510,6 @@ class Registrar:
             raise IntakeUnavailable(str(error)) from error
         return message
 
-    async def register(self, submission: Submission, dedup_key: str | None = None) -> Accepted:
-        dedup_key = dedup_key or _delivery_key(submission)
-        now = datetime.now(UTC)
-        local_now = now.astimezone(self.settings.zone)
-        feedback_id = uuid4()
-        if dedup_key is not None:
-            existing = await self._existing(dedup_key)
-            if existing is not None:
-                return existing
-        number = await self.numbering.feedback_number(local_now)
-        if dedup_key is not None and not await self._claim(dedup_key, feedback_id, number):
-            existing = await self._existing(dedup_key)
-            if existing is None:
-                raise DuplicateInProgress(dedup_key)
-            return existing
-        try:
-            customer_ref = await self.vault.pseudonym_for(submission.contact, now)
-            event = self._received(submission, feedback_id, number, customer_ref, now)
-            await publish(self.broker, self.settings, event)
-        except Exception as error:
-            if dedup_key is not None:
-                await self._release(dedup_key, feedback_id)
-            if isinstance(error, ValidationError):
-                raise InvalidSubmission(error.errors(include_url=False)) from error  # type: ignore[arg-type]
-            log.warning("feedback %s not accepted: %s", number, error)
-            raise IntakeUnavailable(str(error)) from error
-        if dedup_key is not None:
-            await self._mark_published(dedup_key, feedback_id)
-        async with self.pool.connection() as conn:
-            await self._remember(conn, event)
-        return Accepted(feedback_id=feedback_id, feedback_number=number)
-
     def _received(
         self,
         submission: Submission,
@@ -356,44 +541,6 @@ class Registrar:
             related_feedback=submission.related_feedback,
         )
 
-    async def _existing(self, dedup_key: str) -> Accepted | None:
-        async with self.pool.connection() as conn:
-            cursor = await conn.execute(
-                "SELECT feedback_id, feedback_number, published FROM intake_deduplication "
-                "WHERE dedup_key = %s",
-                (dedup_key,),
-            )
-            row: Any = await cursor.fetchone()
-        if row is None:
-            return None
-        if not row[2]:
-            raise DuplicateInProgress(dedup_key)
-        return Accepted(feedback_id=row[0], feedback_number=row[1], duplicate=True)
-
-    async def _claim(self, dedup_key: str, feedback_id: UUID, number: str) -> bool:
-        async with self.pool.connection() as conn:
-            cursor = await conn.execute(
-                "INSERT INTO intake_deduplication (dedup_key, feedback_id, feedback_number) "
-                "VALUES (%s, %s, %s) ON CONFLICT (dedup_key) DO NOTHING RETURNING dedup_key",
-                (dedup_key, feedback_id, number),
-            )
-            return await cursor.fetchone() is not None
-
-    async def _release(self, dedup_key: str, feedback_id: UUID) -> None:
-        async with self.pool.connection() as conn:
-            await conn.execute(
-                "DELETE FROM intake_deduplication WHERE dedup_key = %s AND feedback_id = %s",
-                (dedup_key, feedback_id),
-            )
-
-    async def _mark_published(self, dedup_key: str, feedback_id: UUID) -> None:
-        async with self.pool.connection() as conn:
-            await conn.execute(
-                "UPDATE intake_deduplication SET published = true "
-                "WHERE dedup_key = %s AND feedback_id = %s",
-                (dedup_key, feedback_id),
-            )
-
 
 def _delivery_key(submission: Submission) -> str | None:
     """The same channel message delivered twice has the same channel reference."""
@@ -405,10 +552,30 @@ def _delivery_key(submission: Submission) -> str | None:
 async def enqueue(conn: Any, settings: Settings, message: Keyed) -> None:
     """Put a contract message into the durable outbox, inside the caller's transaction;
     the drainer publishes it once Kafka acknowledges."""
+    await enqueue_many(conn, settings, [message])
+
+
+async def enqueue_many(conn: Any, settings: Settings, messages: Sequence[Keyed]) -> None:
     await conn.execute(
-        "INSERT INTO intake_outbox (topic, message_key, payload) VALUES (%s, %s, %s)",
-        (settings.topic(message.TOPIC), message.key(), message.model_dump_json().encode()),
+        "INSERT INTO intake_outbox (topic, message_key, payload) "
+        "SELECT topic, message_key, payload FROM unnest(%s::text[], %s::bytea[], %s::bytea[]) "
+        "WITH ORDINALITY "
+        "AS m(topic, message_key, payload, position) ORDER BY position",
+        (
+            [settings.topic(m.TOPIC) for m in messages],
+            [m.key() for m in messages],
+            [m.model_dump_json().encode() for m in messages],
+        ),
     )
+
+
+def _event(pending: _Pending) -> FeedbackReceived:
+    assert pending.event is not None, "the event is made before anything is recorded"
+    return pending.event
+
+
+def _dedup_key(pending: _Pending) -> str:
+    return pending.dedup_key or ""
 
 
 def _masked(text: str | None) -> str | None:

@@ -22,6 +22,7 @@ from pydantic import SecretStr
 
 from services.common.settings import Settings
 from services.intake.channels.chat_social import signed_push_headers, wechat_signature
+from services.intake.evidence import FolderBlobs
 from tests.conftest import free_port, registered_row, serve, wait_for, web_form
 
 pytestmark = pytest.mark.integration
@@ -85,8 +86,9 @@ async def test_web_form_with_attachments(channel_settings: Settings) -> None:
         assert evidence["sha256"] == hashlib.sha256(photo).hexdigest()
         assert evidence["reference"] == f"evidence://sha256/{evidence['sha256']}"
         store = running.platform.evidence
-        assert store is not None and store.open(evidence["reference"]) == photo
-        on_disk = store.path_of(evidence["sha256"]).read_bytes()
+        assert store is not None and await store.open(evidence["reference"]) == photo
+        assert isinstance(store.blobs, FolderBlobs)
+        on_disk = store.blobs.path_of(evidence["sha256"]).read_bytes()
         assert photo not in on_disk and len(on_disk) == len(photo) + 12 + 16  # encrypted at rest
         refused = await running.client.post(
             "/v1/feedback/multipart",

@@ -131,7 +131,7 @@ def chat_social_router(
         transcript = json.dumps(
             [line.model_dump(mode="json") for line in body.transcript], ensure_ascii=False
         ).encode()
-        kept = evidence.put(
+        kept = await evidence.put(
             transcript, f"chat-{body.session_id}.json", "application/json", kind="transcript"
         )
         submission = Submission(

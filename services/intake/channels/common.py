@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hmac
 import time
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 from fastapi import HTTPException
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, ValidationError, model_validator
 
 from contracts.codes import CUSTOMER_TIER_PATTERN
 from services.intake.pii_vault import Contact
@@ -23,6 +24,7 @@ Short = Annotated[str, Field(min_length=1, max_length=200)]
 Text = Annotated[str, Field(min_length=1, max_length=2_000)]
 Tier = Annotated[str, Field(pattern=CUSTOMER_TIER_PATTERN)]
 FRESHNESS_S = 300
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class CustomerIn(BaseModel):
@@ -75,6 +77,51 @@ async def answer(registration: object) -> FeedbackAccepted | JSONResponse:
             headers={"Retry-After": "5"},
         )
     return FeedbackAccepted.of(accepted)
+
+
+def accepted_response(answered: FeedbackAccepted | JSONResponse) -> Response:
+    if isinstance(answered, Response):
+        return answered
+    return Response(answered.model_dump_json(), status_code=202, media_type="application/json")
+
+
+def parse_json_body(model: type[ModelT], raw: bytes) -> ModelT:
+    """Validate a JSON body straight from its bytes; errors as FastAPI reports them."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as error:
+        raise RequestValidationError(
+            [
+                {**detail, "loc": ("body", *detail["loc"]), "input": _shown(detail.get("input"))}
+                for detail in error.errors(include_url=False, include_context=False)
+            ]
+        ) from error
+
+
+def _shown(value: Any) -> Any:
+    # Bytes that are not UTF-8 (a body that is not JSON at all) cannot go back as JSON.
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def json_body_schema(
+    model: type[BaseModel], headers: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """OpenAPI for an endpoint that parses its JSON body itself (see `parse_json_body`)."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    extra: dict[str, Any] = {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}
+    }
+    if headers:
+        extra["parameters"] = [
+            {
+                "name": name,
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "maxLength": limit},
+            }
+            for name, limit in headers.items()
+        ]
+    return extra
 
 
 def fresh(timestamp: str | None) -> bool:

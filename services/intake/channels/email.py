@@ -202,7 +202,7 @@ class EmailIntake:
         """Returns the feedback number it was registered under or filed with."""
         try:
             parsed = parse_email(raw)
-            kept = self._keep_attachments(parsed)
+            kept = await self._keep_attachments(parsed)
         except (UnreadableEmail, EvidenceRefused) as error:
             await self.deadletters.keep("email", str(error), raw, {"receiver": receiver})
             return "dead-letter"
@@ -243,12 +243,14 @@ class EmailIntake:
         accepted = await self.registrar.register_durably(submission)
         return accepted.feedback_number
 
-    def _keep_attachments(self, parsed: ParsedEmail) -> tuple[Evidence, ...]:
+    async def _keep_attachments(self, parsed: ParsedEmail) -> tuple[Evidence, ...]:
         if len(parsed.attachments) > self.evidence.max_count:
             raise EvidenceRefused(
                 f"{len(parsed.attachments)} attachments; at most {self.evidence.max_count}"
             )
-        return tuple(self.evidence.put(data, name, kind) for data, name, kind in parsed.attachments)
+        return tuple(
+            [await self.evidence.put(data, name, kind) for data, name, kind in parsed.attachments]
+        )
 
 
 class _SmtpHandler:
@@ -281,4 +283,6 @@ async def start_smtp(
         partial(SMTP, handler, data_size_limit=max_bytes, decode_data=False, enable_SMTPUTF8=True),
         host=host,
         port=port,
+        # Several intake workers may listen on one port; the kernel spreads connections.
+        reuse_port=True,
     )
