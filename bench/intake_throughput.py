@@ -4,18 +4,21 @@ Intake runs in its own processes (`feedback run intake`, one and two workers), t
 whole platform in one process as `feedback up` runs it. The load comes from another
 process: N concurrent clients posting feedback for a fixed time (accepted = Kafka
 acknowledged), with `wrk` (C, little CPU of its own) when it is installed, else aiohttp;
-then a fixed rate of 500/s (aiohttp, open loop) for the p99 target; then mails over SMTP.
+then a fixed rate of 500/s (open loop; `vegeta` when installed, else aiohttp) for the p99
+target; then mails over SMTP.
 Everything shares this machine's cores: load generator, intake, Kafka and PostgreSQL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import shutil
 import smtplib
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
@@ -88,16 +91,22 @@ async def open_loop(base_url: str, rate: float, seconds: float) -> tuple[list[fl
     return latencies, errors
 
 
-def smtp_rate(port: int, mails: int) -> float:
+def smtp_rate(port: int, mails: int, connections: int = 1) -> float:
+    """Mails accepted per second (250 after DATA) over `connections` parallel sessions."""
+
+    def session(offset: int) -> None:
+        with smtplib.SMTP("127.0.0.1", port, timeout=60) as smtp:
+            for i in range(offset, mails, connections):
+                mail = EmailMessage()
+                mail["Subject"] = f"投诉 {i}：快递还没到"
+                mail["From"] = f"buyer{i}@example.com"
+                mail["Message-ID"] = make_msgid()
+                mail.set_content("订单说好三天送达，现在已经第七天了还没有收到货")
+                smtp.send_message(mail, to_addrs=["service@company.example"])
+
     began = time.perf_counter()
-    with smtplib.SMTP("127.0.0.1", port, timeout=60) as smtp:
-        for i in range(mails):
-            mail = EmailMessage()
-            mail["Subject"] = f"投诉 {i}：快递还没到"
-            mail["From"] = f"buyer{i}@example.com"
-            mail["Message-ID"] = make_msgid()
-            mail.set_content("订单说好三天送达，现在已经第七天了还没有收到货")
-            smtp.send_message(mail, to_addrs=["service@company.example"])
+    with ThreadPoolExecutor(connections) as pool:
+        list(pool.map(session, range(connections)))
     return mails / (time.perf_counter() - began)
 
 
@@ -126,11 +135,42 @@ def closed_loop_line(base_url: str, clients: int) -> str:
 
 
 def fixed_rate_line(base_url: str, rate: float) -> str:
-    latencies, errors = asyncio.run(open_loop(base_url, rate, DURATION_S))
-    ms = [v * 1000 for v in latencies]
+    vegeta = shutil.which("vegeta") or shutil.which(str(Path.home() / "go" / "bin" / "vegeta"))
+    if vegeta is None:
+        latencies, errors = asyncio.run(open_loop(base_url, rate, DURATION_S))
+        ms = [v * 1000 for v in latencies]
+        return (
+            f"fixed {rate:.0f}/s for {DURATION_S:.0f}s (aiohttp): p50 {percentile(ms, 0.5):.1f} ms, "
+            f"p99 {percentile(ms, 0.99):.1f} ms, errors {errors}"
+        )
+    # Open loop at a constant rate from a C-speed generator: each target a new customer.
+    targets = "\n".join(
+        json.dumps(
+            {
+                "method": "POST",
+                "url": f"{base_url}/v1/feedback",
+                "header": {"Content-Type": ["application/json"]},
+                "body": base64.b64encode(json.dumps(body(i)).encode()).decode(),
+            }
+        )
+        for i in range(int(rate * DURATION_S))
+    )
+    attack = subprocess.run(
+        [vegeta, "attack", "-format=json", f"-rate={rate:.0f}/s", f"-duration={DURATION_S:.0f}s"],
+        input=targets.encode(),
+        capture_output=True,
+        check=True,
+    ).stdout
+    report = json.loads(
+        subprocess.run(
+            [vegeta, "report", "-type=json"], input=attack, capture_output=True, check=True
+        ).stdout
+    )
+    accepted = report["status_codes"].get("202", 0)
     return (
-        f"fixed {rate:.0f}/s for {DURATION_S:.0f}s (aiohttp): p50 {percentile(ms, 0.5):.1f} ms, "
-        f"p99 {percentile(ms, 0.99):.1f} ms, errors {errors}"
+        f"fixed {rate:.0f}/s for {DURATION_S:.0f}s (vegeta): p50 "
+        f"{report['latencies']['50th'] / 1e6:.1f} ms, p99 {report['latencies']['99th'] / 1e6:.1f} ms, "
+        f"errors {report['requests'] - accepted}"
     )
 
 
@@ -139,13 +179,21 @@ def run() -> list[str]:
     unlimited = {"FEEDBACK_RATE_LIMIT_PER_MINUTE": "10000000"}
     for workers in (1, 2):
         lines.append(f"intake alone, {workers} worker(s):")
-        with platform_process(("intake",), unlimited, workers=workers) as running:
+        smtp_port = free_port()
+        with platform_process(
+            ("intake",), {**unlimited, "FEEDBACK_SMTP_PORT": str(smtp_port)}, workers=workers
+        ) as running:
             lines += [f"  {closed_loop_line(running.base_url, c)}" for c in (1, 16, 64)]
+            fixed_rate_line(running.base_url, 500)  # warm-up: connections, caches, JIT
             lines.append(f"  {fixed_rate_line(running.base_url, 500)}")
+            for connections in (1, 8):
+                rate = smtp_rate(smtp_port, 500, connections)
+                lines.append(f"  SMTP, {connections} connection(s): {rate:,.0f} mails/s accepted")
     smtp_port = free_port()
     lines.append("whole platform in one process (intake, routing, relay, projections):")
     with platform_process(extra_env={**unlimited, "FEEDBACK_SMTP_PORT": str(smtp_port)}) as running:
         lines += [f"  {closed_loop_line(running.base_url, c)}" for c in (1, 16, 64)]
+        fixed_rate_line(running.base_url, 500)
         lines.append(f"  {fixed_rate_line(running.base_url, 500)}")
         lines.append(f"  SMTP, one connection: {smtp_rate(smtp_port, 500):,.0f} mails/s accepted")
     return lines

@@ -248,10 +248,11 @@ class Registrar:
 
     async def _register_fresh(self, batch: list[_Pending]) -> None:
         now = datetime.now(UTC)
-        numbers = await self.numbering.feedback_numbers(
-            now.astimezone(self.settings.zone), len(batch)
+        # Independent of each other: numbers and pseudonyms in parallel round trips.
+        numbers, references = await asyncio.gather(
+            self.numbering.feedback_numbers(now.astimezone(self.settings.zone), len(batch)),
+            self.vault.pseudonyms_for([p.submission.contact for p in batch], now),
         )
-        references = await self.vault.pseudonyms_for([p.submission.contact for p in batch], now)
         valid: list[_Pending] = []
         for pending, number, reference in zip(batch, numbers, references, strict=True):
             try:
