@@ -278,3 +278,29 @@ async def test_number_blocks_under_more_concurrency_than_the_pool(settings: Sett
         )
         assert [a.status_code for a in answers] == [202] * 60
         assert len({a.json()["feedback_number"] for a in answers}) == 60
+
+
+async def test_a_new_customer_writing_everywhere_at_once_gets_one_pseudonym(
+    settings: Settings,
+) -> None:
+    # Two intake instances, 40 feedbacks from one new customer at once: within a batch the
+    # contacts are grouped, across instances the later claim is folded into the first.
+    async with serve(settings, ("intake",)) as one, serve(settings, ("intake",)) as other:
+        answers = await asyncio.gather(
+            *[
+                client.post(
+                    "/v1/feedback",
+                    json=web_form(f"第{i}次：洗衣机漏水", customer={"phone": "13700001111"}),
+                )
+                for i, client in enumerate([one.client, other.client] * 20)
+            ]
+        )
+    assert [a.status_code for a in answers] == [202] * 40
+    numbers = {a.json()["feedback_number"] for a in answers}
+    received = [json.loads(line) for line in (await _all_messages(settings)).splitlines()]
+    references = {m["customer_ref"] for m in received if m.get("feedback_number") in numbers}
+    assert len(references) == 1
+    with psycopg.connect(settings.database_url) as conn:
+        customers = conn.execute("SELECT customer_ref FROM pii_customers").fetchall()
+        owners = conn.execute("SELECT DISTINCT customer_ref FROM pii_customer_lookup").fetchall()
+    assert customers == owners == [(references.pop(),)]
