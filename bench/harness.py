@@ -37,8 +37,10 @@ def platform_process(
     services: tuple[str, ...] = ("intake", "routing", "relay", "projections"),
     extra_env: dict[str, str] | None = None,
     workers: int = 1,
+    beside: tuple[str, ...] = (),
 ) -> Iterator[RunningServices]:
-    """Local PostgreSQL + Kafka, and the services in a separate `feedback` process."""
+    """Local PostgreSQL + Kafka, and the services in a separate `feedback` process; the
+    `beside` services, if any, in one more process (so that they use another core)."""
     with local_infrastructure(None) as infrastructure:
         env = {
             **os.environ,
@@ -47,38 +49,48 @@ def platform_process(
             **(extra_env or {}),
         }
         port = free_port()
-        service_arg = services[0] if len(services) == 1 else None
-        if service_arg:
-            command = [
-                sys.executable,
-                "-m",
-                "feedback_cli.main",
-                "run",
-                service_arg,
-                "--port",
-                str(port),
-                "--workers",
-                str(workers),
-            ]
-        else:
-            command = [sys.executable, "-m", "bench.serve_all", str(port), ",".join(services)]
-        process = subprocess.Popen(command, env=env)
+        processes = [subprocess.Popen(_command(services, port, workers), env=env)]
+        if beside:
+            companion_port = free_port()
+            processes.append(subprocess.Popen(_command(beside, companion_port, 1), env=env))
+            _wait_healthy(f"http://127.0.0.1:{companion_port}")
         base_url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"{base_url}/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.1)
-            else:
-                raise TimeoutError("services not ready")
+            _wait_healthy(base_url)
             yield RunningServices(base_url, env, infrastructure)
         finally:
-            process.terminate()
-            process.wait(timeout=60)
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.wait(timeout=60)
+
+
+def _command(services: tuple[str, ...], port: int, workers: int) -> list[str]:
+    if len(services) == 1:
+        return [
+            sys.executable,
+            "-m",
+            "feedback_cli.main",
+            "run",
+            services[0],
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ]
+    return [sys.executable, "-m", "bench.serve_all", str(port), ",".join(services)]
+
+
+def _wait_healthy(base_url: str) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base_url}/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"services at {base_url} not ready")
 
 
 def percentile(values: list[float], fraction: float) -> float:

@@ -247,7 +247,9 @@ def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> Fa
     )
     app.state.platform = platform
 
-    app.add_middleware(GuardMiddleware, max_body_bytes=settings.max_request_bytes, limiter=None)
+    # One plain-ASGI guard in front of everything: body size, and the rate limit on intake.
+    limiter = RateLimiter(settings.rate_limit_per_minute) if platform.registrar else None
+    app.add_middleware(GuardMiddleware, max_body_bytes=settings.max_request_bytes, limiter=limiter)
 
     @app.get("/health", tags=["operations"])
     async def health() -> JSONResponse:
@@ -260,10 +262,6 @@ def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> Fa
     if platform.registrar is not None:
         assert platform.evidence is not None and platform.deadletters is not None
         assert platform.email is not None and platform.vault is not None
-        limiter = RateLimiter(settings.rate_limit_per_minute)
-
-        # Added last, so it runs first: the rate limit before anything else is done.
-        app.add_middleware(GuardMiddleware, max_body_bytes=None, limiter=limiter)
 
         app.include_router(
             web_router(platform.registrar, platform.evidence, settings.customer_tiers)
