@@ -346,6 +346,9 @@ class Registrar:
         outcomes = await publish_many(self.broker, self.settings, [_event(p) for p in batch])
         accepted = [p for p, failure in zip(batch, outcomes, strict=True) if failure is None]
         refused = [(p, f) for p, f in zip(batch, outcomes, strict=True) if f is not None]
+        # Kafka has them: answer now, whatever happens to the bookkeeping below.
+        for pending in accepted:
+            pending.settle(self._accepted(pending))
         published_keys = [p.dedup_key for p in accepted if p.dedup_key is not None]
         if published_keys:
             async with self.pool.connection() as conn:
@@ -362,8 +365,6 @@ class Registrar:
                 await conn.execute(
                     "DELETE FROM intake_registry WHERE feedback_id = ANY(%s)", (forgotten,)
                 )
-        for pending in accepted:
-            pending.settle(self._accepted(pending))
         for pending, failure in refused:
             log.warning("feedback %s not accepted: %s", _event(pending).feedback_number, failure)
             pending.settle(IntakeUnavailable(str(failure)))
