@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 from faststream.kafka import KafkaBroker
+from psycopg import sql
 
 from contracts import topics
 from services.cases.published import department_topics, to_contract
@@ -22,6 +23,7 @@ from services.common.database import RELAY_LOCK
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
+CHANNEL = "feedback_case_events"
 
 SCHEMA = [
     """
@@ -61,15 +63,38 @@ class OutboxRelay:
                 self.ready.set()  # a standby is healthy too
                 await asyncio.sleep(1.0)
             position = await self._load_position(conn)
+            await self._listen(conn)
             self.ready.set()
             while True:
                 relayed = await self._relay_section(conn, position)
                 if relayed is None:
-                    await asyncio.sleep(self.settings.relay_idle_poll_s)
+                    await self._wait_for_new_events(conn)
                 else:
                     position = relayed
         finally:
             await conn.close()
+
+    async def _listen(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Every commit that stores case events notifies the relay (one NOTIFY per
+        statement, delivered at commit), so it need not poll; PostgreSQL 14 or later."""
+        table = self.store.process_recorder.events_table_name  # type: ignore[attr-defined]
+        await conn.execute(
+            "CREATE OR REPLACE FUNCTION feedback_case_events_stored() RETURNS trigger "
+            f"LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_notify('{CHANNEL}', ''); RETURN NULL; END $$"
+        )
+        await conn.execute(
+            sql.SQL(
+                "CREATE OR REPLACE TRIGGER {} AFTER INSERT ON {} "
+                "FOR EACH STATEMENT EXECUTE FUNCTION feedback_case_events_stored()"
+            ).format(sql.Identifier(f"{table}_stored"), sql.Identifier(table))
+        )
+        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+
+    async def _wait_for_new_events(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        # Notifications that arrive while relaying wait in psycopg's backlog; the timeout
+        # is only a safety net.
+        async for _ in conn.notifies(timeout=self.settings.relay_idle_poll_s, stop_after=1):
+            break
 
     async def _try_lock(self, conn: psycopg.AsyncConnection[Any]) -> bool:
         cursor = await conn.execute("SELECT pg_try_advisory_lock(%s)", (RELAY_LOCK,))

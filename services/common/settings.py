@@ -40,7 +40,8 @@ class Settings(BaseSettings):
     # was fine and routes ~1,100 cases/s here (100: ~870/s).
     consumer_batch_size: int = Field(default=200, ge=1, le=250)
     relay_batch_size: int = Field(default=1000, ge=1, le=10_000)
-    relay_idle_poll_s: float = Field(default=0.05, gt=0)
+    # The relay wakes on PostgreSQL NOTIFY; this is only its fallback poll.
+    relay_idle_poll_s: float = Field(default=1.0, gt=0)
     # Evidence (attachments): a content-addressed folder; sizes and types enforced.
     evidence_dir: Path = Path(".feedback/evidence")
     # Or an S3-compatible bucket (credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
