@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, TypeVar
 
-from fastapi import HTTPException
+from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, ValidationError, model_validator
 
 from contracts.codes import CUSTOMER_TIER_PATTERN
@@ -77,6 +79,17 @@ async def answer(registration: object) -> FeedbackAccepted | JSONResponse:
             headers={"Retry-After": "5"},
         )
     return FeedbackAccepted.of(accepted)
+
+
+class RequestHandledRoute(APIRoute):
+    """A route whose endpoint takes the Request and returns a Response itself. It is
+    documented like any route (describe the body with `json_body_schema`) but served
+    without FastAPI's per-request dependency solving and response validation, which cost
+    about a fifth of intake's CPU per request at load."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler: Callable[[Request], Coroutine[Any, Any, Response]] = self.endpoint
+        return handler
 
 
 def accepted_response(answered: FeedbackAccepted | JSONResponse) -> Response:
