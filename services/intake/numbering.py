@@ -1,9 +1,10 @@
 """Feedback numbers (`F20240520-0001`) and customer references (`客户-2024-0173`).
 
 Serials come from a counter row per scope in PostgreSQL, incremented atomically, so any
-number of intake instances get distinct serials and none is ever reused (a crash may leave
-a gap). Each instance may reserve a block of serials per round trip under heavy load;
-a batch of registrations takes all its serials in one round trip.
+number of intake instances get distinct serials and none is ever reused. A batch of
+registrations takes all its serials in one round trip; a number whose registration then
+fails (a crash, a refused event, a delivery another instance registered first) stays
+unused, a gap. Each instance may also reserve blocks of serials ahead (more gaps).
 """
 
 from __future__ import annotations
