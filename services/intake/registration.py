@@ -272,10 +272,10 @@ class Registrar:
         await self._publish([p for p in claimed if not p.durable])
 
     async def _record(self, batch: list[_Pending]) -> list[_Pending]:
-        """One statement (atomic, one round trip): de-duplication claims, then registry rows
-        and, for durable registrations, outbox rows for the claims won. Returns the
+        """One statement (atomic, one round trip): de-duplication claims, then, for durable
+        registrations, registry and outbox rows for the claims won. Returns the
         registrations this batch owns; a delivery claimed concurrently elsewhere gets that
-        registration's answer."""
+        registration's answer. (The others enter the registry once Kafka has them.)"""
         if not batch:
             return []
         # Sorted by key, so that concurrent batches take the key locks in one order.
@@ -302,7 +302,7 @@ class Registrar:
                     INSERT INTO intake_registry
                         (feedback_number, feedback_id, channel, channel_reference)
                     SELECT feedback_number, feedback_id, channel, channel_reference FROM owned
-                    ON CONFLICT DO NOTHING
+                    WHERE durable ON CONFLICT DO NOTHING
                 ), outbox AS (
                     INSERT INTO intake_outbox (topic, message_key, payload)
                     SELECT topic, message_key, payload FROM owned WHERE durable
@@ -339,35 +339,54 @@ class Registrar:
         return claimed
 
     async def _publish(self, batch: list[_Pending]) -> None:
-        """Publish; acknowledged ones are accepted, the others are forgotten (claim and
-        registry row removed) so that a retry registers them afresh."""
+        """Publish; acknowledged ones are accepted, the others are forgotten (their claim
+        removed) so that a retry registers them afresh."""
         if not batch:
             return
         outcomes = await publish_many(self.broker, self.settings, [_event(p) for p in batch])
         accepted = [p for p, failure in zip(batch, outcomes, strict=True) if failure is None]
         refused = [(p, f) for p, f in zip(batch, outcomes, strict=True) if f is not None]
-        # Kafka has them: answer now, whatever happens to the bookkeeping below.
-        for pending in accepted:
-            pending.settle(self._accepted(pending))
-        published_keys = [p.dedup_key for p in accepted if p.dedup_key is not None]
-        if published_keys:
+        if accepted:
+            try:
+                await self._enter(accepted)
+            except Exception:
+                # Kafka has them, so they are accepted; only finding them by number waits.
+                log.exception("accepted feedback not entered in the registry")
+            for pending in accepted:
+                pending.settle(self._accepted(pending))
+        if refused:
             async with self.pool.connection() as conn:
                 await conn.execute(
-                    "UPDATE intake_deduplication SET published = true WHERE dedup_key = ANY(%s)",
-                    (published_keys,),
-                )
-        if refused:
-            async with self.pool.connection() as conn, conn.transaction():
-                forgotten = [p.feedback_id for p, _ in refused]
-                await conn.execute(
-                    "DELETE FROM intake_deduplication WHERE feedback_id = ANY(%s)", (forgotten,)
-                )
-                await conn.execute(
-                    "DELETE FROM intake_registry WHERE feedback_id = ANY(%s)", (forgotten,)
+                    "DELETE FROM intake_deduplication WHERE feedback_id = ANY(%s)",
+                    ([p.feedback_id for p, _ in refused],),
                 )
         for pending, failure in refused:
             log.warning("feedback %s not accepted: %s", _event(pending).feedback_number, failure)
             pending.settle(IntakeUnavailable(str(failure)))
+
+    async def _enter(self, accepted: list[_Pending]) -> None:
+        """Only feedback Kafka has enters the registry, where replies and supplements find
+        it by number; its claims now answer retries with that number."""
+        events = [_event(p) for p in accepted]
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                """
+                WITH marked AS (
+                    UPDATE intake_deduplication SET published = true WHERE dedup_key = ANY(%s)
+                )
+                INSERT INTO intake_registry
+                    (feedback_number, feedback_id, channel, channel_reference)
+                SELECT * FROM unnest(%s::text[], %s::uuid[], %s::text[], %s::text[])
+                ON CONFLICT DO NOTHING
+                """,
+                (
+                    [p.dedup_key for p in accepted if p.dedup_key is not None],
+                    [e.feedback_number for e in events],
+                    [e.feedback_id for e in events],
+                    [e.channel.value for e in events],
+                    [e.channel_reference for e in events],
+                ),
+            )
 
     @staticmethod
     def _accepted(pending: _Pending) -> Accepted:

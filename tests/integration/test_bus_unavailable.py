@@ -37,6 +37,9 @@ async def test_kafka_down_gives_503_and_nothing_half_registered(
                 claims = conn.execute(
                     "SELECT count(*) FROM intake_deduplication WHERE dedup_key = 'idempotency:retry-me'"
                 ).fetchone()
+                registry = conn.execute("SELECT feedback_number FROM intake_registry").fetchall()
             assert claims == (0,)  # the retry with the same key will register afresh
+            # Replies and supplements can only find feedback that Kafka has.
+            assert registry == [(ok.json()["feedback_number"],)]
     finally:
         own_kafka.stop()
