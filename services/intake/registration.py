@@ -39,6 +39,9 @@ SCHEMA = [
         created_at timestamptz NOT NULL DEFAULT now()
     )
     """,
+    # A synchronous registration's event until Kafka acknowledged it: if its process dies
+    # in between, a retry of the same delivery publishes it (see _finish_abandoned).
+    "ALTER TABLE intake_deduplication ADD COLUMN IF NOT EXISTS pending_event bytea",
     # Every accepted feedback: lets replies and supplements find their case by number or
     # by the Message-ID of the email that registered it.
     """
@@ -291,9 +294,10 @@ class Registrar:
                         channel_reference, durable, topic, message_key, payload, position)
                 ), claims AS (
                     INSERT INTO intake_deduplication
-                        (dedup_key, feedback_id, feedback_number, published)
-                    SELECT dedup_key, feedback_id, feedback_number, durable FROM batch
-                    WHERE dedup_key IS NOT NULL ORDER BY position
+                        (dedup_key, feedback_id, feedback_number, published, pending_event)
+                    SELECT dedup_key, feedback_id, feedback_number, durable,
+                        CASE WHEN durable THEN NULL ELSE payload END
+                    FROM batch WHERE dedup_key IS NOT NULL ORDER BY position
                     ON CONFLICT (dedup_key) DO NOTHING RETURNING feedback_id
                 ), owned AS (
                     SELECT * FROM batch WHERE dedup_key IS NULL
@@ -320,7 +324,7 @@ class Registrar:
                     [self.settings.topic(e.TOPIC) for e in events],
                     [e.key() for e in events],
                     [
-                        e.model_dump_json().encode() if p.durable else None
+                        e.model_dump_json().encode() if p.durable or p.dedup_key else None
                         for p, e in zip(ordered, events, strict=True)
                     ],
                 ),
@@ -365,14 +369,19 @@ class Registrar:
             pending.settle(IntakeUnavailable(str(failure)))
 
     async def _enter(self, accepted: list[_Pending]) -> None:
+        await self._enter_events(
+            [_event(p) for p in accepted], [p.dedup_key for p in accepted if p.dedup_key]
+        )
+
+    async def _enter_events(self, events: list[FeedbackReceived], dedup_keys: list[str]) -> None:
         """Only feedback Kafka has enters the registry, where replies and supplements find
         it by number; its claims now answer retries with that number."""
-        events = [_event(p) for p in accepted]
         async with self.pool.connection() as conn:
             await conn.execute(
                 """
                 WITH marked AS (
-                    UPDATE intake_deduplication SET published = true WHERE dedup_key = ANY(%s)
+                    UPDATE intake_deduplication SET published = true, pending_event = NULL
+                    WHERE dedup_key = ANY(%s)
                 )
                 INSERT INTO intake_registry
                     (feedback_number, feedback_id, channel, channel_reference)
@@ -380,7 +389,7 @@ class Registrar:
                 ON CONFLICT DO NOTHING
                 """,
                 (
-                    [p.dedup_key for p in accepted if p.dedup_key is not None],
+                    dedup_keys,
                     [e.feedback_number for e in events],
                     [e.feedback_id for e in events],
                     [e.channel.value for e in events],
@@ -399,19 +408,53 @@ class Registrar:
         while the earlier one is not yet acknowledged."""
         async with self.pool.connection() as conn:
             cursor = await conn.execute(
-                "SELECT dedup_key, feedback_id, feedback_number, published "
+                "SELECT dedup_key, feedback_id, feedback_number, published, pending_event, "
+                "created_at < now() - make_interval(secs => %s) "
                 "FROM intake_deduplication WHERE dedup_key = ANY(%s)",
-                (dedup_keys,),
+                (2 * self.settings.publish_timeout_s, dedup_keys),
             )
             rows = await cursor.fetchall()
-        return {
-            str(key): (
-                Accepted(feedback_id=feedback_id, feedback_number=number, duplicate=True)
-                if published
-                else DuplicateInProgress(key)
-            )
-            for key, feedback_id, number, published in rows
+        answers: dict[str, Accepted | Exception] = {}
+        abandoned: list[tuple[str, bytes]] = []
+        for key, feedback_id, number, published, pending_event, stale in rows:
+            if published:
+                answers[key] = Accepted(
+                    feedback_id=feedback_id, feedback_number=number, duplicate=True
+                )
+            elif stale and pending_event is not None:
+                abandoned.append((key, bytes(pending_event)))
+            else:
+                answers[key] = DuplicateInProgress(key)
+        if abandoned:
+            answers.update(await self._finish_abandoned(abandoned))
+        return answers
+
+    async def _finish_abandoned(
+        self, abandoned: list[tuple[str, bytes]]
+    ) -> dict[str, Accepted | Exception]:
+        """Registrations whose process stopped between committing the claim and hearing from
+        Kafka (well past the publish timeout): publish their events again, since routing
+        keeps one case per feedback id whether or not the first attempt arrived."""
+        events = [FeedbackReceived.model_validate_json(payload) for _, payload in abandoned]
+        outcomes = await publish_many(self.broker, self.settings, events)
+        done = [
+            (key, event)
+            for (key, _), event, failure in zip(abandoned, events, outcomes, strict=True)
+            if failure is None
+        ]
+        if done:
+            await self._enter_events([e for _, e in done], [k for k, _ in done])
+        answers: dict[str, Accepted | Exception] = {
+            key: IntakeUnavailable(str(failure))
+            for (key, _), failure in zip(abandoned, outcomes, strict=True)
+            if failure is not None
         }
+        for key, event in done:
+            log.warning("published feedback %s left unacknowledged earlier", event.feedback_number)
+            answers[key] = Accepted(
+                feedback_id=event.feedback_id, feedback_number=event.feedback_number, duplicate=True
+            )
+        return answers
 
     async def drain_outbox(self, limit: int = 500) -> int:
         """Publish buffered messages in order; each row goes once Kafka acknowledged it.

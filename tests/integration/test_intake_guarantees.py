@@ -10,8 +10,10 @@ import smtplib
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import make_msgid
+from uuid import uuid4
 
 import psycopg
 import pytest
@@ -19,10 +21,12 @@ from aiokafka import AIOKafkaConsumer
 from pydantic import SecretStr
 
 from contracts import topics
+from contracts.codes import Channel
+from contracts.events import FeedbackReceived
 from deploy.kafka_broker import start_kafka
 from services.common.settings import Settings
 from services.intake.channels.chat_social import wechat_signature
-from tests.conftest import free_port, serve, wait_for, web_form
+from tests.conftest import free_port, registered_row, serve, wait_for, web_form
 
 pytestmark = pytest.mark.integration
 TOKEN = "wechat-token-test"
@@ -304,3 +308,53 @@ async def test_a_new_customer_writing_everywhere_at_once_gets_one_pseudonym(
         customers = conn.execute("SELECT customer_ref FROM pii_customers").fetchall()
         owners = conn.execute("SELECT DISTINCT customer_ref FROM pii_customer_lookup").fetchall()
     assert customers == owners == [(references.pop(),)]
+
+
+async def test_a_registration_abandoned_before_kafka_answered_is_finished_by_its_retry(
+    settings: Settings,
+) -> None:
+    # The process registering it died after committing the claim, before Kafka answered:
+    # the claim stays unpublished. A retry of the same delivery, well after the publish
+    # timeout, publishes the kept event (routing keeps one case per feedback id).
+    settings = settings.model_copy(update={"publish_timeout_s": 2.0})
+    now = datetime.now(UTC)
+    event = FeedbackReceived(
+        feedback_id=uuid4(),
+        feedback_number=f"F{now:%Y%m%d}-9001",
+        received_at=now,
+        registered_at=now,
+        channel=Channel.web_form,
+        customer_ref="客户-2026-9001",
+        description="空调外机噪音很大，晚上无法入睡",
+        receiver="web_form",
+    )
+    async with serve(settings) as running:
+        with psycopg.connect(settings.database_url) as conn:
+            conn.execute(
+                "INSERT INTO intake_deduplication (dedup_key, feedback_id, feedback_number, "
+                "published, pending_event, created_at) "
+                "VALUES ('idempotency:abandoned', %s, %s, false, %s, now() - interval '1 minute')",
+                (event.feedback_id, event.feedback_number, event.model_dump_json().encode()),
+            )
+        retry = await running.client.post(
+            "/v1/feedback", json=web_form(), headers={"Idempotency-Key": "abandoned"}
+        )
+        assert retry.status_code == 202, retry.text
+        assert retry.json()["feedback_number"] == event.feedback_number
+        assert retry.json()["duplicate"] is True
+        row = await registered_row(running.client, event.feedback_number)
+        assert row["customer_ref"] == "客户-2026-9001"
+        again = await running.client.post(
+            "/v1/feedback", json=web_form(), headers={"Idempotency-Key": "abandoned"}
+        )
+        assert again.json()["feedback_number"] == event.feedback_number
+        with psycopg.connect(settings.database_url) as conn:
+            claim = conn.execute(
+                "SELECT published, pending_event FROM intake_deduplication "
+                "WHERE dedup_key = 'idempotency:abandoned'"
+            ).fetchone()
+            registered = conn.execute(
+                "SELECT count(*) FROM intake_registry WHERE feedback_number = %s",
+                (event.feedback_number,),
+            ).fetchone()
+        assert claim == (True, None) and registered == (1,)
