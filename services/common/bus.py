@@ -95,15 +95,11 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str]) -> Non
 async def publish(broker: KafkaBroker, settings: Settings, message: Keyed) -> None:
     """Publish a contract message and wait until Kafka acknowledged it (acks=all).
 
-    Raises TimeoutError when no acknowledgement came within `publish_timeout_s`.
+    Raises why not (TimeoutError when no acknowledgement came within `publish_timeout_s`).
     """
-    async with asyncio.timeout(settings.publish_timeout_s):
-        await broker.publish(
-            message.model_dump_json().encode(),
-            settings.topic(message.TOPIC),
-            key=message.key(),
-            headers={"content-type": "application/json"},
-        )
+    failure = (await publish_many(broker, settings, [message]))[0]
+    if failure is not None:
+        raise failure
 
 
 async def publish_many(
