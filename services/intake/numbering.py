@@ -42,9 +42,6 @@ class SerialAllocator:
         self._blocks: dict[str, tuple[int, int]] = {}  # scope -> (next, last)
         self._lock = asyncio.Lock()
 
-    async def next(self, scope: str) -> int:
-        return (await self.take(scope, 1))[0]
-
     async def take(self, scope: str, count: int) -> list[int]:
         """`count` distinct serials of `scope`, in increasing order."""
         if count <= 0:
@@ -82,9 +79,6 @@ class SerialAllocator:
 class FeedbackNumbering:
     def __init__(self, serials: SerialAllocator) -> None:
         self.serials = serials
-
-    async def feedback_number(self, local_registration_time: datetime) -> str:
-        return (await self.feedback_numbers(local_registration_time, 1))[0]
 
     async def feedback_numbers(self, local_registration_time: datetime, count: int) -> list[str]:
         scope = f"F{local_registration_time:%Y%m%d}"

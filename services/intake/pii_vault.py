@@ -98,10 +98,6 @@ class PiiVault:
         plaintext = self.cipher.decrypt(sealed[:12], sealed[12:], customer_ref.encode())
         return Contact.model_validate(json.loads(plaintext))
 
-    async def pseudonym_for(self, contact: Contact, now: datetime) -> str:
-        """The customer's reference: existing for a known phone/email, else a new one."""
-        return (await self.pseudonyms_for([contact], now))[0]
-
     async def pseudonyms_for(self, contacts: Sequence[Contact], now: datetime) -> list[str]:
         """References for a batch of contacts, in their order, in a few round trips.
 

@@ -85,7 +85,11 @@ async def main(url, count, block):
     numbering = FeedbackNumbering(SerialAllocator(pool, block))
     day = datetime(2024, 5, 20)
     async def worker(n):
-        return [await numbering.feedback_number(day) for _ in range(n)]
+        # Batches of 1 to 5 numbers, as registration batches take them.
+        numbers = []
+        while len(numbers) < n:
+            numbers += await numbering.feedback_numbers(day, min(n - len(numbers), len(numbers) % 5 + 1))
+        return numbers
     results = await asyncio.gather(*[worker(count // 4) for _ in range(4)])
     await pool.close()
     print(json.dumps([n for r in results for n in r]))
