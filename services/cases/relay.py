@@ -19,6 +19,7 @@ from psycopg import sql
 from contracts import topics
 from services.cases.published import department_topics, to_contract
 from services.cases.store import CaseStore
+from services.common.bus import Record, publish_all
 from services.common.database import RELAY_LOCK
 from services.common.settings import Settings
 
@@ -117,7 +118,7 @@ class OutboxRelay:
         if not notifications:
             return None
         topic = self.settings.topic(topics.FEEDBACK_EVENTS)
-        pending = []
+        records: list[Record] = []
         for notification in notifications:
             domain_event = self.store.mapper.to_domain_event(notification)
             message = to_contract(domain_event, notification.id)
@@ -128,17 +129,8 @@ class OutboxRelay:
             destinations = [topic] + [
                 self.settings.topic(topics.department_topic(d)) for d in department_topics(message)
             ]
-            for destination in destinations:
-                pending.append(
-                    await self.broker.publish(
-                        body,
-                        destination,
-                        key=message.key(),
-                        headers={"content-type": "application/json"},
-                        no_confirm=True,
-                    )
-                )
-        await asyncio.gather(*pending)
+            records += [(destination, message.key(), body) for destination in destinations]
+        await publish_all(self.broker, self.settings, records)
         last = notifications[-1].id
         await conn.execute(
             "INSERT INTO outbox_positions (relay, last_notification_id) VALUES (%s, %s) "

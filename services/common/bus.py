@@ -92,23 +92,43 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str]) -> Non
         await asyncio.sleep(0.1)
 
 
+# What goes to Kafka: the full topic name, the key and the encoded body.
+Record = tuple[str, bytes | None, bytes]
+
+
+def record_of(settings: Settings, message: Keyed) -> Record:
+    return settings.topic(message.TOPIC), message.key(), message.model_dump_json().encode()
+
+
 async def publish(broker: KafkaBroker, settings: Settings, message: Keyed) -> None:
     """Publish a contract message and wait until Kafka acknowledged it (acks=all).
 
     Raises why not (TimeoutError when no acknowledgement came within `publish_timeout_s`).
     """
-    failure = (await publish_many(broker, settings, [message]))[0]
-    if failure is not None:
-        raise failure
+    await publish_all(broker, settings, [record_of(settings, message)])
 
 
 async def publish_many(
     broker: KafkaBroker, settings: Settings, messages: Sequence[Keyed]
 ) -> list[BaseException | None]:
-    """Publish messages together (the producer batches them) and wait for every
-    acknowledgement; per message, None when Kafka acknowledged it, else why not.
+    """Contract messages together; per message, None when Kafka acknowledged it, else why not."""
+    return await publish_records(broker, settings, [record_of(settings, m) for m in messages])
 
-    A message still unacknowledged after `publish_timeout_s` counts as not accepted.
+
+async def publish_all(broker: KafkaBroker, settings: Settings, records: Sequence[Record]) -> None:
+    """Records together, raising the first failure: for senders that retry the whole lot."""
+    failure = next((f for f in await publish_records(broker, settings, records) if f), None)
+    if failure is not None:
+        raise failure
+
+
+async def publish_records(
+    broker: KafkaBroker, settings: Settings, records: Sequence[Record]
+) -> list[BaseException | None]:
+    """Publish records together (the producer batches them) and wait for every
+    acknowledgement; per record, None when Kafka acknowledged it, else why not.
+
+    A record still unacknowledged after `publish_timeout_s` counts as not accepted.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.publish_timeout_s
@@ -116,19 +136,19 @@ async def publish_many(
     refused: BaseException | None = None
     try:
         async with asyncio.timeout_at(deadline):
-            for message in messages:
+            for topic, key, body in records:
                 futures.append(
                     await broker.publish(
-                        message.model_dump_json().encode(),
-                        settings.topic(message.TOPIC),
-                        key=message.key(),
+                        body,
+                        topic,
+                        key=key,
                         headers={"content-type": "application/json"},
                         no_confirm=True,
                     )
                 )
     except Exception as error:  # the producer refused or stalled before sending them all
         refused = error
-    outcomes: list[BaseException | None] = [refused] * len(messages)
+    outcomes: list[BaseException | None] = [refused] * len(records)
     if futures:
         _, pending = await asyncio.wait(futures, timeout=max(0.0, deadline - loop.time()))
         for index, future in enumerate(futures):

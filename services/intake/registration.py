@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from contracts.codes import Channel, Emotion, FeedbackType
 from contracts.events import CustomerCorrespondence, Evidence, FeedbackReceived
-from services.common.bus import Keyed, publish, publish_many
+from services.common.bus import Keyed, publish, publish_all, publish_many, record_of
 from services.common.database import INTAKE_OUTBOX_LOCK
 from services.common.settings import Settings
 from services.intake.numbering import FeedbackNumbering
@@ -475,18 +475,14 @@ class Registrar:
             rows = await cursor.fetchall()
             if not rows:
                 return 0
-            async with asyncio.timeout(self.settings.publish_timeout_s):
-                pending = [
-                    await self.broker.publish(
-                        bytes(payload),
-                        topic,
-                        key=bytes(key) if key is not None else None,
-                        headers={"content-type": "application/json"},
-                        no_confirm=True,
-                    )
+            await publish_all(
+                self.broker,
+                self.settings,
+                [
+                    (topic, bytes(key) if key is not None else None, bytes(payload))
                     for _, topic, key, payload in rows
-                ]
-                await asyncio.gather(*pending)
+                ],
+            )
             await conn.execute(
                 "DELETE FROM intake_outbox WHERE id = ANY(%s)", ([r[0] for r in rows],)
             )
@@ -620,15 +616,16 @@ async def enqueue(conn: Any, settings: Settings, message: Keyed) -> None:
 
 
 async def enqueue_many(conn: Any, settings: Settings, messages: Sequence[Keyed]) -> None:
+    records = [record_of(settings, m) for m in messages]
     await conn.execute(
         "INSERT INTO intake_outbox (topic, message_key, payload) "
         "SELECT topic, message_key, payload FROM unnest(%s::text[], %s::bytea[], %s::bytea[]) "
         "WITH ORDINALITY "
         "AS m(topic, message_key, payload, position) ORDER BY position",
         (
-            [settings.topic(m.TOPIC) for m in messages],
-            [m.key() for m in messages],
-            [m.model_dump_json().encode() for m in messages],
+            [topic for topic, _, _ in records],
+            [key for _, key, _ in records],
+            [body for _, _, body in records],
         ),
     )
 
