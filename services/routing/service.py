@@ -72,13 +72,22 @@ class RoutingService:
 
     # -- new feedback from Kafka ------------------------------------------------------
 
-    def prepare(self, topic: str, partition: int, records: list[Any]) -> Slice:
-        work = Slice(GROUP, topic, partition)
-        next_offset = self.store.next_offset(GROUP, topic, partition)
+    def _start(
+        self, group: str, topic: str, partition: int, records: list[Any]
+    ) -> tuple[Slice, list[Any]]:
+        """A slice of this group's work, and the records past the position it has stored
+        (a redelivered record is not processed again)."""
+        work = Slice(group, topic, partition)
+        next_offset = self.store.next_offset(group, topic, partition)
         unseen = [r for r in records if r.offset >= next_offset]
+        if unseen:
+            work.next_offset = unseen[-1].offset + 1
+        return work, unseen
+
+    def prepare(self, topic: str, partition: int, records: list[Any]) -> Slice:
+        work, unseen = self._start(GROUP, topic, partition, records)
         if not unseen:
             return work
-        work.next_offset = unseen[-1].offset + 1
         received: list[FeedbackReceived] = []
         for record in unseen:
             try:
@@ -183,12 +192,9 @@ class RoutingService:
     def prepare_correspondence(self, topic: str, partition: int, records: list[Any]) -> Slice:
         """Customer messages about existing cases: kept with the case; supplied
         information completes a pending registration, which is then routed."""
-        work = Slice(CORRESPONDENCE_GROUP, topic, partition)
-        next_offset = self.store.next_offset(CORRESPONDENCE_GROUP, topic, partition)
-        unseen = [r for r in records if r.offset >= next_offset]
+        work, unseen = self._start(CORRESPONDENCE_GROUP, topic, partition, records)
         if not unseen:
             return work
-        work.next_offset = unseen[-1].offset + 1
         resumed: list[Case] = []
         for record in unseen:
             try:
