@@ -405,7 +405,8 @@ class Registrar:
 
     async def _existing_many(self, dedup_keys: list[str]) -> dict[str, Accepted | Exception]:
         """Earlier registrations of these deliveries: their answer, or DuplicateInProgress
-        while the earlier one is not yet acknowledged."""
+        while the earlier one is not yet acknowledged. One abandoned by its process (see
+        `_finish_abandoned`) is finished here, so its answer is its number."""
         async with self.pool.connection() as conn:
             cursor = await conn.execute(
                 "SELECT dedup_key, feedback_id, feedback_number, published, pending_event, "
