@@ -24,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from services.cases.relay import SCHEMA as RELAY_SCHEMA
 from services.cases.relay import OutboxRelay
 from services.cases.store import CaseStore
+from services.common import boundary
 from services.common.bus import ensure_topics, make_broker, platform_topics
 from services.common.database import apply_schema, open_pool
 from services.common.settings import Settings
@@ -94,6 +95,7 @@ class Platform:
     def build(self) -> None:
         """Wire everything that must exist before the HTTP app is assembled."""
         settings = self.settings
+        boundary.configure(settings.max_future_skew_s)
         self.broker = make_broker(settings, client_id="feedback-" + "-".join(self.services))
         self.pool = open_pool(settings.database_url, max_size=20)
         if {"routing", "relay"} & set(self.services):

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     pii_key: SecretStr
     customer_tiers: tuple[str, ...] = ("vip", "normal")
     max_description_chars: int = 5_000
+    # How far ahead of this server's clock a sender's time may be (see common/boundary.py).
+    max_future_skew_s: float = Field(default=300.0, ge=0)
     max_request_bytes: int = 256 * 1024
     # Serials reserved per database round trip by each intake instance (1 = no gaps).
     number_block_size: int = Field(default=1, ge=1, le=1000)

@@ -1,0 +1,173 @@
+"""The boundary rule for what senders send: text and times, checked in one place.
+
+Every adapter uses it. Synchronous callers (forms, agents, commands) get a 422 naming the
+flaw; asynchronous sources that cannot be asked again (pushes, mails, batch rows) are
+cleaned and kept, with the original in a dead letter (see `clean_text`, `sane_or_now`).
+
+- Text: no NUL or other control characters except tab, newline and carriage return
+  (PostgreSQL text cannot hold NUL; the others are never typed), and no unpaired
+  surrogates (they cannot be encoded as UTF-8, so nothing downstream could store or send
+  them).
+- Times: not before 2000-01-01 and not more than the configured skew in the future
+  (`FEEDBACK_MAX_FUTURE_SKEW_S`); everything downstream can then store, order and show them.
+- Numbers: finite.
+- Echoes: an error shows at most a bounded, printable excerpt of what was sent.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+DEFAULT_FUTURE_SKEW = timedelta(minutes=5)
+# How far ahead a promised time (an expected completion, a callback) may be.
+PROMISE_HORIZON = timedelta(days=3 * 366)
+EXCERPT_CHARS = 120
+
+# C0 controls except \t \n \r, DEL, and lone UTF-16 surrogates.
+_BAD_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+_INVISIBLE = re.compile(r"[\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]")
+
+
+class _Window:
+    """The accepted range of times; the future skew is set once at start from Settings."""
+
+    future_skew: timedelta = DEFAULT_FUTURE_SKEW
+
+
+WINDOW = _Window()
+
+
+def configure(future_skew_s: float) -> None:
+    WINDOW.future_skew = timedelta(seconds=future_skew_s)
+
+
+def text_flaw(value: str) -> str | None:
+    """Why this text cannot be accepted as it is, or None."""
+    found = _BAD_CHARS.search(value)
+    if found is None:
+        return None
+    char = found.group()
+    if char == "\x00":
+        return "contains a NUL character"
+    if "\ud800" <= char <= "\udfff":
+        return "contains an unpaired surrogate (not valid Unicode)"
+    return f"contains the control character U+{ord(char):04X}"
+
+
+def clean_text(value: str) -> str:
+    """The text without what `text_flaw` refuses: controls dropped, surrogates replaced."""
+    return _BAD_CHARS.sub(lambda m: "" if m.group() < "\ud800" else "\ufffd", value)
+
+
+def is_blank(value: str) -> bool:
+    """Only spaces and invisible characters (zero-width space, BOM, direction marks)."""
+    return not _INVISIBLE.sub("", value).strip()
+
+
+def time_flaw(
+    value: datetime | date, now: datetime | None = None, *, promise: bool = False
+) -> str | None:
+    """Why this time is outside the accepted window, or None. Dates compare by day.
+
+    A `promise` (a time something is due) may lie ahead, up to PROMISE_HORIZON."""
+    now = now or datetime.now(UTC)
+    ahead = PROMISE_HORIZON if promise else WINDOW.future_skew
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)  # its adapter gives it a zone; ±14 h is moot here
+        if value < EARLIEST:
+            return "before 2000-01-01"
+        if value > now + ahead:
+            return "too far in the future" if promise else "in the future"
+        return None
+    if value < EARLIEST.date():
+        return "before 2000-01-01"
+    if value > (now + ahead + timedelta(days=1)).date():
+        return "too far in the future" if promise else "in the future"
+    return None
+
+
+def sane_or_now(value: datetime | None, now: datetime | None = None) -> datetime | None:
+    """For sources that cannot be refused: a time outside the window becomes None (the
+    registration then takes its receipt time); the caller keeps the original."""
+    if value is None or time_flaw(value, now) is None:
+        return value
+    return None
+
+
+Path = tuple[str | int, ...]
+
+
+def flaws(value: Any, path: Path = (), *, promise: bool = False) -> list[tuple[Path, str]]:
+    """Every flaw in a parsed value (strings, times, floats, nested lists and dicts)."""
+    found: list[tuple[Path, str]] = []
+    if isinstance(value, str):
+        problem = text_flaw(value)
+        if problem:
+            found.append((path, problem))
+    elif isinstance(value, datetime | date):
+        problem = time_flaw(value, promise=promise)
+        if problem:
+            found.append((path, problem))
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            found.append((path, "not a finite number"))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            found += flaws(key, (*path, str(key)))
+            found += flaws(item, (*path, str(key)))
+    elif isinstance(value, list | tuple | set | frozenset):
+        for index, item in enumerate(value):
+            found += flaws(item, (*path, index))
+    return found
+
+
+class Checked(BaseModel):
+    """Base of every model a sender fills: each field passes the boundary rule.
+
+    A failure is a pydantic error, so FastAPI answers 422 with the field and the reason.
+    Fields named in `promises` hold times something is due, which may lie ahead."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+    promises: ClassVar[frozenset[str]] = frozenset()
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _within_boundary(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, BaseModel):
+            return value  # a nested Checked model checked itself
+        problems = flaws(value, promise=info.field_name in cls.promises)
+        if problems:
+            raise ValueError(
+                "; ".join(
+                    " ".join(filter(None, (".".join(str(p) for p in path), problem)))
+                    for path, problem in problems
+                )
+            )
+        return value
+
+
+def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> Any:
+    """What an error may echo of the input: JSON-safe, printable and short."""
+    if value is None or isinstance(value, bool | int):
+        return value if not isinstance(value, int) or abs(value) < 10**15 else str(value)[:limit]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str):
+        value = repr(value)
+    shown = clean_text(value)
+    return shown if len(shown) <= limit else shown[:limit] + "…"
+
+
+def spreadsheet_safe(value: str) -> str:
+    """A cell value that a spreadsheet shows as text, never runs as a formula (CSV/XLSX
+    injection): every export writes cells through this."""
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
