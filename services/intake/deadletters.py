@@ -41,8 +41,16 @@ class DeadLetters:
         self.settings = settings
 
     async def keep(
-        self, source: str, reason: str, payload: bytes, metadata: dict[str, str] | None = None
+        self,
+        source: str,
+        reason: str,
+        payload: bytes,
+        metadata: dict[str, str] | None = None,
+        settled: str | None = None,
     ) -> uuid.UUID:
+        """Keep what could not be taken as it came. `settled` says what was done instead
+        when the input was cleaned and registered anyway (e.g. "registered cleaned as
+        F20261129-0001"): the original is kept for the record, not listed for replay."""
         dead_letter_id = uuid.uuid4()
         try:
             text, encoding = payload.decode("utf-8"), "utf-8"
@@ -59,9 +67,18 @@ class DeadLetters:
         )
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute(
-                "INSERT INTO deadletters (dead_letter_id, source, reason, payload, metadata) "
-                "VALUES (%s, %s, %s, %s, %s)",
-                (dead_letter_id, source, message.reason, payload, Jsonb(metadata or {})),
+                "INSERT INTO deadletters (dead_letter_id, source, reason, payload, metadata, "
+                "replayed_at, replay_result) "
+                "VALUES (%s, %s, %s, %s, %s, CASE WHEN %s::text IS NULL THEN NULL ELSE now() END, %s)",
+                (
+                    dead_letter_id,
+                    source,
+                    message.reason,
+                    payload,
+                    Jsonb(metadata or {}),
+                    settled,
+                    settled,
+                ),
             )
             await enqueue(conn, self.settings, message)
         return dead_letter_id
