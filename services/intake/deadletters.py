@@ -16,6 +16,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from contracts.events import DeadLetter
+from services.common.boundary import clean_text
 from services.common.settings import Settings
 from services.intake.registration import enqueue
 
@@ -52,6 +53,9 @@ class DeadLetters:
         when the input was cleaned and registered anyway (e.g. "registered cleaned as
         F20261129-0001"): the original is kept for the record, not listed for replay."""
         dead_letter_id = uuid.uuid4()
+        # The reason and metadata may quote the sender; jsonb and text cannot hold NUL.
+        reason = clean_text(reason)
+        metadata = {clean_text(k): clean_text(v) for k, v in (metadata or {}).items()}
         try:
             text, encoding = payload.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:
