@@ -7,9 +7,13 @@ import sys
 
 import uvicorn
 
+from services.common.http_server import server_options
 from services.common.settings import Settings
 from services.runtime import create_app
 
 if __name__ == "__main__":
     port, services = int(sys.argv[1]), tuple(sys.argv[2].split(","))
-    uvicorn.run(create_app(Settings(), services), host="127.0.0.1", port=port, log_level="warning")
+    settings = Settings()
+    uvicorn.run(
+        create_app(settings, services), host="127.0.0.1", port=port, **server_options(settings)
+    )

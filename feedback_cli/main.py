@@ -33,6 +33,7 @@ def _serve(services: tuple[str, ...], host: str, port: int, state_dir: Path | No
     import uvicorn
 
     from deploy.local import local_infrastructure, local_pii_key
+    from services.common.http_server import server_options
     from services.common.settings import Settings
     from services.runtime import create_app
 
@@ -45,7 +46,9 @@ def _serve(services: tuple[str, ...], host: str, port: int, state_dir: Path | No
             f"HTTP: http://{host}:{port}  (services: {', '.join(services)})",
             err=True,
         )
-        uvicorn.run(create_app(settings, services), host=host, port=port, log_level="warning")
+        uvicorn.run(
+            create_app(settings, services), host=host, port=port, **server_options(settings)
+        )
 
 
 @app.command()
@@ -90,6 +93,7 @@ def run(
             raise typer.Exit(2)
     import uvicorn
 
+    from services.common.http_server import server_options
     from services.common.settings import Settings
     from services.runtime import create_app
 
@@ -102,10 +106,10 @@ def run(
             workers=workers,
             host=host,
             port=port,
-            log_level="warning",
+            **server_options(settings),
         )
         return
-    uvicorn.run(create_app(settings, (service,)), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(settings, (service,)), host=host, port=port, **server_options(settings))
 
 
 @app.command()

@@ -17,7 +17,8 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
@@ -25,8 +26,11 @@ from services.cases.relay import SCHEMA as RELAY_SCHEMA
 from services.cases.relay import OutboxRelay
 from services.cases.store import CaseStore
 from services.common import boundary
+from services.common.boundary import shown_errors
 from services.common.bus import ensure_topics, make_broker, platform_topics
 from services.common.database import apply_schema, open_pool
+from services.common.deadletters import SCHEMA as DEADLETTERS_SCHEMA
+from services.common.metrics import metrics_router
 from services.common.settings import Settings
 from services.intake import deadletters as intake_deadletters
 from services.intake import numbering, pii_vault, registration
@@ -85,12 +89,14 @@ class Platform:
                 + intake_deadletters.SCHEMA
             )
         if "routing" in self.services:
-            statements += routing_worklist.SCHEMA
+            # Routing keeps the feedback it cannot route in the dead-letter table.
+            statements += routing_worklist.SCHEMA + DEADLETTERS_SCHEMA
         if "relay" in self.services:
             statements += RELAY_SCHEMA
         if "projections" in self.services:
             statements += registrations.SCHEMA
-        return statements
+        # Shared tables (the dead letters) are listed by each service that writes them.
+        return list(dict.fromkeys(statements))
 
     def build(self) -> None:
         """Wire everything that must exist before the HTTP app is assembled."""
@@ -251,7 +257,19 @@ def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> Fa
 
     # One plain-ASGI guard in front of everything: body size, and the rate limit on intake.
     limiter = RateLimiter(settings.rate_limit_per_minute) if platform.registrar else None
-    app.add_middleware(GuardMiddleware, max_body_bytes=settings.max_request_bytes, limiter=limiter)
+    app.add_middleware(
+        GuardMiddleware,
+        default_limit=settings.max_request_bytes,
+        limits=body_limits(settings),
+        body_timeout_s=settings.body_timeout_s,
+        limiter=limiter,
+    )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes every input whole: NaN, a lone surrogate or a 40 MB
+        # body cannot (or should not) go back as sent.
+        return JSONResponse({"detail": shown_errors(error.errors())}, status_code=422)
 
     @app.get("/health", tags=["operations"])
     async def health() -> JSONResponse:
@@ -260,6 +278,8 @@ def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> Fa
             {"status": "ready" if ready else "starting", "services": list(platform.services)},
             status_code=200 if ready else 503,
         )
+
+    app.include_router(metrics_router())
 
     if platform.registrar is not None:
         assert platform.evidence is not None and platform.deadletters is not None
@@ -292,32 +312,115 @@ def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> Fa
     return app
 
 
-class GuardMiddleware:
-    """Refuses oversized bodies (413, before reading them) and clients over the rate
-    limit on intake posts (429). Plain ASGI: Starlette's BaseHTTPMiddleware cost about a
-    fifth of intake's CPU per request."""
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            413, f"request body larger than {limit} bytes", headers={"Connection": "close"}
+        )
 
-    def __init__(self, app: Any, max_body_bytes: int | None, limiter: RateLimiter | None) -> None:
+
+class BodyTooSlow(HTTPException):
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(
+            408, f"request body paused longer than {timeout_s:g} s", headers={"Connection": "close"}
+        )
+
+
+def body_limits(settings: Settings) -> list[tuple[str, int]]:
+    """The most bytes a request body may have, by path prefix (first match wins; else
+    `max_request_bytes`). Uploads are spooled to disk by the multipart parser."""
+    slack = 64 * 1024  # multipart boundaries and form fields around the file
+    return [
+        (
+            "/v1/feedback/multipart",
+            settings.max_attachments * settings.max_attachment_bytes + settings.max_request_bytes,
+        ),
+        ("/v1/channels/email/eml", settings.smtp_max_message_bytes + slack),
+        ("/v1/channels/batch/", settings.max_batch_file_bytes + slack),
+    ]
+
+
+class GuardMiddleware:
+    """In front of everything, plain ASGI (Starlette's BaseHTTPMiddleware cost about a
+    fifth of intake's CPU per request):
+    - bodies larger than their endpoint's limit get 413, counted by the bytes actually
+      read (a chunked body has no Content-Length), refused before reading when declared;
+    - a body that pauses longer than `body_timeout_s` gets 408;
+    - clients over the rate limit on intake posts get 429;
+    - an unexpected error answers 500 with a JSON reason and keeps the connection usable
+      (uvicorn would close it without saying so)."""
+
+    def __init__(
+        self,
+        app: Any,
+        default_limit: int,
+        limits: list[tuple[str, int]],
+        body_timeout_s: float,
+        limiter: RateLimiter | None,
+    ) -> None:
         self.app = app
-        self.max_body_bytes = max_body_bytes
+        self.default_limit = default_limit
+        self.limits = limits
+        self.body_timeout_s = body_timeout_s
         self.limiter = limiter
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            refusal = self._refusal(scope)
-            if refusal is not None:
-                await refusal(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+    def limit_for(self, path: str) -> int:
+        return next((n for prefix, n in self.limits if path.startswith(prefix)), self.default_limit)
 
-    def _refusal(self, scope: Any) -> JSONResponse | None:
-        if self.max_body_bytes is not None:
-            length = dict(scope.get("headers") or []).get(b"content-length")
-            if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
-                return JSONResponse(
-                    {"detail": f"request body larger than {self.max_body_bytes} bytes"},
-                    status_code=413,
-                )
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope.get("path", ""))
+        refusal = self._refusal(scope, limit)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        received = 0
+        body_done = False
+        started = False
+
+        async def guarded_receive() -> Any:
+            nonlocal received, body_done
+            if body_done:
+                return await receive()  # e.g. waiting for a disconnect: no deadline
+            try:
+                async with asyncio.timeout(self.body_timeout_s):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTooSlow(self.body_timeout_s) from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+                body_done = not message.get("more_body", False)
+            return message
+
+        async def tracked_send(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, guarded_receive, tracked_send)
+        except Exception:
+            if started:
+                raise  # uvicorn closes the connection: the answer is already under way
+            log.exception("unexpected error on %s %s", scope["method"], scope.get("path"))
+            answer = JSONResponse({"detail": "internal error; it has been logged"}, 500)
+            if not body_done:
+                # Unread body bytes would be taken for the next request.
+                answer.headers["Connection"] = "close"
+            await answer(scope, receive, send)
+
+    def _refusal(self, scope: Any, limit: int) -> JSONResponse | None:
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return JSONResponse(
+                {"detail": f"request body larger than {limit} bytes"},
+                status_code=413,
+                headers={"Connection": "close"},
+            )
         if self.limiter is not None and scope["method"] == "POST":
             path = scope.get("path", "")
             if path.startswith(("/v1/feedback", "/v1/channels")):

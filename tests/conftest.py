@@ -16,10 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from deploy.kafka_broker import LocalKafka, start_kafka
 from deploy.postgres_server import LocalPostgres, create_database, start_postgres
+from services.common import http_server
 from services.common.settings import Settings
 from services.runtime import ALL_SERVICES, Platform, create_app
 
@@ -70,7 +70,7 @@ async def serve(
     """Run the services in this event loop with a real HTTP server, until the block ends."""
     app = create_app(settings, services)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = http_server.server(app, settings, "127.0.0.1", port)
     task = asyncio.create_task(server.serve())
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:

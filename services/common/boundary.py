@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, ClassVar
 
@@ -28,6 +29,7 @@ DEFAULT_FUTURE_SKEW = timedelta(minutes=5)
 # How far ahead a promised time (an expected completion, a callback) may be.
 PROMISE_HORIZON = timedelta(days=3 * 366)
 EXCERPT_CHARS = 120
+MAX_ERRORS_SHOWN = 20
 
 # C0 controls except \t \n \r, DEL, and lone UTF-16 surrogates.
 _BAD_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
@@ -171,3 +173,22 @@ def spreadsheet_safe(value: str) -> str:
     """A cell value that a spreadsheet shows as text, never runs as a formula (CSV/XLSX
     injection): every export writes cells through this."""
     return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+def shown_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """Validation errors as a 422 may show them: each echoed input a bounded, printable,
+    JSON-safe excerpt (a 40 MB body, NaN or a lone surrogate cannot go back as sent)."""
+    shown = []
+    for error in errors[:MAX_ERRORS_SHOWN]:
+        if not isinstance(error, dict):
+            shown.append({"msg": excerpt(error)})
+            continue
+        item = {
+            "type": excerpt(error.get("type")),
+            "loc": [excerpt(part) for part in error.get("loc", ())],
+            "msg": excerpt(error.get("msg"), limit=500),
+        }
+        if "input" in error:
+            item["input"] = excerpt(error["input"])
+        shown.append(item)
+    return shown

@@ -32,7 +32,14 @@ class Settings(BaseSettings):
     max_description_chars: int = 5_000
     # How far ahead of this server's clock a sender's time may be (see common/boundary.py).
     max_future_skew_s: float = Field(default=300.0, ge=0)
+    # Bytes actually read per request body: JSON and push endpoints; uploads have their own
+    # limits (attachments, .eml, batch files; see services/runtime.py `body_limits`).
     max_request_bytes: int = 256 * 1024
+    # A client must finish its headers within this, and send its body without pausing
+    # longer than this between reads; at most this many connections at once.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=10.0, gt=0)
+    max_connections: int = Field(default=1000, ge=1)
     # Serials reserved per database round trip by each intake instance (1 = no gaps).
     number_block_size: int = Field(default=1, ge=1, le=1000)
     # How long intake waits for Kafka's acknowledgement before answering 503.
@@ -53,6 +60,7 @@ class Settings(BaseSettings):
     evidence_s3_region: str = ""
     max_attachment_bytes: int = 10 * 1024 * 1024
     max_attachments: int = 10
+    max_batch_file_bytes: int = 50 * 1024 * 1024
     allowed_attachment_types: tuple[str, ...] = (
         "image/jpeg", "image/png", "image/gif", "image/webp", "application/pdf", "text/plain",
         "audio/mpeg", "audio/wav", "audio/x-wav", "audio/amr", "message/rfc822",

@@ -17,9 +17,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
+import filetype
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from contracts.events import Evidence
+from services.common.boundary import excerpt
 
 
 class EvidenceRefused(ValueError):
@@ -127,19 +129,25 @@ class EvidenceStore:
         self.allowed_types = allowed_types
         self.max_count = max_count
 
-    def check(self, filename: str | None, content_type: str | None, size: int) -> None:
+    def check(self, filename: str | None, content_type: str | None, data: bytes) -> None:
+        name = excerpt(filename, 60)
         kind = (content_type or "application/octet-stream").split(";")[0].strip().lower()
         if kind not in self.allowed_types:
-            raise EvidenceRefused(f"attachment {filename!r}: type {kind} is not accepted")
-        if size > self.max_bytes:
+            raise EvidenceRefused(f"attachment {name!r}: type {excerpt(kind, 60)} is not accepted")
+        if not data:
+            raise EvidenceRefused(f"attachment {name!r} is empty")
+        if len(data) > self.max_bytes:
             raise EvidenceRefused(
-                f"attachment {filename!r}: {size} bytes is over the limit of {self.max_bytes}"
+                f"attachment {name!r}: {len(data)} bytes is over the limit of {self.max_bytes}"
             )
+        problem = content_mismatch(kind, data)
+        if problem:
+            raise EvidenceRefused(f"attachment {name!r}: {problem}")
 
     async def put(
         self, data: bytes, filename: str | None, content_type: str | None, kind: str | None = None
     ) -> Evidence:
-        self.check(filename, content_type, len(data))
+        self.check(filename, content_type, data)
         digest = hashlib.sha256(data).hexdigest()
         await asyncio.to_thread(self._keep, digest, data)
         media = (content_type or "application/octet-stream").split(";")[0].strip().lower()
@@ -168,6 +176,30 @@ class EvidenceStore:
             return data
         nonce = os.urandom(12)
         return nonce + self.cipher.encrypt(nonce, data, digest.encode())
+
+
+# Content nobody sends as feedback evidence, whatever it is labelled.
+REFUSED_CONTENT = frozenset(
+    {
+        "application/x-executable", "application/x-msdownload", "application/x-mach-binary",
+        "application/x-shockwave-flash", "application/x-deb", "application/x-rpm",
+        "application/x-google-chrome-extension",
+    }
+)  # fmt: skip
+# Declared types whose bytes must show that type (what a viewer would render).
+SNIFFED_FAMILIES = ("image/", "audio/", "application/pdf")
+
+
+def content_mismatch(declared: str, data: bytes) -> str | None:
+    """Why these bytes are not what the sender declared (or not acceptable at all)."""
+    guessed = filetype.guess(data[:8192])
+    sniffed = guessed.mime if guessed is not None else None
+    if sniffed in REFUSED_CONTENT:
+        return f"the content is {sniffed}, which is not accepted"
+    family = next((f for f in SNIFFED_FAMILIES if declared.startswith(f)), None)
+    if family is not None and (sniffed is None or not sniffed.startswith(family)):
+        return f"declared {declared} but the content is {sniffed or 'not recognisable as such'}"
+    return None
 
 
 def _kind_of(media: str) -> str:

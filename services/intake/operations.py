@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, UploadFile
+from fastapi import APIRouter, HTTPException, Path, Query, UploadFile
 from pydantic import BaseModel
 
 from contracts.events import CUSTOMER_REF_PATTERN
@@ -34,7 +34,9 @@ def operations_router(
     router = APIRouter(tags=["operations"])
 
     @router.get("/v1/deadletters", response_model=list[DeadLetterView])
-    async def list_dead_letters(all: bool = False, limit: int = 100) -> list[DeadLetterView]:
+    async def list_dead_letters(
+        all: bool = False, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> list[DeadLetterView]:
         return [
             DeadLetterView(**row) for row in await deadletters.list(limit, include_replayed=all)
         ]

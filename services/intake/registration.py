@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,12 +16,14 @@ from datetime import UTC, date, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
+import psycopg
 from faststream.kafka import KafkaBroker
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, ValidationError
 
 from contracts.codes import Channel, Emotion, FeedbackType
 from contracts.events import CustomerCorrespondence, Evidence, FeedbackReceived
+from services.common.boundary import clean_text, flaws, text_flaw, time_flaw
 from services.common.bus import Keyed, publish, publish_all, publish_many, record_of
 from services.common.database import INTAKE_OUTBOX_LOCK
 from services.common.settings import Settings
@@ -54,6 +57,17 @@ SCHEMA = [
     )
     """,
     "CREATE INDEX IF NOT EXISTS intake_registry_reference ON intake_registry (channel, channel_reference)",
+    # The case's customer: an email reply joins a case only from that customer's address.
+    "ALTER TABLE intake_registry ADD COLUMN IF NOT EXISTS customer_ref text",
+    # Message-IDs of the mails the platform sent about a case (see email.record_sent): a
+    # reply naming one of them belongs to that case, whoever sends it.
+    """
+    CREATE TABLE IF NOT EXISTS intake_sent_messages (
+        message_id text PRIMARY KEY,
+        feedback_number text NOT NULL,
+        sent_at timestamptz NOT NULL DEFAULT now()
+    )
+    """,
     # The durable buffer: messages accepted while Kafka may be away, published in order.
     """
     CREATE TABLE IF NOT EXISTS intake_outbox (
@@ -87,6 +101,68 @@ class Submission(BaseModel):
     stated_type: FeedbackType | None = None
     evidence: tuple[Evidence, ...] = ()
     related_feedback: str | None = None
+
+
+# A channel reference longer than this is kept as its hash (still unique per delivery).
+MAX_REFERENCE_CHARS = 200
+
+
+def submission_flaws(submission: Submission) -> list[dict[str, Any]]:
+    """What the boundary rule (services/common/boundary.py) refuses in a submission, as
+    validation errors. Checked before a submission joins a batch, so that it fails alone."""
+    found = [
+        {"loc": path, "msg": problem, "type": "value_error"}
+        for path, problem in flaws(submission.model_dump(exclude={"evidence"}))
+    ]
+    found += [
+        {"loc": ("evidence", *path), "msg": problem, "type": "value_error"}
+        for path, problem in flaws([e.model_dump() for e in submission.evidence])
+    ]
+    reference = submission.channel_reference
+    if reference is not None and len(reference) > MAX_REFERENCE_CHARS:
+        found.append(
+            {
+                "loc": ("channel_reference",),
+                "msg": f"longer than {MAX_REFERENCE_CHARS} characters",
+                "type": "string_too_long",
+            }
+        )
+    return found
+
+
+def cleaned(submission: Submission) -> tuple[Submission, list[str]]:
+    """For sources that cannot be asked to send again (pushes, mails, batch rows): the
+    submission repaired to pass the boundary rule, and what was repaired (empty if
+    nothing). The caller keeps the original as a settled dead letter."""
+    repairs: list[str] = []
+
+    def text(value: Any, name: str) -> Any:
+        if isinstance(value, str):
+            problem = text_flaw(value)
+            if problem:
+                repairs.append(f"{name} {problem}: removed")
+                return clean_text(value)
+            return value
+        if isinstance(value, dict):
+            return {k: text(v, f"{name}.{k}") for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [text(v, f"{name}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    data = {name: text(value, name) for name, value in submission.model_dump().items()}
+    for name in ("received_at", "occurred_at", "purchase_date"):
+        value = data.get(name)
+        problem = time_flaw(value) if isinstance(value, date) else None
+        if problem and isinstance(value, date):
+            repairs.append(f"{name} {value.isoformat()} {problem}: not used")
+            data[name] = None
+    reference = data.get("channel_reference")
+    if reference is not None and len(reference) > MAX_REFERENCE_CHARS:
+        repairs.append(f"channel_reference of {len(reference)} characters: kept as its hash")
+        data["channel_reference"] = "sha256:" + hashlib.sha256(reference.encode()).hexdigest()
+    if not repairs:
+        return submission, []
+    return Submission.model_validate(data), repairs
 
 
 class Accepted(BaseModel):
@@ -123,6 +199,8 @@ class _Pending:
     outcome: asyncio.Future[Accepted]
     feedback_id: UUID = field(default_factory=uuid4)
     event: FeedbackReceived | None = None
+    # Its claim, registry or outbox row is committed: it must not be registered again.
+    recorded: bool = False
 
     def settle(self, result: Accepted | BaseException) -> None:
         if self.outcome.done():
@@ -179,6 +257,11 @@ class Registrar:
     async def _submit(
         self, submission: Submission, dedup_key: str | None, durable: bool
     ) -> Accepted:
+        problems = submission_flaws(submission)
+        if dedup_key is not None and text_flaw(dedup_key):
+            problems.append({"loc": ("delivery key",), "msg": text_flaw(dedup_key)})
+        if problems:
+            raise InvalidSubmission(problems)
         pending = _Pending(
             submission,
             dedup_key or _delivery_key(submission),
@@ -225,15 +308,33 @@ class Registrar:
             if fresh:
                 await self._register_fresh(fresh)
         except Exception as error:
-            log.exception("a batch of %d registrations failed", len(firsts))
-            for pending in firsts:
-                pending.settle(IntakeUnavailable(str(error)))
+            await self._isolate(firsts, error)
         for repeat, first in repeats:
             failure = first.outcome.exception()
             if failure is not None:
                 repeat.settle(failure)
             else:
                 repeat.settle(first.outcome.result().model_copy(update={"duplicate": True}))
+
+    async def _isolate(self, batch: list[_Pending], error: Exception) -> None:
+        """A batch failed: what nothing was recorded for yet is registered again one by
+        one, so that one bad submission fails alone and its neighbours are registered."""
+        unsettled = [p for p in batch if not p.outcome.done()]
+        if len(batch) == 1:
+            log.warning("registration failed: %s", error)
+            pending = batch[0]
+            if isinstance(error, psycopg.errors.DataError) and not pending.recorded:
+                # Deterministic: the database refuses this submission's values.
+                pending.settle(InvalidSubmission([{"loc": (), "msg": str(error)[:300]}]))
+            else:
+                pending.settle(IntakeUnavailable(str(error)))
+            return
+        log.exception("a batch of %d registrations failed; registering them one by one", len(batch))
+        for pending in unsettled:
+            if pending.recorded:
+                pending.settle(IntakeUnavailable(str(error)))
+        again = [p for p in unsettled if not p.recorded]
+        await asyncio.gather(*(self._register_batch([p]) for p in again))
 
     async def _answer_known_deliveries(self, batch: list[_Pending]) -> list[_Pending]:
         """Deliveries registered before get their earlier answer; the rest are returned."""
@@ -289,9 +390,10 @@ class Registrar:
                 """
                 WITH batch AS (
                     SELECT * FROM unnest(%s::text[], %s::uuid[], %s::text[], %s::text[],
-                        %s::text[], %s::bool[], %s::text[], %s::bytea[], %s::bytea[])
+                        %s::text[], %s::text[], %s::bool[], %s::text[], %s::bytea[], %s::bytea[])
                         WITH ORDINALITY AS b(dedup_key, feedback_id, feedback_number, channel,
-                        channel_reference, durable, topic, message_key, payload, position)
+                        channel_reference, customer_ref, durable, topic, message_key, payload,
+                        position)
                 ), claims AS (
                     INSERT INTO intake_deduplication
                         (dedup_key, feedback_id, feedback_number, published, pending_event)
@@ -304,9 +406,9 @@ class Registrar:
                         OR feedback_id IN (SELECT feedback_id FROM claims)
                 ), registry AS (
                     INSERT INTO intake_registry
-                        (feedback_number, feedback_id, channel, channel_reference)
-                    SELECT feedback_number, feedback_id, channel, channel_reference FROM owned
-                    WHERE durable ON CONFLICT DO NOTHING
+                        (feedback_number, feedback_id, channel, channel_reference, customer_ref)
+                    SELECT feedback_number, feedback_id, channel, channel_reference, customer_ref
+                    FROM owned WHERE durable ON CONFLICT DO NOTHING
                 ), outbox AS (
                     INSERT INTO intake_outbox (topic, message_key, payload)
                     SELECT topic, message_key, payload FROM owned WHERE durable
@@ -320,6 +422,7 @@ class Registrar:
                     [e.feedback_number for e in events],
                     [e.channel.value for e in events],
                     [e.channel_reference for e in events],
+                    [e.customer_ref for e in events],
                     [p.durable for p in ordered],
                     [self.settings.topic(e.TOPIC) for e in events],
                     [e.key() for e in events],
@@ -331,6 +434,8 @@ class Registrar:
             )
             owned = {row[0] for row in await cursor.fetchall()}
         claimed = [p for p in batch if p.feedback_id in owned]
+        for pending in claimed:
+            pending.recorded = True
         lost = [p for p in batch if p.feedback_id not in owned]
         if lost:
             # A concurrent delivery of the same message won; answer with its number.
@@ -384,8 +489,8 @@ class Registrar:
                     WHERE dedup_key = ANY(%s)
                 )
                 INSERT INTO intake_registry
-                    (feedback_number, feedback_id, channel, channel_reference)
-                SELECT * FROM unnest(%s::text[], %s::uuid[], %s::text[], %s::text[])
+                    (feedback_number, feedback_id, channel, channel_reference, customer_ref)
+                SELECT * FROM unnest(%s::text[], %s::uuid[], %s::text[], %s::text[], %s::text[])
                 ON CONFLICT DO NOTHING
                 """,
                 (

@@ -13,11 +13,12 @@ from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, Path
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from contracts.codes import FeedbackType, Priority
 from contracts.events import FEEDBACK_NUMBER_PATTERN
 from services.cases.domain import Case
+from services.common.boundary import Checked, is_blank
 from services.routing.assignment import Agent, AgentId
 from services.routing.service import NotFound, Refused, RoutingService
 
@@ -27,7 +28,13 @@ Actor = Annotated[str, Field(min_length=1, max_length=100)]
 T = TypeVar("T")
 
 
-class Command(BaseModel):
+def _visible(value: str) -> str:
+    if is_blank(value):
+        raise ValueError("only invisible characters")
+    return value
+
+
+class Command(Checked):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
@@ -52,6 +59,8 @@ class CoHandlerIn(Command):
     due_at: AwareDatetime
     by: Actor
 
+    promises = frozenset({"due_at"})
+
 
 class ReclassifyIn(Command):
     category: str
@@ -68,7 +77,7 @@ class PriorityIn(Command):
 
 
 class AgentIn(Command):
-    name: Annotated[str, Field(min_length=1, max_length=100)]
+    name: Annotated[str, Field(min_length=1, max_length=100), AfterValidator(_visible)]
     department: str
     skills: tuple[str, ...] = ()
     languages: tuple[str, ...] = ("zh",)

@@ -31,6 +31,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
 
 from contracts.codes import Channel
 from contracts.events import Evidence
+from services.common.boundary import Checked
 from services.intake.channels.common import (
     CustomerIn,
     FeedbackAccepted,
@@ -43,10 +44,17 @@ from services.intake.channels.common import (
 from services.intake.deadletters import DeadLetters
 from services.intake.evidence import EvidenceStore
 from services.intake.pii_vault import Contact
-from services.intake.registration import Registrar, Submission
+from services.intake.registration import (
+    DuplicateInProgress,
+    IntakeUnavailable,
+    InvalidSubmission,
+    Registrar,
+    Submission,
+    cleaned,
+)
 
 
-class ChatLine(BaseModel):
+class ChatLine(Checked):
     model_config = ConfigDict(extra="forbid")
 
     speaker: Literal["customer", "agent", "bot"]
@@ -54,7 +62,7 @@ class ChatLine(BaseModel):
     text: Annotated[str, Field(max_length=5000)]
 
 
-class ChatSessionIn(BaseModel):
+class ChatSessionIn(Checked):
     """A finished web-chat session (在线客服), pushed by the chat system."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
@@ -197,16 +205,39 @@ async def _verified(request: Request, secret: str, signature: str, timestamp: st
 async def _accept_push(
     registrar: Registrar, deadletters: DeadLetters, source: str, raw: bytes
 ) -> dict[str, str]:
+    """A verified push is never refused (the platform would only send it again): what
+    cannot be read is a dead letter; what can be repaired (see `cleaned`) is registered
+    repaired, with the original kept as a settled dead letter."""
     try:
-        submission = PUSH_PARSERS[source](raw)
-    except ValueError as error:  # includes pydantic's ValidationError
-        await deadletters.keep(source, str(error), raw)
-        return {"status": "kept as a dead letter"}
-    # Pushes cannot be asked to retry later: accept durably, Kafka or not.
-    result = await answer(registrar.register_durably(submission))
-    if isinstance(result, JSONResponse):
-        raise HTTPException(result.status_code, detail="not accepted; retry")
-    return {"status": "accepted", "feedback_number": result.feedback_number}
+        submission, repairs = cleaned(PUSH_PARSERS[source](raw))
+        # Pushes cannot be asked to retry later: accept durably, Kafka or not.
+        accepted = await registrar.register_durably(submission)
+    except (ValueError, ArithmeticError) as error:  # ValidationError, InvalidSubmission too
+        reason = str(error)
+        if isinstance(error, InvalidSubmission):
+            reason = "; ".join(str(e.get("msg")) for e in error.errors)
+        letter = await deadletters.keep(source, reason, raw)
+        return {"status": "kept as a dead letter", "dead_letter_id": str(letter)}
+    except (IntakeUnavailable, DuplicateInProgress) as error:
+        raise HTTPException(503, detail="not accepted now; retry") from error
+    if repairs:
+        await deadletters.keep(
+            source,
+            "; ".join(repairs),
+            raw,
+            settled=f"registered cleaned as {accepted.feedback_number}",
+        )
+    return {"status": "accepted", "feedback_number": accepted.feedback_number}
+
+
+def from_unix(seconds: str | int) -> datetime:
+    """A platform's unix time. One too far out to represent becomes the farthest
+    datetime on its side, which the boundary rule then refuses (see `cleaned`)."""
+    value = int(seconds)
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (ValueError, OverflowError, OSError):
+        return (datetime.max if value > 0 else datetime.min).replace(tzinfo=UTC)
 
 
 def weibo_submission(raw: bytes) -> Submission:
@@ -233,7 +264,7 @@ def douyin_submission(raw: bytes) -> Submission:
         description=text[:5000],
         contact=Contact(account=f"douyin:{push.from_user_id}"),
         receiver=f"douyin-{push.event}",
-        received_at=datetime.fromtimestamp(push.create_time, UTC),
+        received_at=from_unix(push.create_time),
         channel_reference=push.msg_id,
     )
 
@@ -268,7 +299,7 @@ def wechat_submission(raw: bytes) -> Submission:
         description=text[:5000],
         contact=Contact(account=f"wechat:{openid}"),
         receiver="wechat",
-        received_at=datetime.fromtimestamp(int(created), UTC),
+        received_at=from_unix(created),
         channel_reference=message_id,
         evidence=evidence,
     )

@@ -14,6 +14,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, ValidationError, model_validator
 
 from contracts.codes import CUSTOMER_TIER_PATTERN
+from services.common.boundary import Checked, shown_errors
 from services.intake.pii_vault import Contact
 from services.intake.registration import (
     Accepted,
@@ -29,7 +30,7 @@ FRESHNESS_S = 300
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
-class CustomerIn(BaseModel):
+class CustomerIn(Checked):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     name: Annotated[str, Field(max_length=100)] | None = None
@@ -67,7 +68,7 @@ async def answer(registration: object) -> FeedbackAccepted | JSONResponse:
     try:
         accepted = await registration  # type: ignore[misc]
     except InvalidSubmission as error:
-        raise HTTPException(422, detail=error.errors) from error
+        raise HTTPException(422, detail=shown_errors(error.errors)) from error
     except DuplicateInProgress:
         return JSONResponse(
             {"detail": "the same delivery is still being registered; retry"}, status_code=409
@@ -105,15 +106,10 @@ def parse_json_body(model: type[ModelT], raw: bytes) -> ModelT:
     except ValidationError as error:
         raise RequestValidationError(
             [
-                {**detail, "loc": ("body", *detail["loc"]), "input": _shown(detail.get("input"))}
+                {**detail, "loc": ("body", *detail["loc"])}
                 for detail in error.errors(include_url=False, include_context=False)
             ]
         ) from error
-
-
-def _shown(value: Any) -> Any:
-    # Bytes that are not UTF-8 (a body that is not JSON at all) cannot go back as JSON.
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def json_body_schema(

@@ -3,17 +3,17 @@ entry form (`phone`)."""
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Form, Header, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AwareDatetime, ConfigDict, Field, ValidationError
 
 from contracts.codes import Channel, Emotion, FeedbackType
 from contracts.events import Evidence
+from services.common.boundary import Checked, shown_errors
 from services.intake.channels.common import (
     CustomerIn,
     FeedbackAccepted,
@@ -32,7 +32,7 @@ from services.intake.registration import Registrar, Submission
 MAX_DESCRIPTION = 5_000
 
 
-class FeedbackIn(BaseModel):
+class FeedbackIn(Checked):
     """What a website or app form sends."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
@@ -50,18 +50,6 @@ class FeedbackIn(BaseModel):
     expectation: Text | None = None
     emotion: Emotion | None = None
     type: FeedbackType | None = Field(default=None, description="the type the customer picked")
-
-    @model_validator(mode="after")
-    def _not_in_future(self) -> FeedbackIn:
-        soon = datetime.now(UTC) + timedelta(minutes=5)
-        if self.received_at and self.received_at > soon:
-            raise ValueError("received_at is in the future")
-        if (
-            self.purchase_date
-            and self.purchase_date > (datetime.now(UTC) + timedelta(days=1)).date()
-        ):
-            raise ValueError("purchase_date is in the future")
-        return self
 
     def submission(self, channel: Channel, receiver: str, **extra: object) -> Submission:
         return Submission(
@@ -155,14 +143,13 @@ def web_router(
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
     ) -> FeedbackAccepted | JSONResponse:
         try:
-            body = FeedbackIn.model_validate(json.loads(feedback))
-        except (ValueError, ValidationError) as error:
-            detail = (
-                error.errors(include_url=False)
-                if isinstance(error, ValidationError)
-                else str(error)
-            )
-            raise HTTPException(422, detail=detail) from error
+            # pydantic's own JSON parser: bounded nesting (json.loads recursed until
+            # RecursionError on a field nested 10,000 deep).
+            body = FeedbackIn.model_validate_json(feedback)
+        except ValidationError as error:
+            raise HTTPException(
+                422, detail=shown_errors(error.errors(include_url=False, include_context=False))
+            ) from error
         _tier_known(body.customer_tier, customer_tiers)
         files = attachments or []
         if len(files) > evidence.max_count:
