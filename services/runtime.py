@@ -377,7 +377,10 @@ class GuardMiddleware:
             await refusal(scope, receive, send)
             return
         received = 0
-        body_done = False
+        headers = dict(scope.get("headers") or [])
+        body_done = headers.get(b"content-length", b"0") == b"0" and (
+            b"transfer-encoding" not in headers
+        )
         started = False
 
         async def guarded_receive() -> Any:
