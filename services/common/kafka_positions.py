@@ -1,16 +1,31 @@
 """Exactly-once effects for consumers that write plain tables (not the event store).
 
 The consumer writes its result and the Kafka position it consumed in one PostgreSQL
-transaction; a redelivered record at or below the stored position is skipped.
+transaction; a redelivered record at or below the stored position is skipped. A record
+that can never be applied becomes a dead letter in that same transaction (see
+`apply_slice`), so one bad record never stops the partition.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from contracts.events import DeadLetter
+from services.common import deadletters
+from services.common.metrics import count_dead_letters
+
+log = logging.getLogger(__name__)
+
+# Applies one consumer record inside the slice's transaction.
+ApplyRecord = Callable[[AsyncConnection[Any], Any], Awaitable[None]]
+# Puts a dead letter on the bus, raising unless Kafka acknowledged it.
+PublishDeadLetter = Callable[[DeadLetter], Awaitable[None]]
 
 SCHEMA = [
     """
@@ -63,3 +78,85 @@ async def advance(
         "WHERE consumer = %s AND topic = %s AND partition = %s",
         (next_offset, consumer, topic, partition),
     )
+
+
+async def apply_slice(
+    pool: AsyncConnectionPool,
+    consumer: str,
+    records: list[Any],
+    apply: ApplyRecord,
+    publish: PublishDeadLetter,
+) -> int:
+    """Apply one partition slice exactly once; returns how many records were applied.
+
+    The whole slice goes in one transaction. When a record fails for a reason a retry
+    cannot fix (`deadletters.is_permanent`), the slice is applied again with a savepoint
+    per record: each failing record is kept as a dead letter in the transaction that moves
+    the position past it, published before that transaction commits (at least once; the
+    id is fixed per record), and the rest are applied. Transient failures raise, and the
+    batch is redelivered.
+    """
+    try:
+        return await _apply(pool, consumer, records, apply, publish, isolate=False)
+    except Exception as error:
+        if not deadletters.is_permanent(error):
+            raise
+        first = records[0]
+        log.warning(
+            "%s: a record of %s/%s from offset %s cannot be applied (%s); one by one now",
+            consumer,
+            first.topic,
+            first.partition,
+            first.offset,
+            deadletters.describe(error)[:300],
+        )
+    return await _apply(pool, consumer, records, apply, publish, isolate=True)
+
+
+async def _apply(
+    pool: AsyncConnectionPool,
+    consumer: str,
+    records: list[Any],
+    apply: ApplyRecord,
+    publish: PublishDeadLetter,
+    *,
+    isolate: bool,
+) -> int:
+    topic, partition = records[0].topic, records[0].partition
+    applied = 0
+    letters: list[DeadLetter] = []
+    recorded = 0
+    async with pool.connection() as conn, conn.transaction():
+        unseen = await claim_unseen(conn, consumer, topic, partition, records)
+        if not unseen:
+            return 0
+        for record in unseen:
+            if not isolate:
+                await apply(conn, record)
+                applied += 1
+                continue
+            try:
+                # A savepoint: a failure undoes this record's writes only.
+                async with conn.transaction():
+                    await apply(conn, record)
+                applied += 1
+            except Exception as error:
+                if not deadletters.is_permanent(error):
+                    raise
+                letter = deadletters.of_record(consumer, record, deadletters.describe(error))
+                log.warning(
+                    "dead letter %s/%s@%s (%s): %s",
+                    topic,
+                    partition,
+                    record.offset,
+                    consumer,
+                    letter.reason[:300],
+                )
+                recorded += await deadletters.keep(conn, letter, record.value or b"")
+                letters.append(letter)
+        await advance(conn, consumer, topic, partition, unseen[-1].offset + 1)
+        # On the bus before the position passes them; a failure rolls all back.
+        for letter in letters:
+            await publish(letter)
+    count_dead_letters(consumer, recorded)
+    return applied

@@ -17,23 +17,10 @@ from psycopg_pool import AsyncConnectionPool
 
 from contracts.events import DeadLetter
 from services.common.boundary import clean_text
+from services.common.deadletters import SCHEMA as SCHEMA  # shared with the consumers
+from services.common.metrics import count_dead_letters
 from services.common.settings import Settings
 from services.intake.registration import enqueue
-
-SCHEMA = [
-    """
-    CREATE TABLE IF NOT EXISTS deadletters (
-        dead_letter_id uuid PRIMARY KEY,
-        source text NOT NULL,
-        reason text NOT NULL,
-        payload bytea NOT NULL,
-        metadata jsonb NOT NULL DEFAULT '{}',
-        created_at timestamptz NOT NULL DEFAULT now(),
-        replayed_at timestamptz,
-        replay_result text
-    )
-    """
-]
 
 
 class DeadLetters:
@@ -85,6 +72,8 @@ class DeadLetters:
                 ),
             )
             await enqueue(conn, self.settings, message)
+        if settled is None:  # a repaired original is a record, not a failure to read
+            count_dead_letters(source)
         return dead_letter_id
 
     async def list(self, limit: int = 100, include_replayed: bool = False) -> list[dict[str, Any]]:

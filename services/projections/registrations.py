@@ -1,12 +1,13 @@
 """The registration table (客户反馈登记表) read model and its consumer (group `projections`).
 
 Exactly once per event: the rows and the consumed Kafka position commit together, and a
-case's `last_version` drops events relayed twice.
+case's `last_version` drops events relayed twice. An event that cannot be applied (unreadable,
+a time outside what can be stored and read back, text PostgreSQL refuses) becomes a dead
+letter and the partition moves on (see `kafka_positions.apply_slice`).
 """
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime
 from typing import Any
 
@@ -14,7 +15,6 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
-from pydantic import ValidationError
 
 from contracts import topics
 from contracts.events import (
@@ -23,6 +23,7 @@ from contracts.events import (
     CaseRegistered,
     CoHandlerAdded,
     CorrespondenceReceived,
+    DeadLetter,
     FeedbackClassified,
     FeedbackRouted,
     InformationRequested,
@@ -33,17 +34,16 @@ from contracts.events import (
     SentToTriage,
     case_event_adapter,
 )
-from services.common import kafka_positions
-from services.common.bus import batch_subscriber, partition_slices
+from services.common import deadletters, kafka_positions
+from services.common.bus import batch_subscriber, partition_slices, publish
 from services.common.settings import Settings
-
-log = logging.getLogger(__name__)
 
 GROUP = "projections"
 CONSUMER = "projections.registrations"
 
 SCHEMA = [
     *kafka_positions.SCHEMA,
+    *deadletters.SCHEMA,
     """
     CREATE TABLE IF NOT EXISTS registrations (
         feedback_id uuid PRIMARY KEY,
@@ -163,6 +163,11 @@ async def _update(conn: Any, event: CaseEvent, assignments: str, values: dict[st
 
 
 async def apply_event(conn: Any, event: CaseEvent) -> None:
+    """Apply one case event; raises `deadletters.Unapplicable` for one it must not store."""
+    # PostgreSQL would store a year-10000 instant that no reader could load again.
+    problem = deadletters.unstorable_time(event)
+    if problem:
+        raise deadletters.Unapplicable(f"{type(event).__name__}: {problem}")
     match event:
         case CaseRegistered():
             await apply_registered(conn, event)
@@ -236,37 +241,34 @@ async def apply_event(conn: Any, event: CaseEvent) -> None:
             await _update(conn, event, "correspondence_count = correspondence_count + 1", {})
 
 
-async def apply_batch(pool: AsyncConnectionPool, records: list[Any]) -> int:
-    """Apply one partition slice in one transaction; returns how many events were applied."""
-    topic, partition = records[0].topic, records[0].partition
-    applied = 0
-    async with pool.connection() as conn, conn.transaction():
-        unseen = await kafka_positions.claim_unseen(conn, CONSUMER, topic, partition, records)
-        if not unseen:
-            return 0
-        for record in unseen:
-            try:
-                event = case_event_adapter.validate_json(record.value or b"")
-            except ValidationError as error:
-                # A newer producer's event we cannot read yet: skip it loudly, it stays
-                # in the store and the topic for a rebuild.
-                log.error(
-                    "unreadable case event at %s/%s@%s: %s", topic, partition, record.offset, error
-                )
-                continue
-            await apply_event(conn, event)
-            applied += 1
-        await kafka_positions.advance(conn, CONSUMER, topic, partition, unseen[-1].offset + 1)
-    return applied
+async def apply_record(conn: Any, record: Any) -> None:
+    """Apply one consumer record of `feedback.events`; raises why it cannot be applied
+    (a newer producer's event we cannot read yet stays in the store for a rebuild)."""
+    await apply_event(conn, case_event_adapter.validate_json(record.value or b""))
+
+
+async def apply_batch(
+    pool: AsyncConnectionPool,
+    records: list[Any],
+    publish_dead_letter: kafka_positions.PublishDeadLetter,
+) -> int:
+    """Apply one partition slice in one transaction, an event that can never be applied
+    becoming a dead letter; returns how many events were applied."""
+    return await kafka_positions.apply_slice(
+        pool, CONSUMER, records, apply_record, publish_dead_letter
+    )
 
 
 def register_projections(
     broker: KafkaBroker, settings: Settings, pool: AsyncConnectionPool
 ) -> None:
+    async def publish_dead_letter(letter: DeadLetter) -> None:
+        await publish(broker, settings, letter)
+
     @batch_subscriber(broker, settings, topics.FEEDBACK_EVENTS, GROUP)
     async def on_case_events(body: list[Any], msg: KafkaMessage) -> None:
         for slice_records in partition_slices(msg).values():
-            await apply_batch(pool, slice_records)
+            await apply_batch(pool, slice_records, publish_dead_letter)
 
 
 COLUMNS = (

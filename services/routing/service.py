@@ -21,6 +21,7 @@ from contracts.codes import FeedbackType, Priority
 from contracts.events import CustomerCorrespondence, DeadLetter, FeedbackReceived
 from services.cases.domain import Case, CaseError, CaseStatus
 from services.cases.store import CaseStore, KafkaPosition
+from services.common import deadletters
 from services.routing.assignment import PRIORITY_RANK, Agent, AgentRoster, language_of
 from services.routing.classifier import Classifier, Decision, FeedbackText, History
 from services.routing.worklist import Assignment, CaseRow, Worklist
@@ -53,7 +54,8 @@ class Slice:
     partition: int
     next_offset: int | None = None
     cases: dict[UUID, Case] = field(default_factory=dict)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
+    # What this slice sets aside, each with the raw record it was read from.
+    dead_letters: list[tuple[DeadLetter, bytes]] = field(default_factory=list)
 
 
 class RoutingService:
@@ -91,9 +93,18 @@ class RoutingService:
         received: list[FeedbackReceived] = []
         for record in unseen:
             try:
-                received.append(FeedbackReceived.model_validate_json(record.value or b""))
+                message = FeedbackReceived.model_validate_json(record.value or b"")
             except ValidationError as error:
                 work.dead_letters.append(_dead_letter(record, error))
+                continue
+            # A time no reader could load back (year 10000 in UTC) must not become a case.
+            problem = deadletters.unstorable_time(message)
+            if problem:
+                work.dead_letters.append(
+                    _dead_letter(record, deadletters.Unapplicable(problem), feedback=message)
+                )
+                continue
+            received.append(message)
         already = self.store.existing([r.feedback_id for r in received])
         fresh: list[FeedbackReceived] = []
         for message in received:
@@ -152,6 +163,45 @@ class RoutingService:
         self.store.record(work.cases.values(), position)
         self.worklist.mark_announced(c.id for c in work.cases.values() if c.owner)
 
+    def set_aside(self, group: str, record: Any, error: BaseException) -> Slice:
+        """A slice of one record that cannot be processed: its dead letter and the
+        position past it (nothing else of it is stored)."""
+        work = Slice(group, record.topic, record.partition, next_offset=record.offset + 1)
+        try:  # name the feedback when the record says which (see `_feedback_set_aside`)
+            feedback: FeedbackReceived | None = FeedbackReceived.model_validate_json(
+                record.value or b""
+            )
+        except ValidationError:
+            feedback = None
+        work.dead_letters.append(
+            _dead_letter(record, error, group, feedback if group == GROUP else None)
+        )
+        return work
+
+    def keep_dead_letters(self, work: Slice) -> int:
+        """Record the slice's dead letters (once each); returns how many are new.
+
+        Not in the position's transaction (the event store owns that one): the fixed ids
+        make a repeat after a crash record nothing."""
+        if not work.dead_letters:
+            return 0
+        with self.worklist.pool.connection() as conn, conn.transaction():
+            return sum(
+                deadletters.keep_sync(conn, letter, payload)
+                for letter, payload in work.dead_letters
+            )
+
+    def _feedback_set_aside(self, feedback_id: UUID) -> bool:
+        """Whether routing set this feedback aside as a dead letter (so its case never
+        comes, and correspondence about it must not wait for it)."""
+        with self.worklist.pool.connection() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM deadletters WHERE source = %s AND metadata->>'feedback_id' = %s "
+                "LIMIT 1",
+                (GROUP, str(feedback_id)),
+            ).fetchone()
+        return row is not None
+
     def _missing(self, message: FeedbackReceived, decision: Decision) -> list[str]:
         if decision.priority == Priority.urgent or decision.needs_triage or not decision.category:
             return []  # urgent feedback never waits for paperwork; triage decides first
@@ -207,6 +257,12 @@ class RoutingService:
                     message.feedback_id
                 )
             except AggregateNotFoundError as error:
+                if self._feedback_set_aside(message.feedback_id):
+                    reason = f"feedback {message.feedback_number} was set aside as a dead letter"
+                    work.dead_letters.append(
+                        _dead_letter(record, deadletters.Unapplicable(reason), CORRESPONDENCE_GROUP)
+                    )
+                    continue
                 # Intake only accepts correspondence for feedback it registered, so the case
                 # is on its way (the customer wrote right after registering): try again.
                 raise CaseNotStoredYet(message.feedback_number) from error
@@ -397,14 +453,13 @@ def _route_reason(classification: dict[str, Any]) -> str:
     )
 
 
-def _dead_letter(record: Any, error: Exception, source: str = "routing") -> DeadLetter:
-    raw = record.value or b""
-    return DeadLetter(
-        source=source,
-        reason=str(error)[:10_000],
-        payload=raw.decode("utf-8", errors="replace"),
-        source_topic=record.topic,
-        source_partition=record.partition,
-        source_offset=record.offset,
-        failed_at=datetime.now(UTC),
-    )
+def _dead_letter(
+    record: Any,
+    error: BaseException,
+    source: str = GROUP,
+    feedback: FeedbackReceived | None = None,
+) -> tuple[DeadLetter, bytes]:
+    """The dead letter of a record (its id fixed by where it was read) and its raw bytes."""
+    metadata = {"feedback_id": str(feedback.feedback_id)} if feedback else None
+    letter = deadletters.of_record(source, record, deadletters.describe(error), metadata)
+    return letter, record.value or b""

@@ -1,0 +1,31 @@
+"""Prometheus metrics of this process, served at `GET /metrics` (text exposition format).
+
+Counters live in the process: with several uvicorn workers each answers for itself.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+
+DEAD_LETTERS = Counter(
+    "feedback_dead_letters",
+    "Messages set aside as dead letters (kept with the reason) instead of being processed.",
+    ["source"],
+)
+
+
+def count_dead_letters(source: str, count: int = 1) -> None:
+    """Count dead letters newly recorded by `source` (a consumer, a channel)."""
+    if count > 0:
+        DEAD_LETTERS.labels(source=source).inc(count)
+
+
+def metrics_router() -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
