@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from contracts.events import CUSTOMER_REF_PATTERN
 from services.intake.channels.chat_social import PUSH_PARSERS
-from services.intake.channels.email import EmailIntake
+from services.intake.channels.email import TRANSIENT_FAULTS, EmailIntake
 from services.intake.deadletters import DeadLetters
 from services.intake.pii_vault import PiiVault
 from services.intake.registration import Registrar
@@ -62,7 +62,27 @@ def operations_router(
         raw = await file.read(25 * 1024 * 1024 + 1)
         if len(raw) > 25 * 1024 * 1024:
             raise HTTPException(413, detail="an email is at most 25 MiB")
-        return {"feedback_number": await email_intake.receive(raw, receiver="eml-import")}
+        try:
+            received = await email_intake.receive(raw, receiver="eml-import")
+        except TRANSIENT_FAULTS as error:
+            raise HTTPException(
+                503,
+                detail="not accepted now (database or bus unavailable); retry",
+                headers={"Retry-After": "5"},
+            ) from error
+        if received.feedback_number is None:
+            # Kept: importing the same file again would not read it either.
+            return {
+                "status": "kept as a dead letter",
+                "dead_letter_id": str(received.dead_letter_id),
+            }
+        answer = {
+            "status": "filed with its case" if received.joined else "accepted",
+            "feedback_number": received.feedback_number,
+        }
+        if received.dead_letter_id is not None:
+            answer["original_kept_as"] = str(received.dead_letter_id)  # taken after cleaning
+        return answer
 
     @router.delete("/v1/customers/{customer_ref}/personal-data")
     async def erase_customer(
@@ -79,10 +99,13 @@ async def _replay(
     source: str, payload: bytes, registrar: Registrar, email_intake: EmailIntake
 ) -> str:
     if source == "email":
-        number = await email_intake.receive(payload, receiver="replay")
-        if number == "dead-letter":
-            raise ValueError("the email is still unreadable (a new dead letter records why)")
-        return number
+        # This dead letter records the outcome; the replay writes no new one.
+        received = await email_intake.receive(payload, receiver="replay", keep=False)
+        if received.feedback_number is None:
+            raise ValueError(received.reason or "the email is still unreadable")
+        if received.reason:
+            return f"taken cleaned as {received.feedback_number}: {received.reason}"
+        return received.feedback_number
     if source not in PUSH_PARSERS:
         raise ValueError(f"no replay for source {source!r}")
     accepted = await registrar.register_durably(PUSH_PARSERS[source](payload))

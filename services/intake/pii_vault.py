@@ -18,7 +18,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from psycopg_pool import AsyncConnectionPool
-from pydantic import BaseModel, EmailStr
+from pydantic import BaseModel, EmailStr, ValidationError
 
 from services.intake.numbering import FeedbackNumbering
 
@@ -185,6 +185,17 @@ class PiiVault:
                     (new[group], folded),
                 )
                 await conn.execute("DELETE FROM pii_customers WHERE customer_ref = %s", (folded,))
+
+    async def customer_of_email(self, address: str) -> str | None:
+        """The customer this e-mail address belongs to, found by its lookup hash (so the
+        address is normalised as when it was registered); None if unknown or erased."""
+        try:
+            contact = Contact(email=address)
+        except ValidationError:
+            return None  # not an address anyone was registered with
+        async with self.pool.connection() as conn:
+            owners = await _owners(conn, set(self._lookup_hashes(contact)))
+        return next(iter(owners.values()), None)
 
     async def erase(self, customer_ref: str) -> bool:
         """Crypto-shredding: the sealed contact and every lookup hash are destroyed; the

@@ -499,6 +499,7 @@ class Registrar:
                     [e.feedback_id for e in events],
                     [e.channel.value for e in events],
                     [e.channel_reference for e in events],
+                    [e.customer_ref for e in events],
                 ),
             )
 
@@ -637,6 +638,17 @@ class Registrar:
             )
             row: Any = await cursor.fetchone()
         return str(row[0]) if row else None
+
+    async def case_of(self, feedback_number: str) -> tuple[UUID, str | None] | None:
+        """A registered case's id and customer (None for cases registered before the
+        registry kept it), or None if no feedback has this number."""
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT feedback_id, customer_ref FROM intake_registry WHERE feedback_number = %s",
+                (feedback_number,),
+            )
+            row: Any = await cursor.fetchone()
+        return (row[0], row[1]) if row else None
 
     async def correspond(
         self,
