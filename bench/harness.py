@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import os
-import secrets
 import socket
 import statistics
 import subprocess
@@ -16,7 +14,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from deploy.local import LocalInfrastructure, local_infrastructure
+from deploy.local import LocalInfrastructure, local_infrastructure, local_keys
 
 
 def free_port() -> int:
@@ -45,7 +43,7 @@ def platform_process(
         env = {
             **os.environ,
             **infrastructure.environment(),
-            "FEEDBACK_PII_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+            **local_keys(None),
             **(extra_env or {}),
         }
         port = free_port()

@@ -8,9 +8,7 @@ events, and its Kafka position) is in PostgreSQL.
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
-import secrets
 import subprocess
 import sys
 import time
@@ -23,7 +21,7 @@ from aiokafka import AIOKafkaProducer
 from bench.harness import free_port
 from contracts import topics
 from contracts.events import FeedbackReceived
-from deploy.local import local_infrastructure
+from deploy.local import local_infrastructure, local_keys
 from services.common.bus import ensure_topics, platform_topics
 from services.common.settings import Settings
 from services.routing.classifier.evaluation import HOLDOUT_SET, TUNE_SET, load_labelled
@@ -82,12 +80,13 @@ def run(count: int = MESSAGES) -> list[str]:
         env = {
             **os.environ,
             **infrastructure.environment(),
-            "FEEDBACK_PII_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+            **local_keys(None),
         }
         settings = Settings(
             database_url=env["DATABASE_URL"],
             kafka_bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
             pii_key=env["FEEDBACK_PII_KEY"],
+            auth_token_key=env["FEEDBACK_AUTH_TOKEN_KEY"],
         )
         asyncio.run(_publish(settings, count))
         began = time.perf_counter()

@@ -29,21 +29,30 @@ class LocalInfrastructure:
         }
 
 
-def local_pii_key(state_dir: Path | None) -> str:
-    """FEEDBACK_PII_KEY from the environment; for a local run only, a generated key kept
-    in the state folder (mode 0600). Production must set the variable."""
-    configured = os.environ.get("FEEDBACK_PII_KEY")
+# The secrets a process needs, by variable, with the file the local default keeps each in.
+LOCAL_KEYS = {"FEEDBACK_PII_KEY": "pii.key", "FEEDBACK_AUTH_TOKEN_KEY": "auth.key"}
+
+
+def local_key(variable: str, state_dir: Path | None) -> str:
+    """A key from the environment; for a local run only, a generated key kept in the state
+    folder (mode 0600). Production must set the variable."""
+    configured = os.environ.get(variable)
     if configured:
         return configured
     if state_dir is None:
         return base64.b64encode(secrets.token_bytes(32)).decode()
-    key_file = state_dir / "pii.key"
+    key_file = state_dir / LOCAL_KEYS[variable]
     if not key_file.exists():
         state_dir.mkdir(parents=True, exist_ok=True)
         key_file.write_text(base64.b64encode(secrets.token_bytes(32)).decode())
         key_file.chmod(0o600)
-        log.warning("FEEDBACK_PII_KEY not set: generated a local key in %s", key_file)
+        log.warning("%s not set: generated a local key in %s", variable, key_file)
     return key_file.read_text().strip()
+
+
+def local_keys(state_dir: Path | None) -> dict[str, str]:
+    """Every key the platform needs, for the environment of a local run."""
+    return {variable: local_key(variable, state_dir) for variable in LOCAL_KEYS}
 
 
 @contextmanager

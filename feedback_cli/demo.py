@@ -19,7 +19,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
-import uvicorn
 from pydantic import SecretStr
 
 from contracts.codes import (
@@ -30,8 +29,11 @@ from contracts.codes import (
     FeedbackType,
     Priority,
 )
-from deploy.local import local_infrastructure, local_pii_key
+from deploy.local import local_infrastructure, local_keys
 from feedback_cli.demo_channels import SECRETS, deliver, deliver_batches
+from services.access.roles import Actor, Role
+from services.access.tokens import Tokens
+from services.common import http_server
 from services.common.settings import Settings
 from services.routing.classifier import load_rulebook
 from services.runtime import Platform, create_app
@@ -54,7 +56,7 @@ def load_sample(path: Path) -> list[dict[str, Any]]:
 
 def run_demo(sample_path: Path, timeout: float) -> int:
     items = load_sample(sample_path)
-    os.environ["FEEDBACK_PII_KEY"] = local_pii_key(None)
+    os.environ.update(local_keys(None))
     began = time.monotonic()
     with local_infrastructure(None) as infrastructure:
         os.environ.update(infrastructure.environment())
@@ -82,22 +84,31 @@ async def _run_pipeline(
             "wechat_token": SecretStr(SECRETS["wechat"]),
             "weibo_secret": SecretStr(SECRETS["weibo"]),
             "douyin_secret": SecretStr(SECRETS["douyin"]),
+            "web_chat_secret": SecretStr(SECRETS["web_chat"]),
             "evidence_dir": Path(tempfile.mkdtemp(prefix="feedback-evidence-")),
         }
     )
     app = create_app(settings)
     platform: Platform = app.state.platform
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = http_server.server(app, settings, "127.0.0.1", port)
     serving = asyncio.create_task(server.serve())
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        # The demo reads the registration table as an administrator would.
+        admin = _signed_in(settings, Actor("demo-admin", Role.admin))
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=30, headers=admin
+        ) as client:
             await _wait_healthy(client, timeout)
             numbers = await _send(client, platform, items)
             return await _wait_registered(client, numbers, timeout)
     finally:
         server.should_exit = True
         await serving
+
+
+def _signed_in(settings: Settings, actor: Actor) -> dict[str, str]:
+    return {"Authorization": f"Bearer {Tokens(settings).issue(actor)}"}
 
 
 async def _wait_healthy(client: httpx.AsyncClient, timeout: float) -> None:
@@ -124,7 +135,17 @@ async def _send(
         if item["channel"] in batches:
             batches[item["channel"]].append((item, received_at))
             continue
-        number = await deliver(client, platform.settings.smtp_port, item, received_at, first_number)
+        number = await deliver(
+            client,
+            platform.settings.smtp_port,
+            item,
+            received_at,
+            first_number,
+            lambda agent: _signed_in(
+                platform.settings,
+                Actor(agent, Role.agent, ("customer_service",), agent_id=agent),
+            ),
+        )
         if number is None:  # WeChat answers "success" only: find it by its reference
             number = await _number_by_reference(platform, item)
         numbers.append(number)

@@ -9,6 +9,7 @@ import io
 import json
 import smtplib
 import time
+from collections.abc import Callable
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -22,7 +23,10 @@ SECRETS = {
     "wechat": "demo-wechat-token",
     "weibo": "demo-weibo-secret",
     "douyin": "demo-douyin-secret",
+    "web_chat": "demo-web-chat-secret",
 }
+# Who enters what staff enter: the agent on the phone, the agent calling back.
+PHONE_AGENT, CALLBACK_AGENT = "cs-li", "cs-zhao"
 
 
 def _customer(item: dict[str, Any]) -> dict[str, Any]:
@@ -53,9 +57,11 @@ async def deliver(
     item: dict[str, Any],
     received_at: datetime,
     earlier_number: str | None,
+    staff: Callable[[str], dict[str, str]],
 ) -> str | None:
     """Send one item through its channel; returns its feedback number when the channel
-    answers with one (batch channels are sent together by `deliver_batches`)."""
+    answers with one (batch channels are sent together by `deliver_batches`). `staff`
+    gives the signed-in headers of an agent, by agent id."""
     channel, ref = item["channel"], item.get("channel_reference", "")
     if channel == "web_form":
         response = await client.post(
@@ -64,17 +70,13 @@ async def deliver(
     elif channel == "phone":
         response = await client.post(
             "/v1/channels/phone",
-            json={
-                "channel": "phone",
-                **_form(item, received_at),
-                "call_id": ref,
-                "agent_id": "cs-li",
-            },
+            json={"channel": "phone", **_form(item, received_at), "call_id": ref},
+            headers=staff(PHONE_AGENT),
         )
     elif channel == "web_chat":
-        response = await client.post(
-            "/v1/channels/web-chat/sessions",
-            json={
+        raw, headers = _signed(
+            SECRETS["web_chat"],
+            {
                 "session_id": ref,
                 "agent_id": "cs-wang",
                 "customer": _customer(item),
@@ -94,6 +96,7 @@ async def deliver(
                 ],
             },
         )
+        response = await client.post("/v1/channels/web-chat/sessions", content=raw, headers=headers)
     elif channel == "callback":
         response = await client.post(
             "/v1/channels/callback",

@@ -32,12 +32,12 @@ def _logging(verbose: bool) -> None:
 def _serve(services: tuple[str, ...], host: str, port: int, state_dir: Path | None) -> None:
     import uvicorn
 
-    from deploy.local import local_infrastructure, local_pii_key
+    from deploy.local import local_infrastructure, local_keys
     from services.common.http_server import server_options
     from services.common.settings import Settings
     from services.runtime import create_app
 
-    os.environ["FEEDBACK_PII_KEY"] = local_pii_key(state_dir)
+    os.environ.update(local_keys(state_dir))
     with local_infrastructure(state_dir) as infrastructure:
         os.environ.update(infrastructure.environment())
         settings = Settings()
@@ -84,7 +84,12 @@ def run(
     if service not in ALL_SERVICES:
         typer.echo(f"unknown service {service!r}; choose from {', '.join(ALL_SERVICES)}", err=True)
         raise typer.Exit(2)
-    for variable in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "FEEDBACK_PII_KEY"):
+    for variable in (
+        "DATABASE_URL",
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "FEEDBACK_PII_KEY",
+        "FEEDBACK_AUTH_TOKEN_KEY",
+    ):
         if not os.environ.get(variable):
             typer.echo(
                 f"{variable} must be set to run a service alone (`feedback up` starts everything locally)",
@@ -277,6 +282,103 @@ def schemas(
 
     for path in write_schemas(out):
         typer.echo(str(path))
+
+
+users_app = typer.Typer(help="Staff users who sign in (no user exists until you add one).")
+app.add_typer(users_app, name="users")
+
+
+@users_app.command("add")
+def users_add(
+    name: str,
+    role: Annotated[str, typer.Option(help="agent | supervisor | head | quality | admin")],
+    department: Annotated[
+        list[str] | None, typer.Option(help="a department the user works in (repeatable)")
+    ] = None,
+    agent_id: Annotated[str | None, typer.Option(help="the user's agent id in routing")] = None,
+    password_stdin: Annotated[
+        bool, typer.Option(help="read the password from the first line of standard input")
+    ] = False,
+    state_dir: Annotated[Path, typer.Option(help="the local default's data folder")] = Path(
+        ".feedback"
+    ),
+) -> None:
+    """Add a staff user, in DATABASE_URL or else the local default's database (the one
+    `feedback up` uses). Without --password-stdin the user can sign in only through the
+    configured OIDC provider."""
+    from pydantic import ValidationError
+
+    from services.access.users import UserIn
+
+    password = sys.stdin.readline().rstrip("\r\n") if password_stdin else None
+    try:
+        user = UserIn(
+            username=name,
+            password=password,
+            role=role,
+            departments=tuple(department or ()),
+            agent_id=agent_id,
+        )
+    except ValidationError as error:
+        for problem in error.errors(include_url=False):
+            where = ".".join(str(p) for p in problem["loc"])
+            typer.echo(f"{where}: {problem['msg']}", err=True)
+        raise typer.Exit(2) from error
+    view = _with_user_database(state_dir, _add_user, user)
+    typer.echo(f"added {view.username} ({view.role.value}) {', '.join(view.departments)}")
+
+
+@users_app.command("list")
+def users_list(
+    state_dir: Annotated[Path, typer.Option(help="the local default's data folder")] = Path(
+        ".feedback"
+    ),
+) -> None:
+    """List staff users (DATABASE_URL, or else the local default's database)."""
+    for view in _with_user_database(state_dir, _list_users):
+        state = "active" if view.active else "inactive"
+        typer.echo(f"{view.username}\t{view.role.value}\t{','.join(view.departments)}\t{state}")
+
+
+def _with_user_database(state_dir: Path, action: Any, *args: Any) -> Any:
+    import asyncio
+
+    import psycopg
+
+    from deploy.postgres_server import start_postgres
+    from services.access.users import SCHEMA, UserExists
+
+    server = start_postgres(
+        None if os.environ.get("DATABASE_URL") else state_dir / "pgdata", keep_data=True
+    )
+    try:
+        with psycopg.connect(server.url, autocommit=True) as conn:
+            for statement in SCHEMA:
+                conn.execute(statement)
+        return asyncio.run(action(server.url, *args))
+    except UserExists as error:
+        typer.echo(f"user {error} exists", err=True)
+        raise typer.Exit(1) from error
+    finally:
+        server.stop()
+
+
+async def _add_user(url: str, user: Any) -> Any:
+    import psycopg
+
+    from services.access.users import add_user
+
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        return await add_user(conn, user)
+
+
+async def _list_users(url: str) -> Any:
+    import psycopg
+
+    from services.access.users import list_users
+
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        return await list_users(conn)
 
 
 if __name__ == "__main__":

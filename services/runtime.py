@@ -22,6 +22,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from services.access import audit as access_audit
+from services.access import users as staff_users
+from services.access.http import access_router
+from services.access.tokens import Tokens
 from services.cases.relay import SCHEMA as RELAY_SCHEMA
 from services.cases.relay import OutboxRelay
 from services.cases.store import CaseStore
@@ -35,6 +39,7 @@ from services.common.settings import Settings
 from services.intake import deadletters as intake_deadletters
 from services.intake import numbering, pii_vault, registration
 from services.intake.channels.chat_social import chat_social_router
+from services.intake.channels.common import with_body_components
 from services.intake.channels.email import EmailIntake, start_smtp
 from services.intake.channels.records import records_router
 from services.intake.channels.web import web_router
@@ -80,7 +85,8 @@ class Platform:
             raise ValueError(f"unknown services {sorted(unknown)}; choose from {ALL_SERVICES}")
 
     def schema(self) -> list[str]:
-        statements: list[str] = []
+        # Every process signs staff in and records access to personal data.
+        statements: list[str] = [*staff_users.SCHEMA, *access_audit.SCHEMA]
         if "intake" in self.services:
             statements += (
                 numbering.SCHEMA
@@ -254,6 +260,8 @@ def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> Fa
         lifespan=lifespan,
     )
     app.state.platform = platform
+    with_body_components(app)
+    app.state.tokens = Tokens(settings)
 
     # One plain-ASGI guard in front of everything: body size, and the rate limit on intake.
     limiter = RateLimiter(settings.rate_limit_per_minute) if platform.registrar else None
@@ -280,6 +288,8 @@ def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> Fa
         )
 
     app.include_router(metrics_router())
+    assert platform.pool is not None
+    app.include_router(access_router(platform.pool, app.state.tokens))
 
     if platform.registrar is not None:
         assert platform.evidence is not None and platform.deadletters is not None
@@ -296,6 +306,7 @@ def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> Fa
                 settings.wechat_token,
                 settings.weibo_secret,
                 settings.douyin_secret,
+                settings.web_chat_secret,
             )
         )
         app.include_router(records_router(platform.registrar, settings.zone))
@@ -305,7 +316,14 @@ def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> Fa
             )
         )
     if platform.routing is not None:
-        app.include_router(routing_router(platform.routing))
+        assert platform.pool is not None
+        app.include_router(
+            routing_router(
+                platform.routing,
+                pii_vault.PiiVault(platform.pool, settings.pii_key_bytes),
+                settings.pii_reveal_roles,
+            )
+        )
     if "projections" in platform.services:
         assert platform.pool is not None
         app.include_router(projections_router(platform.pool))

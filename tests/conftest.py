@@ -19,6 +19,8 @@ import pytest
 
 from deploy.kafka_broker import LocalKafka, start_kafka
 from deploy.postgres_server import LocalPostgres, create_database, start_postgres
+from services.access.roles import Actor, Role
+from services.access.tokens import Tokens
 from services.common import http_server
 from services.common.settings import Settings
 from services.runtime import ALL_SERVICES, Platform, create_app
@@ -47,6 +49,7 @@ def settings(postgres: LocalPostgres, kafka: LocalKafka) -> Settings:
         topic_prefix=f"{name}.",
         topic_partitions=4,
         pii_key=base64.b64encode(secrets.token_bytes(32)).decode(),
+        auth_token_key=base64.b64encode(secrets.token_bytes(32)).decode(),
         publish_timeout_s=5.0,
     )
 
@@ -57,10 +60,35 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def signed_in(
+    settings: Settings,
+    role: str,
+    departments: tuple[str, ...] = (),
+    agent_id: str | None = None,
+    username: str | None = None,
+) -> dict[str, str]:
+    """Headers of a staff member with this role (a token signed with the platform's key)."""
+    actor = Actor(username or agent_id or f"test-{role}", Role(role), departments, agent_id)
+    return {"Authorization": f"Bearer {Tokens(settings).issue(actor)}"}
+
+
 class RunningPlatform:
+    """The services, and a client signed in as an admin (public endpoints ignore it);
+    `as_staff` gives the headers of other staff."""
+
     def __init__(self, platform: Platform, client: httpx.AsyncClient) -> None:
         self.platform = platform
         self.client = client
+        self.base_url = str(client.base_url)
+
+    def as_staff(
+        self,
+        role: str,
+        departments: tuple[str, ...] = (),
+        agent_id: str | None = None,
+        username: str | None = None,
+    ) -> dict[str, str]:
+        return signed_in(self.platform.settings, role, departments, agent_id, username)
 
 
 @asynccontextmanager
@@ -73,7 +101,11 @@ async def serve(
     server = http_server.server(app, settings, "127.0.0.1", port)
     task = asyncio.create_task(server.serve())
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}",
+            timeout=30,
+            headers=signed_in(settings, "admin", username="test-admin"),
+        ) as client:
             await wait_for(lambda: _healthy(client), timeout=60, what="services ready")
             yield RunningPlatform(app.state.platform, client)
     finally:

@@ -9,7 +9,7 @@ from functools import cached_property
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     wechat_token: SecretStr | None = None
     weibo_secret: SecretStr | None = None
     douyin_secret: SecretStr | None = None
+    web_chat_secret: SecretStr | None = None
     # SMTP intake (aiosmtpd); port 0 disables it.
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 0
@@ -80,16 +81,39 @@ class Settings(BaseSettings):
     http_port: int = 8000
     state_dir: Path = Path(".feedback")
 
-    @field_validator("pii_key")
+    # Staff sign-in: the key signing bearer tokens (base64, 32 bytes; required, never
+    # defaulted; the local default generates one like the PII key) and their lifetime.
+    auth_token_key: SecretStr
+    auth_token_ttl_s: int = Field(default=8 * 3600, ge=60, le=7 * 24 * 3600)
+    # Or an OIDC provider instead of local passwords: tokens it signs are accepted when
+    # their issuer and audience match; keys from its JWKS URL or a PEM public key.
+    # Roles that may reveal a customer's contact details (with a reason, audited); quality
+    # and BI never, whatever is configured here.
+    pii_reveal_roles: tuple[str, ...] = ("supervisor", "head")
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_jwks_url: str | None = None
+    oidc_public_key: str | None = None
+    oidc_role_claim: str = "feedback_role"
+    oidc_departments_claim: str = "feedback_departments"
+    oidc_agent_claim: str = "feedback_agent_id"
+    oidc_username_claim: str = "preferred_username"
+
+    @field_validator("pii_key", "auth_token_key")
     @classmethod
-    def _key_is_32_bytes(cls, value: SecretStr) -> SecretStr:
+    def _key_is_32_bytes(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        name = f"FEEDBACK_{str(info.field_name).upper()}"
         try:
             raw = base64.b64decode(value.get_secret_value(), validate=True)
         except (binascii.Error, ValueError) as error:
-            raise ValueError("FEEDBACK_PII_KEY must be base64") from error
+            raise ValueError(f"{name} must be base64") from error
         if len(raw) != 32:
-            raise ValueError("FEEDBACK_PII_KEY must decode to 32 bytes (AES-256)")
+            raise ValueError(f"{name} must decode to 32 bytes")
         return value
+
+    @property
+    def auth_token_key_bytes(self) -> bytes:
+        return base64.b64decode(self.auth_token_key.get_secret_value())
 
     @cached_property
     def zone(self) -> ZoneInfo:

@@ -10,6 +10,10 @@ from fastapi import APIRouter, HTTPException, Path, Query, UploadFile
 from pydantic import BaseModel
 
 from contracts.events import CUSTOMER_REF_PATTERN
+from services.access import audit
+from services.access.http import require
+from services.access.roles import Actor
+from services.common.boundary import text_flaw
 from services.intake.channels.chat_social import PUSH_PARSERS
 from services.intake.channels.email import TRANSIENT_FAULTS, EmailIntake
 from services.intake.deadletters import DeadLetters
@@ -35,14 +39,18 @@ def operations_router(
 
     @router.get("/v1/deadletters", response_model=list[DeadLetterView])
     async def list_dead_letters(
-        all: bool = False, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+        _: Annotated[Actor, require("deadletter.manage")],
+        all: bool = False,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[DeadLetterView]:
         return [
             DeadLetterView(**row) for row in await deadletters.list(limit, include_replayed=all)
         ]
 
     @router.post("/v1/deadletters/{dead_letter_id}/replay")
-    async def replay(dead_letter_id: uuid.UUID) -> dict[str, str]:
+    async def replay(
+        dead_letter_id: uuid.UUID, _: Annotated[Actor, require("deadletter.manage")]
+    ) -> dict[str, str]:
         row = await deadletters.get(dead_letter_id)
         if row is None:
             raise HTTPException(404, detail="no such dead letter")
@@ -57,7 +65,9 @@ def operations_router(
         return {"status": "replayed", "result": result}
 
     @router.post("/v1/channels/email/eml", status_code=202)
-    async def import_eml(file: UploadFile) -> dict[str, str]:
+    async def import_eml(
+        file: UploadFile, _: Annotated[Actor, require("intake.staff")]
+    ) -> dict[str, str]:
         """Import one `.eml` file exactly as if it had arrived over SMTP."""
         raw = await file.read(25 * 1024 * 1024 + 1)
         if len(raw) > 25 * 1024 * 1024:
@@ -87,8 +97,14 @@ def operations_router(
     @router.delete("/v1/customers/{customer_ref}/personal-data")
     async def erase_customer(
         customer_ref: Annotated[str, Path(pattern=CUSTOMER_REF_PATTERN)],
+        reason: Annotated[str, Query(min_length=5, max_length=500, description="why (audited)")],
+        actor: Annotated[Actor, require("customer.erase")],
     ) -> dict[str, str]:
-        if not await vault.erase(customer_ref):
+        if text_flaw(reason):
+            raise HTTPException(422, detail=f"reason {text_flaw(reason)}")
+        if not await vault.erase(
+            customer_ref, lambda conn: audit.record(conn, actor, "erase", customer_ref, reason)
+        ):
             raise HTTPException(404, detail=f"no personal data held for {customer_ref}")
         return {"status": "erased", "customer_ref": customer_ref}
 

@@ -12,11 +12,12 @@ import hmac
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, EmailStr, ValidationError
 
@@ -72,7 +73,10 @@ def mask_contacts(text: str) -> str:
 
 
 class PiiVault:
-    def __init__(self, pool: AsyncConnectionPool, key: bytes, numbering: FeedbackNumbering) -> None:
+    def __init__(
+        self, pool: AsyncConnectionPool, key: bytes, numbering: FeedbackNumbering | None = None
+    ) -> None:
+        """Without `numbering` the vault only reveals and erases (no new customers)."""
         self.pool = pool
         self.cipher = AESGCM(key)
         # A separate key for lookups, derived so that hashes reveal nothing about the cipher key.
@@ -147,6 +151,7 @@ class PiiVault:
     ) -> list[str]:
         """Seal one new customer per group; where a concurrent registration claimed the same
         phone or email first, that customer is the one (ours is folded into it)."""
+        assert self.numbering is not None, "a vault that registers customers numbers them"
         new = await self.numbering.customer_references(now.year, len(groups))
         sealed = [self.seal(new[g], contacts[members[0]]) for g, members in enumerate(groups)]
         # Sorted, so that concurrent batches take the hash locks in one order (no deadlock).
@@ -197,9 +202,14 @@ class PiiVault:
             owners = await _owners(conn, set(self._lookup_hashes(contact)))
         return next(iter(owners.values()), None)
 
-    async def erase(self, customer_ref: str) -> bool:
+    async def erase(
+        self,
+        customer_ref: str,
+        audit: Callable[[AsyncConnection[Any]], Awaitable[None]] | None = None,
+    ) -> bool:
         """Crypto-shredding: the sealed contact and every lookup hash are destroyed; the
-        history keeps the pseudonym, which no longer leads to a person."""
+        history keeps the pseudonym, which no longer leads to a person. `audit` records
+        the erasure in the same transaction."""
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute(
                 "DELETE FROM pii_customer_lookup WHERE customer_ref = %s", (customer_ref,)
@@ -209,7 +219,10 @@ class PiiVault:
                 "WHERE customer_ref = %s AND erased_at IS NULL RETURNING customer_ref",
                 (customer_ref,),
             )
-            return await cursor.fetchone() is not None
+            erased = await cursor.fetchone() is not None
+            if erased and audit is not None:
+                await audit(conn)
+            return erased
 
     async def reveal(self, customer_ref: str) -> Contact | None:
         async with self.pool.connection() as conn:

@@ -11,6 +11,8 @@ from pydantic import BaseModel
 
 from contracts.codes import Channel
 from contracts.events import FEEDBACK_NUMBER_PATTERN
+from services.access.http import require
+from services.access.roles import Actor, sees_department, visible_departments
 from services.projections import registrations
 
 
@@ -68,20 +70,24 @@ def projections_router(pool: AsyncConnectionPool) -> APIRouter:
     @router.get("/v1/feedback/{number}", response_model=RegistrationView)
     async def get_feedback(
         number: Annotated[str, Path(pattern=FEEDBACK_NUMBER_PATTERN)],
+        actor: Annotated[Actor, require("registration.read")],
     ) -> RegistrationView:
         row = await registrations.find_by_number(pool, number)
         if row is None:
             raise HTTPException(404, detail=f"no registered feedback {number}")
+        if not sees_department(actor, row["department"]):
+            raise HTTPException(403, detail=f"{number} belongs to another department")
         return RegistrationView.of(row)
 
     @router.get("/v1/registrations", response_model=RegistrationPage)
     async def list_registrations(
+        actor: Annotated[Actor, require("registration.read")],
         since: datetime | None = None,
         channel: Channel | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> RegistrationPage:
         rows = await registrations.list_registrations(
-            pool, since, channel.value if channel else None, limit
+            pool, since, channel.value if channel else None, limit, visible_departments(actor)
         )
         return RegistrationPage(items=[RegistrationView.of(r) for r in rows], count=len(rows))
 

@@ -295,9 +295,15 @@ async def list_registrations(
     since: datetime | None,
     channel: str | None,
     limit: int,
+    departments: tuple[str, ...] | None = None,
 ) -> list[dict[str, Any]]:
+    """Rows in registration order; with `departments`, only those departments' cases
+    (rows not routed yet are shown only to the roles that see every department)."""
     conditions: list[str] = ["TRUE"]
     params: list[Any] = []
+    if departments is not None:
+        conditions.append("department = ANY(%s)")
+        params.append(list(departments))
     if since is not None:
         conditions.append("registered_at >= %s")
         params.append(since)

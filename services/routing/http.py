@@ -1,8 +1,8 @@
 """Routing commands and queues over HTTP: agents, acceptance, disputes, reassignment,
 co-handlers, reclassification, priority override, department and triage queues.
 
-Actors are named in the request (`by`, `agent_id`); sign-in and roles come with the
-console milestone.
+The actor of every command is the signed-in user (services/access): never a body field.
+A department sees only its own cases (403 for another department's case or queue).
 """
 
 from __future__ import annotations
@@ -12,19 +12,22 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, HTTPException, Path
+from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from contracts.codes import FeedbackType, Priority
 from contracts.events import FEEDBACK_NUMBER_PATTERN
+from services.access import audit
+from services.access.http import require
+from services.access.roles import Actor, Role, sees_department
 from services.cases.domain import Case
-from services.common.boundary import Checked, is_blank
+from services.common.boundary import Checked, is_blank, text_flaw
+from services.intake.pii_vault import PiiVault
 from services.routing.assignment import Agent, AgentId
 from services.routing.service import NotFound, Refused, RoutingService
 
 Number = Annotated[str, Path(pattern=FEEDBACK_NUMBER_PATTERN)]
 Reason = Annotated[str, Field(min_length=1, max_length=2000)]
-Actor = Annotated[str, Field(min_length=1, max_length=100)]
 T = TypeVar("T")
 
 
@@ -38,18 +41,12 @@ class Command(Checked):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
-class AcceptIn(Command):
-    agent_id: AgentId
-
-
 class DisputeIn(Command):
-    agent_id: AgentId
     reason: Reason
 
 
 class AssignIn(Command):
-    agent_id: AgentId
-    by: Actor
+    agent_id: AgentId = Field(description="the agent the case is assigned to")
     reason: Reason
 
 
@@ -57,7 +54,6 @@ class CoHandlerIn(Command):
     department: Annotated[str, Field(pattern=r"^[a-z][a-z_]{1,40}$")]
     duty: Reason
     due_at: AwareDatetime
-    by: Actor
 
     promises = frozenset({"due_at"})
 
@@ -66,13 +62,11 @@ class ReclassifyIn(Command):
     category: str
     subcategory: str
     type: FeedbackType | None = None
-    by: Actor
     reason: Reason
 
 
 class PriorityIn(Command):
     priority: Priority
-    by: Actor
     reason: Reason
 
 
@@ -136,53 +130,99 @@ async def _run(call: Callable[[], T]) -> T:
         raise HTTPException(409, detail=str(error)) from error
 
 
-def routing_router(routing: RoutingService) -> APIRouter:
+class ContactView(BaseModel):
+    customer_ref: str
+    name: str | None
+    phone: str | None
+    email: str | None
+    address: str | None
+    account: str | None
+
+
+def routing_router(
+    routing: RoutingService, vault: PiiVault, reveal_roles: tuple[str, ...]
+) -> APIRouter:
     router = APIRouter(tags=["routing"])
 
+    async def case_of(number: str, actor: Actor) -> None:
+        """The case exists and is in a department the actor works in."""
+        row = await _run(lambda: routing.worklist.find(number))
+        if row is None:
+            raise HTTPException(404, detail=f"no routed feedback {number}")
+        # A case in triage belongs to no department yet: supervisors and heads route it.
+        department = None if row.state == "triage" else row.department
+        if not sees_department(actor, department):
+            raise HTTPException(403, detail=f"{number} belongs to another department")
+
+    def agent_of(actor: Actor) -> str:
+        if not actor.agent_id:
+            raise HTTPException(403, detail=f"{actor.username} has no agent id to take cases")
+        return actor.agent_id
+
     @router.post("/v1/cases/{number}/accept", response_model=CaseView)
-    async def accept(number: Number, body: AcceptIn) -> CaseView:
-        return CaseView.of(await _run(lambda: routing.accept(number, body.agent_id)))
+    async def accept(number: Number, actor: Annotated[Actor, require("case.accept")]) -> CaseView:
+        await case_of(number, actor)
+        agent = agent_of(actor)
+        return CaseView.of(await _run(lambda: routing.accept(number, agent)))
 
     @router.post("/v1/cases/{number}/dispute", response_model=CaseView)
-    async def dispute(number: Number, body: DisputeIn) -> CaseView:
-        return CaseView.of(await _run(lambda: routing.dispute(number, body.agent_id, body.reason)))
+    async def dispute(
+        number: Number, body: DisputeIn, actor: Annotated[Actor, require("case.dispute")]
+    ) -> CaseView:
+        await case_of(number, actor)
+        agent = agent_of(actor)
+        return CaseView.of(await _run(lambda: routing.dispute(number, agent, body.reason)))
 
     @router.post("/v1/cases/{number}/assign", response_model=CaseView)
-    async def assign(number: Number, body: AssignIn) -> CaseView:
+    async def assign(
+        number: Number, body: AssignIn, actor: Annotated[Actor, require("case.assign")]
+    ) -> CaseView:
+        await case_of(number, actor)
         return CaseView.of(
-            await _run(lambda: routing.assign(number, body.agent_id, body.by, body.reason))
+            await _run(lambda: routing.assign(number, body.agent_id, actor.name, body.reason))
         )
 
     @router.post("/v1/cases/{number}/co-handlers", response_model=CaseView)
-    async def add_co_handler(number: Number, body: CoHandlerIn) -> CaseView:
+    async def add_co_handler(
+        number: Number, body: CoHandlerIn, actor: Annotated[Actor, require("case.co_handle")]
+    ) -> CaseView:
+        await case_of(number, actor)
         return CaseView.of(
             await _run(
                 lambda: routing.add_co_handler(
-                    number, body.department, body.duty, body.due_at, body.by
+                    number, body.department, body.duty, body.due_at, actor.name
                 )
             )
         )
 
     @router.post("/v1/cases/{number}/reclassify", response_model=CaseView)
-    async def reclassify(number: Number, body: ReclassifyIn) -> CaseView:
+    async def reclassify(
+        number: Number, body: ReclassifyIn, actor: Annotated[Actor, require("case.reclassify")]
+    ) -> CaseView:
+        await case_of(number, actor)
         return CaseView.of(
             await _run(
                 lambda: routing.reclassify(
-                    number, body.by, body.reason, body.category, body.subcategory, body.type
+                    number, actor.name, body.reason, body.category, body.subcategory, body.type
                 )
             )
         )
 
     @router.post("/v1/cases/{number}/priority", response_model=CaseView)
-    async def override_priority(number: Number, body: PriorityIn) -> CaseView:
+    async def override_priority(
+        number: Number, body: PriorityIn, actor: Annotated[Actor, require("case.priority")]
+    ) -> CaseView:
+        await case_of(number, actor)
         return CaseView.of(
             await _run(
-                lambda: routing.override_priority(number, body.priority, body.by, body.reason)
+                lambda: routing.override_priority(number, body.priority, actor.name, body.reason)
             )
         )
 
     @router.get("/v1/cases/{number}", response_model=CaseView)
-    async def get_case(number: Number) -> CaseView:
+    async def get_case(number: Number, actor: Annotated[Actor, require("case.read")]) -> CaseView:
+        await case_of(number, actor)
+
         def load() -> Case:
             row = routing.worklist.find(number)
             if row is None:
@@ -191,14 +231,40 @@ def routing_router(routing: RoutingService) -> APIRouter:
 
         return CaseView.of(await _run(load))
 
+    @router.get("/v1/cases/{number}/contact", response_model=ContactView)
+    async def reveal_contact(
+        number: Number,
+        reason: Annotated[str, Query(min_length=5, max_length=500, description="why (audited)")],
+        actor: Annotated[Actor, require("contact.reveal")],
+    ) -> ContactView:
+        """The customer's contact details, unmasked: only for the configured roles, with a
+        reason, and recorded (GET /v1/audit/pii-access) before they are shown."""
+        if actor.role.value not in reveal_roles or actor.role is Role.quality:
+            raise HTTPException(403, detail=f"the role {actor.role.value} may not reveal contacts")
+        if text_flaw(reason):
+            raise HTTPException(422, detail=f"reason {text_flaw(reason)}")
+        await case_of(number, actor)
+        row = await _run(lambda: routing.worklist.find(number))
+        assert row is not None
+        async with vault.pool.connection() as conn:
+            await audit.record(conn, actor, "reveal", row.customer_ref, reason, number)
+        contact = await vault.reveal(row.customer_ref)
+        if contact is None:
+            raise HTTPException(404, detail=f"the personal data of {row.customer_ref} was erased")
+        return ContactView(customer_ref=row.customer_ref, **contact.model_dump())
+
     @router.get("/v1/agents", response_model=list[AgentView])
-    async def list_agents(department: str | None = None) -> list[AgentView]:
+    async def list_agents(
+        _: Annotated[Actor, require("agent.read")], department: str | None = None
+    ) -> list[AgentView]:
         rows = await _run(lambda: routing.worklist.agents(department))
         return [AgentView(agent=agent, open_work=load) for agent, load in rows]
 
     @router.put("/v1/agents/{agent_id}", response_model=AgentView)
     async def put_agent(
-        agent_id: Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_.-]{1,63}$")], body: AgentIn
+        agent_id: Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_.-]{1,63}$")],
+        body: AgentIn,
+        _: Annotated[Actor, require("agent.write")],
     ) -> AgentView:
         agent = Agent(agent_id=agent_id, **body.model_dump())
         await _run(lambda: routing.put_agent(agent))
@@ -209,14 +275,20 @@ def routing_router(routing: RoutingService) -> APIRouter:
         return AgentView(agent=agent, open_work=loads.get(agent_id, 0.0))
 
     @router.get("/v1/departments/{department}/queue", response_model=list[QueueItem])
-    async def department_queue(department: str, state: str = "queued") -> list[QueueItem]:
+    async def department_queue(
+        department: str,
+        actor: Annotated[Actor, require("queue.read")],
+        state: str = "queued",
+    ) -> list[QueueItem]:
+        if not sees_department(actor, department):
+            raise HTTPException(403, detail=f"the queue of {department} is not yours to see")
         if state not in ("queued", "owned", "disputed"):
             raise HTTPException(422, detail="state is one of queued, owned, disputed")
         rows = await _run(lambda: routing.worklist.queue(department, state))
         return [QueueItem(**{k: getattr(r, k) for k in QueueItem.model_fields}) for r in rows]
 
     @router.get("/v1/triage", response_model=list[QueueItem])
-    async def triage_queue() -> list[QueueItem]:
+    async def triage_queue(_: Annotated[Actor, require("triage.read")]) -> list[QueueItem]:
         rows = await _run(lambda: routing.worklist.queue(None, "triage"))
         return [QueueItem(**{k: getattr(r, k) for k in QueueItem.model_fields}) for r in rows]
 

@@ -27,6 +27,7 @@ from tests.conftest import free_port, registered_row, serve, wait_for, web_form
 
 pytestmark = pytest.mark.integration
 TOKEN, WEIBO, DOUYIN = "wechat-token-test", "weibo-secret-test", "douyin-secret-test"
+WEB_CHAT = "web-chat-secret-test"
 
 
 @pytest.fixture
@@ -36,6 +37,7 @@ def channel_settings(settings: Settings, tmp_path) -> Settings:
             "wechat_token": SecretStr(TOKEN),
             "weibo_secret": SecretStr(WEIBO),
             "douyin_secret": SecretStr(DOUYIN),
+            "web_chat_secret": SecretStr(WEB_CHAT),
             "smtp_port": free_port(),
             "evidence_dir": tmp_path / "evidence",
         }
@@ -182,7 +184,24 @@ async def test_web_chat_session(channel_settings: Settings) -> None:
                 },
             ],
         }
-        response = await running.client.post("/v1/channels/web-chat/sessions", json=session)
+        raw = json.dumps(session).encode()
+        unsigned = await running.client.post(
+            "/v1/channels/web-chat/sessions",
+            content=raw,
+            headers={"content-type": "application/json"},
+        )
+        assert unsigned.status_code == 422  # the signature headers are required
+        forged = await running.client.post(
+            "/v1/channels/web-chat/sessions",
+            content=raw,
+            headers=signed_push_headers("not-the-secret", raw),
+        )
+        assert forged.status_code == 403
+        response = await running.client.post(
+            "/v1/channels/web-chat/sessions",
+            content=raw,
+            headers=signed_push_headers(WEB_CHAT, raw),
+        )
         assert response.status_code == 202, response.text
         row = await registered_row(running.client, response.json()["feedback_number"])
         assert row["channel"] == "web_chat" and "我帮您查一下" not in row["description"]
@@ -293,10 +312,18 @@ async def test_phone_entry_and_callback_finding(channel_settings: Settings) -> N
         call = web_form("客户来电：冰箱买回来一周就不制冷了", product_model="冰箱 F5") | {
             "channel": "phone",
             "call_id": "call-0001",
-            "agent_id": "cs-li",
             "recording_ref": "rec://2024/05/20/call-0001.wav",
         }
-        response = await running.client.post("/v1/channels/phone", json=call)
+        cs_li = running.as_staff("agent", ("customer_service",), "cs-li")
+        anonymous = await running.client.post(
+            "/v1/channels/phone", json=call, headers={"Authorization": ""}
+        )
+        assert anonymous.status_code == 401
+        quality = running.as_staff("quality")
+        assert (
+            await running.client.post("/v1/channels/phone", json=call, headers=quality)
+        ).status_code == 403
+        response = await running.client.post("/v1/channels/phone", json=call, headers=cs_li)
         assert response.status_code == 202, response.text
         earlier = response.json()["feedback_number"]
         row = await registered_row(running.client, earlier)

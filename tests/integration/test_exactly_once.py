@@ -150,6 +150,7 @@ async def test_routing_killed_mid_stream_resumes_exactly_once(settings: Settings
         "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
         "FEEDBACK_TOPIC_PREFIX": settings.topic_prefix,
         "FEEDBACK_PII_KEY": settings.pii_key.get_secret_value(),
+        "FEEDBACK_AUTH_TOKEN_KEY": settings.auth_token_key.get_secret_value(),
         "FEEDBACK_CONSUMER_BATCH_SIZE": "10",
     }
     command = [sys.executable, "-m", "feedback_cli.main", "run", "routing"]

@@ -27,10 +27,12 @@ from services.common import http_server
 from services.common.settings import Settings
 from services.intake.channels.chat_social import signed_push_headers, wechat_signature
 from services.runtime import create_app
-from tests.conftest import free_port, web_form
+from tests.conftest import free_port, signed_in, web_form
 
 pytestmark = pytest.mark.integration
 TOKEN, WEIBO, DOUYIN = "wechat-token-fuzz", "weibo-secret-fuzz", "douyin-secret-fuzz"
+WEB_CHAT = "web-chat-secret-fuzz"
+STAFF: dict[str, str] = {}  # an admin's token, set when the platform starts
 
 HOSTILE_TEXT = [
     "\x00",
@@ -76,10 +78,12 @@ def live(postgres, kafka, tmp_path_factory) -> Iterator[str]:
         kafka_bootstrap_servers=kafka.bootstrap_servers,
         topic_prefix=f"{name}.",
         pii_key=base64.b64encode(secrets.token_bytes(32)).decode(),
+        auth_token_key=base64.b64encode(secrets.token_bytes(32)).decode(),
         rate_limit_per_minute=1_000_000,
         wechat_token=SecretStr(TOKEN),
         weibo_secret=SecretStr(WEIBO),
         douyin_secret=SecretStr(DOUYIN),
+        web_chat_secret=SecretStr(WEB_CHAT),
         evidence_dir=tmp_path_factory.mktemp("evidence"),
     )
     port = free_port()
@@ -95,6 +99,7 @@ def live(postgres, kafka, tmp_path_factory) -> Iterator[str]:
         except httpx.TransportError:
             pass
         time.sleep(0.1)
+    STAFF.update(signed_in(settings, "admin"))
     yield base
     server.should_exit = True
     thread.join(timeout=30)
@@ -172,7 +177,10 @@ def test_phone(live: str, body) -> None:
     body["call_id"] = (
         f"{body['call_id']}-{uuid.uuid4()}" if isinstance(body["call_id"], str) else body["call_id"]
     )
-    check(httpx.post(f"{live}/v1/channels/phone", content=encode(body), timeout=30), "phone")
+    response = httpx.post(
+        f"{live}/v1/channels/phone", content=encode(body), headers=STAFF, timeout=30
+    )
+    check(response, "phone")
 
 
 CHAT = {
@@ -199,7 +207,13 @@ CHAT = {
 def test_web_chat(live: str, body) -> None:
     if isinstance(body["session_id"], str):
         body["session_id"] += str(uuid.uuid4())
-    response = httpx.post(f"{live}/v1/channels/web-chat/sessions", content=encode(body), timeout=30)
+    raw = encode(body)
+    response = httpx.post(
+        f"{live}/v1/channels/web-chat/sessions",
+        content=raw,
+        headers=signed_push_headers(WEB_CHAT, raw),
+        timeout=30,
+    )
     check(response, "web chat")
 
 
@@ -290,11 +304,11 @@ def test_everything_accepted_is_readable_and_a_valid_feedback_still_flows(live: 
     deadline = time.monotonic() + 60
     while waiting and time.monotonic() < deadline:
         for number in list(waiting):
-            response = httpx.get(f"{live}/v1/feedback/{number}", timeout=30)
+            response = httpx.get(f"{live}/v1/feedback/{number}", headers=STAFF, timeout=30)
             assert response.status_code in (200, 404), response.text[:300]
             if response.status_code == 200:
                 waiting.discard(number)
         time.sleep(0.2)
     assert not waiting, f"{len(waiting)} accepted feedbacks never became readable"
-    page = httpx.get(f"{live}/v1/registrations?limit=1000", timeout=30)
+    page = httpx.get(f"{live}/v1/registrations?limit=1000", headers=STAFF, timeout=30)
     assert page.status_code == 200

@@ -12,18 +12,22 @@ import json
 import socket
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import psycopg
 import pytest
 from pydantic import SecretStr
 
+from services.common import boundary
 from services.common.settings import Settings
+from services.intake import registration
 from services.intake.channels.chat_social import signed_push_headers, wechat_signature
 from tests.conftest import registered_row, serve, web_form
 
 pytestmark = pytest.mark.integration
 TOKEN, WEIBO, DOUYIN = "wechat-token-test", "weibo-secret-test", "douyin-secret-test"
+WEB_CHAT = "web-chat-secret-test"
 
 
 @pytest.fixture
@@ -33,6 +37,7 @@ def hostile_settings(settings: Settings, tmp_path) -> Settings:
             "wechat_token": SecretStr(TOKEN),
             "weibo_secret": SecretStr(WEIBO),
             "douyin_secret": SecretStr(DOUYIN),
+            "web_chat_secret": SecretStr(WEB_CHAT),
             "evidence_dir": tmp_path / "evidence",
             "header_timeout_s": 1.0,
             "body_timeout_s": 1.0,
@@ -88,23 +93,36 @@ async def test_nul_and_surrogates_are_refused_by_synchronous_channels(hostile_se
             "call_id": "call-1",
             "agent_id": "agent.li",
         }
-        assert (await client.post("/v1/channels/phone", json=phone)).status_code == 422
+        agent = running.as_staff("agent", ("customer_service",), "agent.li")
+        answer = await client.post("/v1/channels/phone", json=phone, headers=agent)
+        assert answer.status_code == 422, answer.text
         chat = {
             "session_id": "s\ud800x",
             "customer": {"phone": "13912345678"},
             "transcript": [{"speaker": "customer", "time": _now(), "text": "打印机坏了"}],
         }
-        body = json.dumps(chat)  # ensure_ascii keeps the lone surrogate as \ud800
-        assert (
-            await client.post("/v1/channels/web-chat/sessions", **raw_json(body))
-        ).status_code == 422
+        raw = json.dumps(chat).encode()  # ensure_ascii keeps the lone surrogate as \ud800
+        answer = await client.post(
+            "/v1/channels/web-chat/sessions",
+            content=raw,
+            headers=signed_push_headers(WEB_CHAT, raw),
+        )
+        assert answer.status_code == 422, answer.text
         await assert_pipeline_flows(client)
 
 
-async def test_one_bad_submission_fails_alone_in_its_batch(hostile_settings) -> None:
-    """A web-chat session id with a NUL used to fail the whole group-commit batch."""
+async def test_one_bad_submission_fails_alone_in_its_batch(hostile_settings, monkeypatch) -> None:
+    """A web-chat session id with a NUL used to fail the whole group-commit batch. The
+    boundary rule now refuses it before it joins a batch, so to prove the batch itself
+    isolates what the database refuses, the rule is switched off here."""
+    monkeypatch.setattr(boundary, "text_flaw", lambda value: None)
+    monkeypatch.setattr(registration, "text_flaw", lambda value: None)
     async with serve(hostile_settings) as running:
         client = running.client
+
+        def signed(session: str) -> dict[str, Any]:
+            raw = json.dumps(chat(session)).encode()
+            return {"content": raw, "headers": signed_push_headers(WEB_CHAT, raw)}
 
         def chat(session: str) -> dict[str, object]:
             return {
@@ -114,7 +132,7 @@ async def test_one_bad_submission_fails_alone_in_its_batch(hostile_settings) -> 
             }
 
         bad = [
-            client.post("/v1/channels/web-chat/sessions", json=chat(f"s\u0000x{i}"))
+            client.post("/v1/channels/web-chat/sessions", **signed(f"s\u0000x{i}"))
             for i in range(3)
         ]
         good = [client.post("/v1/feedback", json=web_form(f"第{i}台冰箱不制冷")) for i in range(30)]
@@ -232,7 +250,9 @@ async def test_garbage_gets_a_422_never_a_500(hostile_settings) -> None:
         number = form.json()["feedback_number"]
         await registered_row(client, number)
         answer = await client.post(
-            f"/v1/cases/{number}/dispute", **raw_json('{"agent_id":"agent.li","reason":"\\udc00"}')
+            f"/v1/cases/{number}/dispute",
+            content=b'{"reason":"\\udc00"}',
+            headers=JSON | running.as_staff("agent", (), "agent.li"),
         )
         assert answer.status_code == 422, answer.text
         big = "x" * 100_000

@@ -84,6 +84,7 @@ def live_intake(postgres, kafka) -> Iterator[str]:
         kafka_bootstrap_servers=kafka.bootstrap_servers,
         topic_prefix=f"{name}.",
         pii_key=base64.b64encode(secrets.token_bytes(32)).decode(),
+        auth_token_key=base64.b64encode(secrets.token_bytes(32)).decode(),
         rate_limit_per_minute=100_000,
     )
     port = free_port()

@@ -87,37 +87,52 @@ async def test_accept_dispute_reassign_co_handle_reclassify_override(settings: S
         owner = row["owner"]
         assert owner == "fin-ma"
 
-        wrong = await client.post(f"/v1/cases/{number}/accept", json={"agent_id": "cs-li"})
+        fin_ma = running.as_staff("agent", ("finance",), owner)
+        supervisor = running.as_staff("supervisor", ("finance",), username="supervisor-liu")
+        head = running.as_staff("head", ("finance", "operations"), username="head-zhou")
+        accept = f"/v1/cases/{number}/accept"
+        other_department = running.as_staff("agent", ("customer_service",), "cs-li")
+        assert (await client.post(accept, headers=other_department)).status_code == 403
+        wrong = await client.post(accept, headers=running.as_staff("agent", ("finance",), "cs-li"))
         assert wrong.status_code == 409 and "not the pending owner" in wrong.json()["detail"]
+        assert (await client.post(accept, headers={"Authorization": ""})).status_code == 401
         no_reason = await client.post(
-            f"/v1/cases/{number}/dispute", json={"agent_id": owner, "reason": ""}
+            f"/v1/cases/{number}/dispute", json={"reason": ""}, headers=fin_ma
         )
         assert no_reason.status_code == 422
-
-        accepted = await client.post(f"/v1/cases/{number}/accept", json={"agent_id": owner})
+        assert (
+            await client.post(accept, headers=supervisor | {"Authorization": "Bearer x"})
+        ).status_code == 401
+        # The actor is the token's: a body naming someone else is not believed.
+        accepted = await client.post(accept, json={"agent_id": "cs-li"}, headers=fin_ma)
+        assert accepted.json()["owner"] == owner
         assert accepted.status_code == 200 and accepted.json()["status"] == "accepted"
         await registered_row(client, number, status="accepted")
 
         due = (datetime.now(UTC) + timedelta(hours=24)).isoformat()
         co = await client.post(
             f"/v1/cases/{number}/co-handlers",
-            json={
-                "department": "customer_service",
-                "duty": "向客户解释收费",
-                "due_at": due,
-                "by": owner,
-            },
+            json={"department": "customer_service", "duty": "向客户解释收费", "due_at": due},
+            headers=fin_ma,
         )
         assert co.status_code == 200, co.text
         same = await client.post(
             f"/v1/cases/{number}/co-handlers",
-            json={"department": "finance", "duty": "x", "due_at": due, "by": owner},
+            json={"department": "finance", "duty": "x", "due_at": due},
+            headers=fin_ma,
         )
         assert same.status_code == 409
 
+        by_agent = await client.post(
+            f"/v1/cases/{number}/priority",
+            json={"priority": "urgent", "reason": "客户已投诉到消协"},
+            headers=fin_ma,
+        )
+        assert by_agent.status_code == 403
         override = await client.post(
             f"/v1/cases/{number}/priority",
-            json={"priority": "urgent", "by": "supervisor-liu", "reason": "客户已投诉到消协"},
+            json={"priority": "urgent", "reason": "客户已投诉到消协"},
+            headers=supervisor,
         )
         assert override.status_code == 200 and override.json()["priority"] == "urgent"
         row = await registered_row(client, number, priority="urgent")
@@ -125,28 +140,30 @@ async def test_accept_dispute_reassign_co_handle_reclassify_override(settings: S
 
         disputed = await client.post(
             f"/v1/cases/{number}/dispute",
-            json={"agent_id": owner, "reason": "这是门店收费，不归财务"},
+            json={"reason": "这是门店收费，不归财务"},
+            headers=fin_ma,
         )
         assert disputed.status_code == 200 and disputed.json()["status"] == "disputed"
         await registered_row(client, number, status="disputed", owner=None)
 
         moved = await client.post(
             f"/v1/cases/{number}/reclassify",
-            json={
-                "category": "policy",
-                "subcategory": "terms",
-                "by": "supervisor-liu",
-                "reason": "门店收费条款问题",
-            },
+            json={"category": "policy", "subcategory": "terms", "reason": "门店收费条款问题"},
+            headers=supervisor,
         )
         assert moved.status_code == 200, moved.text
         assert moved.json()["department"] == "operations"
         row = await registered_row(client, number, department="operations", status="assigned")
         assert row["owner"] == "ops-zheng" and row["category"] == "policy"
 
+        assign = f"/v1/cases/{number}/assign"
+        # Now an operations case: no longer the finance supervisor's to command.
+        elsewhere = await client.post(
+            assign, json={"agent_id": "fin-ma", "reason": "x"}, headers=supervisor
+        )
+        assert elsewhere.status_code == 403
         reassigned = await client.post(
-            f"/v1/cases/{number}/assign",
-            json={"agent_id": "fin-ma", "by": "supervisor-liu", "reason": "x"},
+            assign, json={"agent_id": "fin-ma", "reason": "x"}, headers=head
         )
         assert reassigned.status_code == 409 and "operations" in reassigned.json()["detail"]
 
@@ -186,8 +203,9 @@ async def test_unclear_feedback_goes_to_triage_then_a_person_routes_it(settings:
         assert number in [i["feedback_number"] for i in (await client.get("/v1/triage")).json()]
         routed = await client.post(
             f"/v1/cases/{number}/reclassify",
-            json={"category": "logistics", "subcategory": "delay", "type": "complaint", "by": "supervisor-liu",
+            json={"category": "logistics", "subcategory": "delay", "type": "complaint",
                   "reason": "客户电话确认是送货延迟"},
+            headers=running.as_staff("supervisor", ("logistics",), username="supervisor-liu"),
         )  # fmt: skip
         assert routed.status_code == 200, routed.text
         await registered_row(client, number, status="assigned", department="logistics")

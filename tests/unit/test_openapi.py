@@ -25,6 +25,7 @@ def test_the_web_form_endpoint_is_documented_with_its_body_and_header() -> None:
         database_url="postgresql://nobody@127.0.0.1:1/none",
         kafka_bootstrap_servers="127.0.0.1:1",
         pii_key=base64.b64encode(b"k" * 32).decode(),
+        auth_token_key=base64.b64encode(b"t" * 32).decode(),
     )
     spec = create_app(settings, ("intake",)).openapi()
     post = spec["paths"]["/v1/feedback"]["post"]

@@ -39,6 +39,8 @@ from services.intake.channels.common import (
     Tier,
     answer,
     fresh,
+    json_body_schema,
+    parse_json_body,
     same,
 )
 from services.intake.deadletters import DeadLetters
@@ -124,11 +126,26 @@ def chat_social_router(
     wechat_token: SecretStr | None,
     weibo_secret: SecretStr | None,
     douyin_secret: SecretStr | None,
+    web_chat_secret: SecretStr | None,
 ) -> APIRouter:
     router = APIRouter(tags=["intake"])
 
-    @router.post("/v1/channels/web-chat/sessions", status_code=202, response_model=FeedbackAccepted)
-    async def chat_session(body: ChatSessionIn) -> FeedbackAccepted | JSONResponse:
+    @router.post(
+        "/v1/channels/web-chat/sessions",
+        status_code=202,
+        response_model=FeedbackAccepted,
+        openapi_extra=json_body_schema(ChatSessionIn),
+    )
+    async def chat_session(
+        request: Request,
+        x_signature: Annotated[str, Header()],
+        x_timestamp: Annotated[str, Header()],
+    ) -> FeedbackAccepted | JSONResponse:
+        """A finished session pushed by the chat system, signed like the social pushes."""
+        secret = _secret(web_chat_secret, "web-chat")
+        body = parse_json_body(
+            ChatSessionIn, await _verified(request, secret, x_signature, x_timestamp)
+        )
         said = [
             line.text
             for line in body.transcript

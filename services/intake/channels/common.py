@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, TypeVar
 
-from fastapi import HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
@@ -117,9 +117,9 @@ def json_body_schema(
 ) -> dict[str, Any]:
     """OpenAPI for an endpoint that parses its JSON body itself (see `parse_json_body`)."""
     schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-    # Nested models are documented as components by the routes that declare them (the
+    # Nested models become components of the document (see `with_body_components`; the
     # OpenAPI test checks that every reference resolves).
-    schema.pop("$defs", None)
+    BODY_COMPONENTS.update(schema.pop("$defs", {}))
     extra: dict[str, Any] = {
         "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}
     }
@@ -134,6 +134,23 @@ def json_body_schema(
             for name, limit in headers.items()
         ]
     return extra
+
+
+BODY_COMPONENTS: dict[str, Any] = {}
+
+
+def with_body_components(app: FastAPI) -> None:
+    """Add the nested models of self-parsed bodies to the app's OpenAPI components."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schemas = generate().setdefault("components", {}).setdefault("schemas", {})
+            for name, definition in BODY_COMPONENTS.items():
+                schemas.setdefault(name, definition)
+        return app.openapi_schema or generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def fresh(timestamp: str | None) -> bool:

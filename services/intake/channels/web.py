@@ -13,6 +13,8 @@ from pydantic import AwareDatetime, ConfigDict, Field, ValidationError
 
 from contracts.codes import Channel, Emotion, FeedbackType
 from contracts.events import Evidence
+from services.access.http import require
+from services.access.roles import Actor
 from services.common.boundary import Checked, shown_errors
 from services.intake.channels.common import (
     CustomerIn,
@@ -72,11 +74,10 @@ class FeedbackIn(Checked):
 
 
 class PhoneCallIn(FeedbackIn):
-    """The agent's entry form during or after a call (电话, entered by an agent)."""
+    """The agent's entry form during or after a call (电话, entered by the signed-in agent)."""
 
     channel: Literal[Channel.phone]  # type: ignore[assignment]
     call_id: Annotated[str, Field(min_length=1, max_length=100)]
-    agent_id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{1,63}$")]
     recording_ref: Annotated[str, Field(max_length=500)] | None = None
 
 
@@ -166,7 +167,9 @@ def web_router(
         return await answer(registrar.register(submission, dedup_key=key))
 
     @router.post("/v1/channels/phone", status_code=202, response_model=FeedbackAccepted)
-    async def phone_call(body: PhoneCallIn) -> FeedbackAccepted | JSONResponse:
+    async def phone_call(
+        body: PhoneCallIn, actor: Annotated[Actor, require("intake.staff")]
+    ) -> FeedbackAccepted | JSONResponse:
         _tier_known(body.customer_tier, customer_tiers)
         recording = (
             (Evidence(kind="recording", reference=body.recording_ref),)
@@ -174,7 +177,7 @@ def web_router(
             else ()
         )
         submission = body.submission(
-            Channel.phone, body.agent_id, channel_reference=body.call_id, evidence=recording
+            Channel.phone, actor.name, channel_reference=body.call_id, evidence=recording
         )
         return await answer(registrar.register(submission))
 

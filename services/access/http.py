@@ -1,0 +1,118 @@
+"""Sign-in (`POST /v1/auth/token`), user administration (`/v1/users`, admins), and the
+dependency every guarded endpoint declares: `Annotated[Actor, require("action")]`.
+
+401 without a valid bearer token, 403 when the actor's role may not (see roles.py)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Path, Query, Request
+from fastapi.security import OAuth2PasswordBearer
+from psycopg_pool import AsyncConnectionPool
+from pydantic import BaseModel
+
+from contracts.events import CUSTOMER_REF_PATTERN
+from services.access import audit, users
+from services.access.roles import PERMISSIONS, Actor, allowed
+from services.access.tokens import InvalidToken, Tokens
+
+bearer = OAuth2PasswordBearer(tokenUrl="/v1/auth/token", auto_error=False)
+
+
+def require(action: str) -> Any:
+    """A FastAPI dependency giving the signed-in actor allowed to do `action`."""
+    if action not in PERMISSIONS:  # a typo fails at import, not at request time
+        raise KeyError(f"no such action {action!r} in the permission table")
+
+    async def signed_in_actor(
+        request: Request, token: Annotated[str | None, Depends(bearer)]
+    ) -> Actor:
+        if not token:
+            raise HTTPException(
+                401, "sign in first (POST /v1/auth/token)", {"WWW-Authenticate": "Bearer"}
+            )
+        tokens: Tokens = request.app.state.tokens
+        try:
+            actor = tokens.verify(token)
+        except InvalidToken as error:
+            raise HTTPException(
+                401, f"invalid token: {error}", {"WWW-Authenticate": "Bearer"}
+            ) from error
+        if not allowed(actor, action):
+            raise HTTPException(403, f"the role {actor.role.value} may not {action}")
+        return actor
+
+    return Depends(signed_in_actor)
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    token_type: str = "bearer"  # noqa: S105 (the OAuth2 token type, not a secret)
+    expires_in: int
+
+
+def access_router(pool: AsyncConnectionPool, tokens: Tokens) -> APIRouter:
+    router = APIRouter(tags=["access"])
+
+    @router.post("/v1/auth/token", response_model=TokenOut)
+    async def sign_in(
+        username: Annotated[str, Form(max_length=200)],
+        password: Annotated[str, Form(max_length=1024)],
+    ) -> TokenOut:
+        if tokens.oidc:
+            raise HTTPException(400, "sign in through the configured OIDC provider")
+        try:
+            async with pool.connection() as conn:
+                actor = await users.sign_in(conn, username, password)
+        except users.SignInLocked as error:
+            raise HTTPException(
+                429, str(error), {"Retry-After": str(error.retry_after_s)}
+            ) from error
+        except users.SignInRefused as error:
+            raise HTTPException(
+                401, "wrong username or password", {"WWW-Authenticate": "Bearer"}
+            ) from error
+        return TokenOut(access_token=tokens.issue(actor), expires_in=tokens.ttl_s)
+
+    @router.get("/v1/users", response_model=list[users.UserView])
+    async def list_users(
+        _: Annotated[Actor, require("user.manage")],
+    ) -> list[users.UserView]:
+        async with pool.connection() as conn:
+            return await users.list_users(conn)
+
+    @router.post("/v1/users", response_model=users.UserView, status_code=201)
+    async def add_user(
+        body: users.UserIn, _: Annotated[Actor, require("user.manage")]
+    ) -> users.UserView:
+        try:
+            async with pool.connection() as conn:
+                return await users.add_user(conn, body)
+        except users.UserExists as error:
+            raise HTTPException(409, f"user {body.username} exists") from error
+
+    @router.patch("/v1/users/{username}", response_model=users.UserView)
+    async def change_user(
+        username: Annotated[str, Path(pattern=users.USERNAME_PATTERN)],
+        body: users.UserPatch,
+        actor: Annotated[Actor, require("user.manage")],
+    ) -> users.UserView:
+        if username == actor.username and body.active is False:
+            raise HTTPException(409, "an admin cannot deactivate themselves")
+        async with pool.connection() as conn:
+            changed = await users.change_user(conn, username, body)
+        if changed is None:
+            raise HTTPException(404, f"no user {username}")
+        return changed
+
+    @router.get("/v1/audit/pii-access", response_model=list[audit.AccessRecord])
+    async def pii_access(
+        _: Annotated[Actor, require("audit.read")],
+        customer_ref: Annotated[str | None, Query(pattern=CUSTOMER_REF_PATTERN)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[audit.AccessRecord]:
+        async with pool.connection() as conn:
+            return await audit.recent(conn, limit, customer_ref)
+
+    return router

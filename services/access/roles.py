@@ -1,0 +1,86 @@
+"""Roles and the permission table: the one place that says who may do what.
+
+Every guarded endpoint names an action; `allowed` decides. Departments scope the rest: a
+department sees only its own cases (quality and admin see all, personal data never).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    agent = "agent"  # own cases and own department's queue
+    supervisor = "supervisor"  # their department: assign, priority, reclassify, co-handlers
+    head = "head"  # department head: their departments, escalations
+    quality = "quality"  # quality / BI: reads everything, personal data never
+    admin = "admin"  # users, agents, dead letters, erasure
+
+
+A, S, H, Q, ADMIN = Role.agent, Role.supervisor, Role.head, Role.quality, Role.admin
+
+# action -> roles allowed. The README's permission table is this table.
+PERMISSIONS: dict[str, frozenset[Role]] = {
+    "case.read": frozenset({A, S, H, Q, ADMIN}),
+    "case.accept": frozenset({A, S}),
+    "case.dispute": frozenset({A, S}),
+    "case.assign": frozenset({S, H}),
+    # The owner asks another department to co-handle; supervisors and heads may too.
+    "case.co_handle": frozenset({A, S, H}),
+    "case.reclassify": frozenset({S, H}),
+    "case.priority": frozenset({S, H}),
+    "queue.read": frozenset({A, S, H, Q, ADMIN}),
+    "triage.read": frozenset({S, H, Q, ADMIN}),
+    "registration.read": frozenset({A, S, H, Q, ADMIN}),
+    "agent.read": frozenset({S, H, Q, ADMIN}),
+    "agent.write": frozenset({ADMIN}),
+    # Feedback entered by staff: phone calls, callback findings, batch files, .eml imports.
+    "intake.staff": frozenset({A, S, H, ADMIN}),
+    "deadletter.manage": frozenset({ADMIN}),
+    "customer.erase": frozenset({ADMIN}),
+    # Revealing a customer's contact details: the roles are configured
+    # (FEEDBACK_PII_REVEAL_ROLES); quality never, whatever the configuration says.
+    "contact.reveal": frozenset({S, H, ADMIN}),
+    "audit.read": frozenset({ADMIN}),
+    "user.manage": frozenset({ADMIN}),
+}
+SEES_EVERY_DEPARTMENT = frozenset({Q, ADMIN})
+
+
+@dataclass(frozen=True)
+class Actor:
+    """The signed-in person a request acts for (from the token, never from the body)."""
+
+    username: str
+    role: Role
+    departments: tuple[str, ...] = ()
+    agent_id: str | None = None
+    extra: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def name(self) -> str:
+        """How the actor is recorded on a case: the agent id where there is one."""
+        return self.agent_id or self.username
+
+
+def allowed(actor: Actor, action: str) -> bool:
+    roles = PERMISSIONS.get(action)
+    if roles is None:
+        raise KeyError(f"no such action {action!r} in the permission table")
+    return actor.role in roles
+
+
+def sees_department(actor: Actor, department: str | None) -> bool:
+    """Whether the actor may see a case of this department (None: not routed yet, in
+    triage, which supervisors and heads work on)."""
+    if actor.role in SEES_EVERY_DEPARTMENT:
+        return True
+    if department is None:
+        return actor.role in (S, H)
+    return department in actor.departments
+
+
+def visible_departments(actor: Actor) -> tuple[str, ...] | None:
+    """The departments whose cases the actor sees; None for all of them."""
+    return None if actor.role in SEES_EVERY_DEPARTMENT else actor.departments

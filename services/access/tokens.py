@@ -1,0 +1,109 @@
+"""Bearer tokens: signed (HS256) by this platform after a local sign-in, or issued by an
+OIDC provider configured instead of local passwords (RS256/ES256, verified against the
+provider's published keys or a configured public key).
+
+Local tokens carry the actor (username, role, departments, agent id) and expire after
+`auth_token_ttl_s`. OIDC tokens must carry the role in the claim `oidc_role_claim`
+(default `feedback_role`), departments in `oidc_departments_claim` and the agent id in
+`oidc_agent_claim`; issuer and audience are checked.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jwt
+
+from services.access.roles import Actor, Role
+from services.common.settings import Settings
+
+ISSUER = "feedback-platform"
+ALGORITHM = "HS256"
+OIDC_ALGORITHMS = ["RS256", "ES256", "PS256"]
+
+
+class InvalidToken(Exception):
+    pass
+
+
+class Tokens:
+    def __init__(self, settings: Settings) -> None:
+        self.key = settings.auth_token_key_bytes
+        self.ttl_s = settings.auth_token_ttl_s
+        self.settings = settings
+        self.oidc = settings.oidc_issuer is not None
+        self._jwks = (
+            jwt.PyJWKClient(settings.oidc_jwks_url, cache_keys=True)
+            if settings.oidc_jwks_url
+            else None
+        )
+
+    def issue(self, actor: Actor) -> str:
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": ISSUER,
+            "aud": ISSUER,
+            "sub": actor.username,
+            "role": actor.role.value,
+            "departments": list(actor.departments),
+            "iat": now,
+            "exp": now + self.ttl_s,
+        }
+        if actor.agent_id:
+            claims["agent_id"] = actor.agent_id
+        return jwt.encode(claims, self.key, algorithm=ALGORITHM)
+
+    def verify(self, token: str) -> Actor:
+        try:
+            if self.oidc:
+                return self._oidc_actor(token)
+            claims = jwt.decode(
+                token,
+                self.key,
+                algorithms=[ALGORITHM],
+                audience=ISSUER,
+                issuer=ISSUER,
+                options={"require": ["exp", "sub", "iss", "aud"]},
+            )
+            return _actor(claims, "role", "departments", "agent_id", "sub")
+        except (jwt.PyJWTError, ValueError, KeyError, TypeError) as error:
+            raise InvalidToken(str(error)[:200]) from error
+
+    def _oidc_actor(self, token: str) -> Actor:
+        s = self.settings
+        if self._jwks is not None:
+            key: Any = self._jwks.get_signing_key_from_jwt(token).key
+        elif s.oidc_public_key:
+            key = s.oidc_public_key
+        else:
+            raise InvalidToken("OIDC is configured without keys (oidc_jwks_url or oidc_public_key)")
+        claims = jwt.decode(
+            token,
+            key,
+            algorithms=OIDC_ALGORITHMS,
+            audience=s.oidc_audience,
+            issuer=s.oidc_issuer,
+            options={"require": ["exp", "iss", "aud"]},
+        )
+        return _actor(
+            claims,
+            s.oidc_role_claim,
+            s.oidc_departments_claim,
+            s.oidc_agent_claim,
+            s.oidc_username_claim,
+        )
+
+
+def _actor(
+    claims: dict[str, Any], role: str, departments: str, agent_id: str, username: str
+) -> Actor:
+    named = claims.get(departments) or []
+    if isinstance(named, str):
+        named = [named]
+    return Actor(
+        username=str(claims.get(username) or claims["sub"]),
+        role=Role(claims[role]),
+        departments=tuple(str(d) for d in named),
+        agent_id=str(claims[agent_id]) if claims.get(agent_id) else None,
+    )
