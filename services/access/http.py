@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Path, Query, Request, Security
 from fastapi.security import OAuth2PasswordBearer
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
@@ -17,7 +17,13 @@ from services.access import audit, users
 from services.access.roles import PERMISSIONS, Actor, allowed
 from services.access.tokens import InvalidToken, Tokens
 
-bearer = OAuth2PasswordBearer(tokenUrl="/v1/auth/token", auto_error=False)
+# Each guarded operation lists its action as the OAuth2 scope it needs, so the OpenAPI
+# document says who may call what (roles.py maps actions to roles).
+bearer = OAuth2PasswordBearer(
+    tokenUrl="/v1/auth/token",
+    auto_error=False,
+    scopes={action: ", ".join(sorted(roles)) for action, roles in PERMISSIONS.items()},
+)
 
 
 def require(action: str) -> Any:
@@ -43,7 +49,7 @@ def require(action: str) -> Any:
             raise HTTPException(403, f"the role {actor.role.value} may not {action}")
         return actor
 
-    return Depends(signed_in_actor)
+    return Security(signed_in_actor, scopes=[action])
 
 
 class TokenOut(BaseModel):

@@ -10,6 +10,9 @@ Local tokens carry the actor (username, role, departments, agent id) and expire 
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import time
 from typing import Any
 
@@ -25,6 +28,20 @@ OIDC_ALGORITHMS = ["RS256", "ES256", "PS256"]
 
 class InvalidToken(Exception):
     pass
+
+
+def customer_token(key: bytes, feedback_number: str) -> str:
+    """The token a customer gets with their feedback number: it authorises their own
+    supplements, confirmation and rating of that feedback (`X-Customer-Token`), and
+    nothing else. Derived, not stored: a keyed digest of the number."""
+    digest = hmac.new(key, b"customer-token:" + feedback_number.encode(), hashlib.sha256)
+    return base64.urlsafe_b64encode(digest.digest()[:24]).decode()
+
+
+def customer_token_valid(key: bytes, feedback_number: str, token: str | None) -> bool:
+    return token is not None and hmac.compare_digest(
+        customer_token(key, feedback_number).encode(), token.encode()
+    )
 
 
 class Tokens:

@@ -57,21 +57,6 @@ def normalise_phone(phone: str) -> str:
     return digits[-11:] if digits.startswith("86") and len(digits) == 13 else digits
 
 
-PHONE_IN_TEXT = re.compile(r"(?<!\d)(1[3-9]\d)(\d{4})(\d{4})(?!\d)")
-EMAIL_IN_TEXT = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*(@[A-Za-z0-9.-]+\.[A-Za-z]{2,})")
-
-
-ID_OR_CARD_IN_TEXT = re.compile(r"(?<!\d)(\d{4})\d{8,11}(\d{3}[\dXx])(?!\d)")
-
-
-def mask_contacts(text: str) -> str:
-    """Mask mobile numbers, emails, ID and bank card numbers customers write into free
-    text (138****5678)."""
-    text = ID_OR_CARD_IN_TEXT.sub(lambda m: f"{m.group(1)}********{m.group(2)}", text)
-    text = PHONE_IN_TEXT.sub(lambda m: f"{m.group(1)}****{m.group(3)}", text)
-    return EMAIL_IN_TEXT.sub(lambda m: f"{m.group(1)}***{m.group(2)}", text)
-
-
 class PiiVault:
     def __init__(
         self, pool: AsyncConnectionPool, key: bytes, numbering: FeedbackNumbering | None = None
@@ -92,6 +77,12 @@ class PiiVault:
         if contact.account:
             keys.append(f"account:{contact.account}")
         return [hmac.new(self.lookup_key, k.encode(), hashlib.sha256).digest() for k in keys]
+
+    def caller_of(self, contact: Contact) -> str:
+        """A keyed digest naming whoever sent a submission (its first contact), so that one
+        caller's idempotency key can never answer for another's feedback."""
+        hashes = self._lookup_hashes(contact)
+        return hashes[0].hex()[:32] if hashes else "anonymous"
 
     def seal(self, customer_ref: str, contact: Contact) -> bytes:
         nonce = os.urandom(12)

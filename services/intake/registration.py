@@ -23,12 +23,14 @@ from pydantic import BaseModel, ValidationError
 
 from contracts.codes import Channel, Emotion, FeedbackType
 from contracts.events import CustomerCorrespondence, Evidence, FeedbackReceived
+from services.access.tokens import customer_token
 from services.common.boundary import clean_text, flaws, text_flaw, time_flaw
 from services.common.bus import Keyed, publish, publish_all, publish_many, record_of
 from services.common.database import INTAKE_OUTBOX_LOCK
 from services.common.settings import Settings
+from services.intake.masking import Personal, mask_contacts
 from services.intake.numbering import FeedbackNumbering
-from services.intake.pii_vault import Contact, PiiVault, mask_contacts
+from services.intake.pii_vault import Contact, PiiVault
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +171,8 @@ class Accepted(BaseModel):
     feedback_id: UUID
     feedback_number: str
     duplicate: bool = False
+    # Given to the customer: authorises their supplements, confirmation and rating.
+    customer_token: str | None = None
 
 
 class IntakeUnavailable(Exception):
@@ -240,8 +244,17 @@ class Registrar:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._in_flight: set[asyncio.Task[None]] = set()
 
-    async def register(self, submission: Submission, dedup_key: str | None = None) -> Accepted:
-        """Accepted once Kafka acknowledged `FeedbackReceived`; IntakeUnavailable if not."""
+    async def register(
+        self, submission: Submission, idempotency_key: str | None = None
+    ) -> Accepted:
+        """Accepted once Kafka acknowledged `FeedbackReceived`; IntakeUnavailable if not.
+
+        A client's `idempotency_key` is scoped to the channel and the caller (the contact
+        it gives), so two clients using the same key get two feedbacks."""
+        dedup_key = None
+        if idempotency_key is not None:
+            caller = self.vault.caller_of(submission.contact)
+            dedup_key = f"idempotency:{submission.channel.value}:{caller}:{idempotency_key}"
         return await self._submit(submission, dedup_key, durable=False)
 
     async def register_durably(
@@ -269,7 +282,9 @@ class Registrar:
             asyncio.get_running_loop().create_future(),
         )
         self._queue.put_nowait(pending)
-        return await asyncio.shield(pending.outcome)
+        accepted = await asyncio.shield(pending.outcome)
+        token = customer_token(self.settings.auth_token_key_bytes, accepted.feedback_number)
+        return accepted.model_copy(update={"customer_token": token})
 
     async def run(self) -> None:
         """Take what is waiting, register it as one batch; up to BATCHES_IN_FLIGHT at once."""
@@ -696,6 +711,7 @@ class Registrar:
         customer_ref: str,
         now: datetime,
     ) -> FeedbackReceived:
+        own = Personal(name=submission.contact.name, address=submission.contact.address)
         return FeedbackReceived(
             feedback_id=feedback_id,
             feedback_number=number,
@@ -708,10 +724,10 @@ class Registrar:
             product_model=submission.product_model,
             service_type=submission.service_type,
             purchase_date=submission.purchase_date,
-            description=mask_contacts(submission.description),
-            customer_attempts=_masked(submission.customer_attempts),
+            description=mask_contacts(submission.description, own),
+            customer_attempts=_masked(submission.customer_attempts, own),
             occurred_at=submission.occurred_at,
-            expectation=_masked(submission.expectation),
+            expectation=_masked(submission.expectation, own),
             emotion=submission.emotion,
             stated_type=submission.stated_type,
             evidence=submission.evidence,
@@ -757,5 +773,5 @@ def _dedup_key(pending: _Pending) -> str:
     return pending.dedup_key or ""
 
 
-def _masked(text: str | None) -> str | None:
-    return mask_contacts(text) if text else text
+def _masked(text: str | None, own: Personal) -> str | None:
+    return mask_contacts(text, own) if text else text

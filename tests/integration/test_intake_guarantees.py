@@ -26,6 +26,7 @@ from contracts.events import FeedbackReceived
 from deploy.kafka_broker import start_kafka
 from services.common.settings import Settings
 from services.intake.channels.chat_social import wechat_signature
+from services.intake.pii_vault import Contact
 from tests.conftest import free_port, registered_row, serve, wait_for, web_form
 
 pytestmark = pytest.mark.integration
@@ -258,13 +259,17 @@ async def test_customer_erasure_shreds_the_personal_data(settings: Settings) -> 
         with psycopg.connect(settings.database_url) as conn:
             (customer_ref,) = conn.execute("SELECT customer_ref FROM pii_customers").fetchone()
         assert await vault.reveal(customer_ref) is not None
-        erased = await running.client.delete(f"/v1/customers/{customer_ref}/personal-data")
+        erased = await running.client.delete(
+            f"/v1/customers/{customer_ref}/personal-data", params={"reason": "客户依法要求删除"}
+        )
         assert erased.status_code == 200
         assert await vault.reveal(customer_ref) is None
         with psycopg.connect(settings.database_url) as conn:
             assert conn.execute("SELECT sealed FROM pii_customers").fetchone() == (None,)
             assert conn.execute("SELECT count(*) FROM pii_customer_lookup").fetchone() == (0,)
-        again = await running.client.delete(f"/v1/customers/{customer_ref}/personal-data")
+        again = await running.client.delete(
+            f"/v1/customers/{customer_ref}/personal-data", params={"reason": "客户依法要求删除"}
+        )
         assert again.status_code == 404
 
 
@@ -333,12 +338,15 @@ async def test_a_registration_abandoned_before_kafka_answered_is_finished_by_its
         receiver="web_form",
     )
     async with serve(settings) as running:
+        assert running.platform.vault is not None
+        caller = running.platform.vault.caller_of(Contact(**web_form()["customer"]))
+        key = f"idempotency:web_form:{caller}:abandoned"
         with psycopg.connect(settings.database_url) as conn:
             conn.execute(
                 "INSERT INTO intake_deduplication (dedup_key, feedback_id, feedback_number, "
                 "published, pending_event, created_at) "
-                "VALUES ('idempotency:abandoned', %s, %s, false, %s, now() - interval '1 minute')",
-                (event.feedback_id, event.feedback_number, event.model_dump_json().encode()),
+                "VALUES (%s, %s, %s, false, %s, now() - interval '1 minute')",
+                (key, event.feedback_id, event.feedback_number, event.model_dump_json().encode()),
             )
         retry = await running.client.post(
             "/v1/feedback", json=web_form(), headers={"Idempotency-Key": "abandoned"}
@@ -354,8 +362,8 @@ async def test_a_registration_abandoned_before_kafka_answered_is_finished_by_its
         assert again.json()["feedback_number"] == event.feedback_number
         with psycopg.connect(settings.database_url) as conn:
             claim = conn.execute(
-                "SELECT published, pending_event FROM intake_deduplication "
-                "WHERE dedup_key = 'idempotency:abandoned'"
+                "SELECT published, pending_event FROM intake_deduplication WHERE dedup_key = %s",
+                (key,),
             ).fetchone()
             registered = conn.execute(
                 "SELECT count(*) FROM intake_registry WHERE feedback_number = %s",

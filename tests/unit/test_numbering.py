@@ -4,8 +4,9 @@ import re
 from datetime import datetime
 
 from contracts.events import CUSTOMER_REF_PATTERN, FEEDBACK_NUMBER_PATTERN
+from services.intake.masking import mask_contacts
 from services.intake.numbering import customer_reference, feedback_number
-from services.intake.pii_vault import mask_contacts, normalise_phone
+from services.intake.pii_vault import normalise_phone
 
 
 def test_feedback_number_is_date_plus_daily_serial() -> None:

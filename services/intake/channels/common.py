@@ -53,6 +53,11 @@ class FeedbackAccepted(BaseModel):
     feedback_id: str
     status: str = "accepted"
     duplicate: bool = False
+    customer_token: str | None = Field(
+        default=None,
+        description="the customer's key to this feedback: send it as X-Customer-Token to "
+        "add information later",
+    )
 
     @classmethod
     def of(cls, accepted: Accepted) -> FeedbackAccepted:
@@ -60,6 +65,7 @@ class FeedbackAccepted(BaseModel):
             feedback_number=accepted.feedback_number,
             feedback_id=str(accepted.feedback_id),
             duplicate=accepted.duplicate,
+            customer_token=accepted.customer_token,
         )
 
 

@@ -116,10 +116,9 @@ def web_router(
                     }
                 ]
             )
-        key = f"idempotency:{idempotency_key}" if idempotency_key else None
         return accepted_response(
             await answer(
-                registrar.register(body.submission(Channel.web_form, "web_form"), dedup_key=key)
+                registrar.register(body.submission(Channel.web_form, "web_form"), idempotency_key)
             )
         )
 
@@ -162,9 +161,8 @@ def web_router(
                 kept.append(await evidence.put(data, upload.filename, upload.content_type))
             except EvidenceRefused as error:
                 raise HTTPException(422, detail=str(error)) from error
-        key = f"idempotency:{idempotency_key}" if idempotency_key else None
         submission = body.submission(Channel.web_form, "web_form", evidence=tuple(kept))
-        return await answer(registrar.register(submission, dedup_key=key))
+        return await answer(registrar.register(submission, idempotency_key))
 
     @router.post("/v1/channels/phone", status_code=202, response_model=FeedbackAccepted)
     async def phone_call(
