@@ -279,8 +279,10 @@ class DeadLetter(Contract):
     dead_letter_id: UUID | None = None
     source: Annotated[str, Field(max_length=200)]
     reason: Annotated[str, Field(max_length=10_000)]
+    # "sealed": base64 of the payload encrypted with a key derived from the PII key (what
+    # the platform publishes); metadata["payload_encoding"] says how to read it once opened.
     payload: str
-    payload_encoding: Literal["utf-8", "base64"] = "utf-8"
+    payload_encoding: Literal["utf-8", "base64", "sealed"] = "utf-8"
     metadata: dict[str, str] = {}
     source_topic: str | None = None
     source_partition: int | None = None

@@ -34,6 +34,7 @@ from services.common.boundary import shown_errors
 from services.common.bus import ensure_topics, make_broker, platform_topics
 from services.common.database import apply_schema, open_pool
 from services.common.deadletters import SCHEMA as DEADLETTERS_SCHEMA
+from services.common.deadletters import configure_sealing
 from services.common.metrics import metrics_router
 from services.common.settings import Settings
 from services.intake import deadletters as intake_deadletters
@@ -108,6 +109,7 @@ class Platform:
         """Wire everything that must exist before the HTTP app is assembled."""
         settings = self.settings
         boundary.configure(settings.max_future_skew_s)
+        configure_sealing(settings.pii_key_bytes)
         self.broker = make_broker(settings, client_id="feedback-" + "-".join(self.services))
         self.pool = open_pool(settings.database_url, max_size=20)
         if {"routing", "relay"} & set(self.services):

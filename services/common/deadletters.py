@@ -11,13 +11,17 @@ subscribers of the topic can drop repeats.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
+import os
 import uuid
 from datetime import UTC, date, datetime
-from typing import Any, Literal
+from typing import Any
 
 import eventsourcing.persistence
 import psycopg
 import psycopg.errors
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from psycopg import AsyncConnection, Connection
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel
@@ -37,8 +41,59 @@ SCHEMA = [
         replayed_at timestamptz,
         replay_result text
     )
+    """,
+    # Payloads are sealed with a key derived from the PII key (they may hold anything a
+    # sender sent); rows from before sealing say so. A dead letter settled as a registered
+    # feedback names it, so that erasing the customer erases their originals too.
     """
+    ALTER TABLE deadletters
+        ADD COLUMN IF NOT EXISTS sealed boolean NOT NULL DEFAULT false,
+        ADD COLUMN IF NOT EXISTS feedback_number text
+    """,
+    "CREATE INDEX IF NOT EXISTS deadletters_feedback ON deadletters (feedback_number)",
 ]
+
+
+class _Sealing:
+    cipher: AESGCM | None = None
+
+
+SEALING = _Sealing()
+
+
+def configure_sealing(pii_key: bytes) -> None:
+    """Set once at start (Platform.build) from the PII key."""
+    SEALING.cipher = AESGCM(hmac.new(pii_key, b"feedback-deadletters", hashlib.sha256).digest())
+
+
+def seal(letter_id: uuid.UUID, raw: bytes) -> bytes:
+    if SEALING.cipher is None:
+        raise RuntimeError("dead letters are never kept in clear: configure_sealing first")
+    nonce = os.urandom(12)
+    return nonce + SEALING.cipher.encrypt(nonce, raw, letter_id.bytes)
+
+
+def unseal(letter_id: uuid.UUID, sealed: bytes) -> bytes:
+    if SEALING.cipher is None:
+        raise RuntimeError("configure_sealing first")
+    return SEALING.cipher.decrypt(sealed[:12], sealed[12:], letter_id.bytes)
+
+
+def encoding_of(raw: bytes) -> str:
+    """How the opened payload reads: text, or bytes that are not UTF-8."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "base64"
+    return "utf-8"
+
+
+def sealed_message(letter: DeadLetter, raw: bytes) -> DeadLetter:
+    """The dead letter as the topic carries it: the payload sealed, never in clear."""
+    assert letter.dead_letter_id is not None
+    sealed = base64.b64encode(seal(letter.dead_letter_id, raw)).decode()
+    return letter.model_copy(update={"payload": sealed, "payload_encoding": "sealed"})
+
 
 # Times a consumer stores must come back out: PostgreSQL keeps a year-10000 instant, but
 # Python (and so every reader) cannot represent it. Well inside both ranges.
@@ -93,30 +148,29 @@ def of_record(
     """The dead letter of a Kafka consumer record this consumer cannot apply; `metadata`
     adds what else identifies it (e.g. the feedback id)."""
     raw: bytes = record.value or b""
-    encoding: Literal["utf-8", "base64"] = "utf-8"
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text, encoding = base64.b64encode(raw).decode(), "base64"
+    encoding = encoding_of(raw)
     metadata = {
         **{clean_text(k): clean_text(v) for k, v in (metadata or {}).items()},
         "topic": str(record.topic),
         "partition": str(record.partition),
         "offset": str(record.offset),
+        "payload_encoding": encoding,  # of the sealed payload, once opened
     }
-    letter = DeadLetter(
-        dead_letter_id=dead_letter_id(consumer, record.topic, record.partition, record.offset),
-        source=consumer,
-        reason=clean_text(reason)[:10_000],
-        payload=text,
-        payload_encoding=encoding,
-        metadata=metadata,
-        source_topic=record.topic,
-        source_partition=record.partition,
-        source_offset=record.offset,
-        failed_at=datetime.now(UTC),
+    letter = sealed_message(
+        DeadLetter(
+            dead_letter_id=dead_letter_id(consumer, record.topic, record.partition, record.offset),
+            source=consumer,
+            reason=clean_text(reason)[:10_000],
+            payload="",
+            metadata=metadata,
+            source_topic=record.topic,
+            source_partition=record.partition,
+            source_offset=record.offset,
+            failed_at=datetime.now(UTC),
+        ),
+        raw,
     )
-    # JSON escapes can make the message several times the record (a NUL takes 6 bytes).
+    # Base64 makes the message a third larger than the record.
     if len(letter.model_dump_json().encode()) > TOPIC_MESSAGE_BYTES:
         omitted = {**metadata, "payload_omitted_bytes": str(len(raw))}
         letter = letter.model_copy(update={"payload": "", "metadata": omitted})
@@ -124,13 +178,20 @@ def of_record(
 
 
 _INSERT = (
-    "INSERT INTO deadletters (dead_letter_id, source, reason, payload, metadata) "
-    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (dead_letter_id) DO NOTHING RETURNING 1"
+    "INSERT INTO deadletters (dead_letter_id, source, reason, payload, metadata, sealed) "
+    "VALUES (%s, %s, %s, %s, %s, true) ON CONFLICT (dead_letter_id) DO NOTHING RETURNING 1"
 )
 
 
 def _row(letter: DeadLetter, payload: bytes) -> tuple[Any, ...]:
-    return (letter.dead_letter_id, letter.source, letter.reason, payload, Jsonb(letter.metadata))
+    assert letter.dead_letter_id is not None
+    return (
+        letter.dead_letter_id,
+        letter.source,
+        letter.reason,
+        seal(letter.dead_letter_id, payload),
+        Jsonb(letter.metadata),
+    )
 
 
 async def keep(conn: AsyncConnection[Any], letter: DeadLetter, payload: bytes) -> bool:

@@ -6,7 +6,7 @@ the durable outbox) and into a table an operator lists and replays (`feedback de
 
 from __future__ import annotations
 
-import base64
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -15,12 +15,15 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from contracts.events import DeadLetter
+from contracts.events import FEEDBACK_NUMBER_PATTERN, DeadLetter
 from services.common.boundary import clean_text
 from services.common.deadletters import SCHEMA as SCHEMA  # shared with the consumers
+from services.common.deadletters import encoding_of, seal, sealed_message, unseal
 from services.common.metrics import count_dead_letters
 from services.common.settings import Settings
 from services.intake.registration import enqueue
+
+NUMBER_IN_TEXT = re.compile(FEEDBACK_NUMBER_PATTERN.strip("^$"))
 
 
 class DeadLetters:
@@ -41,32 +44,34 @@ class DeadLetters:
         F20261129-0001"): the original is kept for the record, not listed for replay."""
         dead_letter_id = uuid.uuid4()
         # The reason and metadata may quote the sender; jsonb and text cannot hold NUL.
-        reason = clean_text(reason)
+        reason = clean_text(reason)[:10_000]
         metadata = {clean_text(k): clean_text(v) for k, v in (metadata or {}).items()}
-        try:
-            text, encoding = payload.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            text, encoding = base64.b64encode(payload).decode(), "base64"
-        message = DeadLetter(
-            dead_letter_id=dead_letter_id,
-            source=source,
-            reason=reason[:10_000],
-            payload=text,
-            payload_encoding=encoding,
-            metadata=metadata or {},
-            failed_at=datetime.now(UTC),
+        metadata["payload_encoding"] = encoding_of(payload)
+        message = sealed_message(
+            DeadLetter(
+                dead_letter_id=dead_letter_id,
+                source=source,
+                reason=reason,
+                payload="",
+                metadata=metadata,
+                failed_at=datetime.now(UTC),
+            ),
+            payload,
         )
+        settled_as = NUMBER_IN_TEXT.search(settled) if settled else None
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO deadletters (dead_letter_id, source, reason, payload, metadata, "
-                "replayed_at, replay_result) "
-                "VALUES (%s, %s, %s, %s, %s, CASE WHEN %s::text IS NULL THEN NULL ELSE now() END, %s)",
+                "sealed, feedback_number, replayed_at, replay_result) "
+                "VALUES (%s, %s, %s, %s, %s, true, %s, "
+                "CASE WHEN %s::text IS NULL THEN NULL ELSE now() END, %s)",
                 (
                     dead_letter_id,
                     source,
-                    message.reason,
-                    payload,
-                    Jsonb(metadata or {}),
+                    reason,
+                    seal(dead_letter_id, payload),
+                    Jsonb(metadata),
+                    settled_as.group(0) if settled_as else None,
                     settled,
                     settled,
                 ),
@@ -87,11 +92,15 @@ class DeadLetters:
             return await cursor.fetchall()
 
     async def get(self, dead_letter_id: uuid.UUID) -> dict[str, Any] | None:
+        """The row, its payload opened (for replay; admins only)."""
         async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
             await cursor.execute(
                 "SELECT * FROM deadletters WHERE dead_letter_id = %s", (dead_letter_id,)
             )
-            return await cursor.fetchone()
+            row = await cursor.fetchone()
+        if row is not None and row["sealed"]:
+            row["payload"] = unseal(dead_letter_id, bytes(row["payload"]))
+        return row
 
     async def mark_replayed(self, dead_letter_id: uuid.UUID, result: str) -> None:
         async with self.pool.connection() as conn:

@@ -211,6 +211,14 @@ class PiiVault:
                 (customer_ref,),
             )
             erased = await cursor.fetchone() is not None
+            # Originals kept of this customer's feedback go with the contact.
+            await conn.execute(
+                "UPDATE deadletters SET payload = '', sealed = false, metadata = '{}', "
+                "replay_result = replay_result || ' (original erased with the customer)' "
+                "WHERE feedback_number IN "
+                "(SELECT feedback_number FROM intake_registry WHERE customer_ref = %s)",
+                (customer_ref,),
+            )
             if erased and audit is not None:
                 await audit(conn)
             return erased

@@ -4,6 +4,7 @@ topic, metric) and the partition moves on; a transient failure is still redelive
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
@@ -24,6 +25,7 @@ from contracts.events import (
     Registration,
 )
 from services.common.bus import ensure_topics, platform_topics
+from services.common.deadletters import unseal
 from services.common.settings import Settings
 from tests.conftest import committed_offsets, rewind_group, serve, wait_for
 
@@ -177,7 +179,9 @@ async def test_poison_case_events_become_dead_letters_and_the_partition_moves_on
 
     rows = dead_letter_rows(settings, PROJECTIONS)
     assert [r["metadata"]["offset"] for r in rows] == ["0", "1", "2"]
-    assert [bytes(r["payload"]) for r in rows] == bodies[:3]
+    # Kept sealed (they may hold anything a sender sent); opened with the platform's key.
+    assert not any(bodies[0][:40] in bytes(r["payload"]) for r in rows)
+    assert [unseal(r["dead_letter_id"], bytes(r["payload"])) for r in rows] == bodies[:3]
     assert "NUL" in rows[0]["reason"]
     assert "received_at" in rows[1]["reason"] and "after the year 9000" in rows[1]["reason"]
     assert "ValidationError" in rows[2]["reason"]
@@ -185,7 +189,11 @@ async def test_poison_case_events_become_dead_letters_and_the_partition_moves_on
     on_topic = await dead_letters_on_topic(settings)
     assert {d.dead_letter_id for d in on_topic} == {r["dead_letter_id"] for r in rows}
     assert {d.source_offset for d in on_topic} == {0, 1, 2}
-    assert next(d for d in on_topic if d.source_offset == 2).payload_encoding == "base64"
+    assert all(d.payload_encoding == "sealed" for d in on_topic)
+    undecodable = next(d for d in on_topic if d.source_offset == 2)
+    assert undecodable.metadata["payload_encoding"] == "base64"
+    opened = unseal(undecodable.dead_letter_id, base64.b64decode(undecodable.payload))  # type: ignore[arg-type]
+    assert opened == bodies[2]
 
     # Redelivery after a crash before the position was stored: Kafka and the stored
     # position both rewound. Nothing is recorded twice; the repeats on the topic keep
