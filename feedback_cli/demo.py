@@ -82,6 +82,7 @@ async def _run_pipeline(
         update={
             "smtp_port": _free_port(),
             "wechat_token": SecretStr(SECRETS["wechat"]),
+            "wechat_allow_plaintext": True,
             "weibo_secret": SecretStr(SECRETS["weibo"]),
             "douyin_secret": SecretStr(SECRETS["douyin"]),
             "web_chat_secret": SecretStr(SECRETS["web_chat"]),

@@ -7,6 +7,7 @@ import asyncio
 import csv
 import io
 import json
+import secrets
 import smtplib
 import time
 from collections.abc import Callable
@@ -110,7 +111,7 @@ async def deliver(
             },
         )
     elif channel == "wechat":
-        timestamp, nonce = str(int(time.time())), "demo"
+        timestamp, nonce = str(int(time.time())), secrets.token_hex(8)
         xml = (
             f"<xml><ToUserName>gh_demo</ToUserName><FromUserName>o{ref}</FromUserName>"
             f"<CreateTime>{int(received_at.timestamp())}</CreateTime><MsgType>text</MsgType>"

@@ -39,11 +39,13 @@ from services.common.metrics import metrics_router
 from services.common.settings import Settings
 from services.intake import deadletters as intake_deadletters
 from services.intake import numbering, pii_vault, registration
-from services.intake.channels.chat_social import chat_social_router
+from services.intake.channels import chat_social
+from services.intake.channels.chat_social import ReplayGuard, chat_social_router
 from services.intake.channels.common import with_body_components
 from services.intake.channels.email import EmailIntake, start_smtp
 from services.intake.channels.records import records_router
 from services.intake.channels.web import web_router
+from services.intake.channels.wechat_crypto import WeChatCrypto
 from services.intake.evidence import Blobs, EvidenceStore, FolderBlobs, S3Blobs
 from services.intake.operations import operations_router
 from services.projections import registrations
@@ -94,6 +96,7 @@ class Platform:
                 + pii_vault.SCHEMA
                 + registration.SCHEMA
                 + intake_deadletters.SCHEMA
+                + chat_social.SCHEMA
             )
         if "routing" in self.services:
             # Routing keeps the feedback it cannot route in the dead-letter table.
@@ -223,6 +226,18 @@ class Platform:
             self.store.close()
 
 
+def wechat_crypto(settings: Settings) -> WeChatCrypto | None:
+    if settings.wechat_encoding_aes_key is None or settings.wechat_token is None:
+        return None
+    if not settings.wechat_app_id:
+        raise ValueError("FEEDBACK_WECHAT_APP_ID is needed with FEEDBACK_WECHAT_ENCODING_AES_KEY")
+    return WeChatCrypto(
+        settings.wechat_token.get_secret_value(),
+        settings.wechat_encoding_aes_key.get_secret_value(),
+        settings.wechat_app_id,
+    )
+
+
 def evidence_blobs(settings: Settings) -> Blobs:
     if settings.evidence_s3_bucket:
         return S3Blobs(
@@ -309,6 +324,9 @@ def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> Fa
                 settings.weibo_secret,
                 settings.douyin_secret,
                 settings.web_chat_secret,
+                ReplayGuard(platform.pool),
+                wechat_crypto(settings),
+                settings.wechat_allow_plaintext,
             )
         )
         app.include_router(records_router(platform.registrar, settings.zone))

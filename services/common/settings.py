@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     weibo_secret: SecretStr | None = None
     douyin_secret: SecretStr | None = None
     web_chat_secret: SecretStr | None = None
+    # WeChat safe mode (安全模式): the account's EncodingAESKey and AppID. Plaintext pushes
+    # are refused unless allowed here (e.g. while switching the account over).
+    wechat_encoding_aes_key: SecretStr | None = None
+    wechat_app_id: str | None = None
+    wechat_allow_plaintext: bool = False
     # SMTP intake (aiosmtpd); port 0 disables it.
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 0

@@ -35,6 +35,7 @@ def channel_settings(settings: Settings, tmp_path) -> Settings:
     return settings.model_copy(
         update={
             "wechat_token": SecretStr(TOKEN),
+            "wechat_allow_plaintext": True,
             "weibo_secret": SecretStr(WEIBO),
             "douyin_secret": SecretStr(DOUYIN),
             "web_chat_secret": SecretStr(WEB_CHAT),

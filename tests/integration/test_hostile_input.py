@@ -35,6 +35,7 @@ def hostile_settings(settings: Settings, tmp_path) -> Settings:
     return settings.model_copy(
         update={
             "wechat_token": SecretStr(TOKEN),
+            "wechat_allow_plaintext": True,
             "weibo_secret": SecretStr(WEIBO),
             "douyin_secret": SecretStr(DOUYIN),
             "web_chat_secret": SecretStr(WEB_CHAT),
@@ -191,6 +192,7 @@ async def test_malformed_push_fields_are_kept_not_lost(hostile_settings) -> None
         answer = await client.post("/v1/channels/wechat", params=query, content=xml.encode())
         assert answer.status_code == 200, answer.text
         xml = xml.replace("&#0;", "")  # a NUL character reference is not XML either
+        query |= {"nonce": "n2", "signature": wechat_signature(TOKEN, stamp, "n2")}
         answer = await client.post("/v1/channels/wechat", params=query, content=xml.encode())
         assert answer.status_code == 200, answer.text
         # Douyin: create_time 10**20.

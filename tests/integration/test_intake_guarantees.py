@@ -34,14 +34,17 @@ TOKEN = "wechat-token-test"
 
 
 async def test_concurrent_duplicate_pushes_register_once(settings: Settings) -> None:
-    settings = settings.model_copy(update={"wechat_token": SecretStr(TOKEN)})
+    settings = settings.model_copy(
+        update={"wechat_token": SecretStr(TOKEN), "wechat_allow_plaintext": True}
+    )
     async with serve(settings, ("intake",)) as running:
-        timestamp, nonce = str(int(time.time())), "n"
-        params = {
-            "signature": wechat_signature(TOKEN, timestamp, nonce),
-            "timestamp": timestamp,
-            "nonce": nonce,
-        }
+        timestamp = str(int(time.time()))
+
+        def params(nonce: str) -> dict[str, str]:
+            # Each delivery is signed anew (an exact replay of one is refused, see below).
+            signature = wechat_signature(TOKEN, timestamp, nonce)
+            return {"signature": signature, "timestamp": timestamp, "nonce": nonce}
+
         xml = (
             "<xml><ToUserName>gh</ToUserName><FromUserName>oDup</FromUserName>"
             f"<CreateTime>{timestamp}</CreateTime><MsgType>text</MsgType>"
@@ -49,11 +52,15 @@ async def test_concurrent_duplicate_pushes_register_once(settings: Settings) -> 
         ).encode()
         answers = await asyncio.gather(
             *[
-                running.client.post("/v1/channels/wechat", params=params, content=xml)
-                for _ in range(20)
+                running.client.post("/v1/channels/wechat", params=params(f"n{i}"), content=xml)
+                for i in range(20)
             ]
         )
         assert all(a.status_code == 200 for a in answers)
+        replayed = await running.client.post(
+            "/v1/channels/wechat", params=params("n3"), content=xml
+        )
+        assert replayed.status_code == 403 and "replay" in replayed.text
         with psycopg.connect(settings.database_url) as conn:
             rows = conn.execute(
                 "SELECT feedback_number FROM intake_registry WHERE channel = 'wechat'"

@@ -21,18 +21,21 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from defusedxml import ElementTree
 from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
+from psycopg_pool import AsyncConnectionPool
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
 
 from contracts.codes import Channel
 from contracts.events import Evidence
 from services.common.boundary import Checked
 from services.intake.channels.common import (
+    FRESHNESS_S,
     CustomerIn,
     FeedbackAccepted,
     Short,
@@ -43,6 +46,7 @@ from services.intake.channels.common import (
     parse_json_body,
     same,
 )
+from services.intake.channels.wechat_crypto import WeChatCrypto, WeChatCryptoError
 from services.intake.deadletters import DeadLetters
 from services.intake.evidence import EvidenceStore
 from services.intake.pii_vault import Contact
@@ -95,6 +99,48 @@ class DouyinPush(BaseModel):
     item_id: str | None = None
 
 
+T = TypeVar("T")
+
+SCHEMA = [
+    # Signatures of pushes already taken: a replay within the freshness window is refused.
+    """
+    CREATE TABLE IF NOT EXISTS push_signatures (
+        channel text NOT NULL,
+        signature text NOT NULL,
+        seen_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (channel, signature)
+    )
+    """
+]
+
+
+class ReplayGuard:
+    """Refuses a signed push whose signature was already taken: within the freshness
+    window a signature is only ever a replay (the platforms sign every delivery anew,
+    and a retry after a failure is not recorded, so it passes)."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self.pool = pool
+
+    async def seen(self, channel: str, signature: str) -> bool:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT 1 FROM push_signatures WHERE channel = %s AND signature = %s",
+                (channel, signature[:200]),
+            )
+            return await cursor.fetchone() is not None
+
+    async def remember(self, channel: str, signature: str) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "WITH old AS (DELETE FROM push_signatures "
+                "WHERE seen_at < now() - make_interval(secs => %s)) "
+                "INSERT INTO push_signatures (channel, signature) VALUES (%s, %s) "
+                "ON CONFLICT DO NOTHING",
+                (2 * FRESHNESS_S, channel, signature[:200]),
+            )
+
+
 def wechat_signature(token: str, timestamp: str, nonce: str) -> str:
     return hashlib.sha1("".join(sorted([token, timestamp, nonce])).encode()).hexdigest()  # noqa: S324 (WeChat's protocol)
 
@@ -127,6 +173,9 @@ def chat_social_router(
     weibo_secret: SecretStr | None,
     douyin_secret: SecretStr | None,
     web_chat_secret: SecretStr | None,
+    replays: ReplayGuard,
+    wechat_crypto: WeChatCrypto | None = None,
+    wechat_allow_plaintext: bool = False,
 ) -> APIRouter:
     router = APIRouter(tags=["intake"])
 
@@ -146,6 +195,8 @@ def chat_social_router(
         body = parse_json_body(
             ChatSessionIn, await _verified(request, secret, x_signature, x_timestamp)
         )
+        if await replays.seen("web_chat", x_signature):
+            raise HTTPException(403, detail="this signed push was already taken (a replay)")
         said = [
             line.text
             for line in body.transcript
@@ -170,7 +221,10 @@ def chat_social_router(
             product_model=body.product_model,
             evidence=(kept,),
         )
-        return await answer(registrar.register(submission))
+        result = await answer(registrar.register(submission))
+        if not isinstance(result, JSONResponse):  # taken: the same signature is a replay now
+            await replays.remember("web_chat", x_signature)
+        return result
 
     @router.get("/v1/channels/wechat", response_class=PlainTextResponse)
     async def wechat_verify(
@@ -182,12 +236,41 @@ def chat_social_router(
         return echostr
 
     @router.post("/v1/channels/wechat", response_class=PlainTextResponse)
-    async def wechat_push(request: Request, signature: str, timestamp: str, nonce: str) -> str:
+    async def wechat_push(
+        request: Request,
+        signature: str,
+        timestamp: str,
+        nonce: str,
+        encrypt_type: str | None = None,
+        msg_signature: Annotated[str | None, Query(max_length=100)] = None,
+    ) -> str:
+        """Safe mode (`encrypt_type=aes`): the body's `Encrypt` is decrypted with the
+        EncodingAESKey after `msg_signature` is checked. Plaintext pushes only when
+        FEEDBACK_WECHAT_ALLOW_PLAINTEXT is set."""
         token = _secret(wechat_token, "wechat")
         if not same(wechat_signature(token, timestamp, nonce), signature) or not fresh(timestamp):
             raise HTTPException(403, detail="signature does not match or the push is stale")
+        raw = await request.body()
+        if encrypt_type == "aes":
+            if wechat_crypto is None:
+                raise HTTPException(503, detail="safe mode is not configured (no EncodingAESKey)")
+            try:
+                encrypted = _encrypted_element(raw)
+                raw = wechat_crypto.decrypt(msg_signature or "", timestamp, nonce, encrypted)
+            except WeChatCryptoError as error:
+                raise HTTPException(403, detail=f"encrypted push refused: {error}") from error
+            proof = msg_signature or ""
+        elif not wechat_allow_plaintext:
+            raise HTTPException(403, detail="plaintext pushes are refused; use safe mode")
+        else:
+            proof = signature
         # Acknowledged either way: registered, or kept as a dead letter; WeChat must not retry.
-        await _accept_push(registrar, deadletters, "wechat", await request.body())
+        await _once(
+            replays,
+            "wechat",
+            f"{timestamp}:{nonce}:{proof}",
+            lambda: _accept_push(registrar, deadletters, "wechat", raw),
+        )
         return "success"
 
     @router.post("/v1/channels/weibo/webhook", status_code=202)
@@ -197,7 +280,12 @@ def chat_social_router(
         x_timestamp: Annotated[str, Header()],
     ) -> dict[str, str]:
         raw = await _verified(request, _secret(weibo_secret, "weibo"), x_signature, x_timestamp)
-        return await _accept_push(registrar, deadletters, "weibo", raw)
+        return await _once(
+            replays,
+            "weibo",
+            x_signature,
+            lambda: _accept_push(registrar, deadletters, "weibo", raw),
+        )
 
     @router.post("/v1/channels/douyin/webhook", status_code=202)
     async def douyin_push(
@@ -206,9 +294,36 @@ def chat_social_router(
         x_timestamp: Annotated[str, Header()],
     ) -> dict[str, str]:
         raw = await _verified(request, _secret(douyin_secret, "douyin"), x_signature, x_timestamp)
-        return await _accept_push(registrar, deadletters, "douyin", raw)
+        return await _once(
+            replays,
+            "douyin",
+            x_signature,
+            lambda: _accept_push(registrar, deadletters, "douyin", raw),
+        )
 
     return router
+
+
+async def _once(
+    replays: ReplayGuard, channel: str, signature: str, handle: Callable[[], Awaitable[T]]
+) -> T:
+    """Handle a verified push unless its signature was taken before."""
+    if await replays.seen(channel, signature):
+        raise HTTPException(403, detail="this signed push was already taken (a replay)")
+    answer = await handle()
+    await replays.remember(channel, signature)
+    return answer
+
+
+def _encrypted_element(raw: bytes) -> str:
+    try:
+        root = ElementTree.fromstring(raw)
+    except Exception as error:
+        raise WeChatCryptoError(f"not WeChat XML: {str(error)[:200]}") from error
+    element = root.find("Encrypt")
+    if element is None or not (element.text or "").strip():
+        raise WeChatCryptoError("no Encrypt element")
+    return (element.text or "").strip()
 
 
 async def _verified(request: Request, secret: str, signature: str, timestamp: str) -> bytes:
