@@ -177,6 +177,7 @@ class Platform:
             self._tasks.append(
                 asyncio.create_task(self.registrar.drain_outbox_forever(), name="intake-outbox")
             )
+            self._tasks.append(asyncio.create_task(self._sweep_vault_forever(), name="vault-sweep"))
             if self.settings.smtp_port and self.email is not None:
                 self.smtp_server = await start_smtp(
                     self.email,
@@ -189,6 +190,18 @@ class Platform:
             await asyncio.wait_for(self.relay.ready.wait(), timeout=30)
         self.ready.set()
         log.info("services ready: %s", ", ".join(self.services))
+
+    async def _sweep_vault_forever(self) -> None:
+        """Personal data that only refused or failed submissions left is removed."""
+        assert self.vault is not None
+        while True:
+            await asyncio.sleep(300)
+            try:
+                swept = await self.vault.sweep_provisional()
+                if swept:
+                    log.info("removed %d customers no accepted feedback names", swept)
+            except Exception:
+                log.exception("sweeping the PII vault failed; retrying")
 
     async def _reconcile_forever(self) -> None:
         """Owners chosen outside a slice (a queue drained by another instance, or before a

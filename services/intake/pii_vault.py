@@ -38,7 +38,15 @@ SCHEMA = [
         customer_ref text NOT NULL REFERENCES pii_customers (customer_ref)
     )
     """,
+    # A customer is provisional until a registration naming them is accepted; what a
+    # refused or failed submission left is swept (see `sweep_provisional`).
+    "ALTER TABLE pii_customers ADD COLUMN IF NOT EXISTS provisional boolean NOT NULL DEFAULT false",
+    "CREATE INDEX IF NOT EXISTS pii_customers_provisional ON pii_customers (created_at) "
+    "WHERE provisional",
+    "CREATE INDEX IF NOT EXISTS pii_customer_lookup_customer ON pii_customer_lookup (customer_ref)",
 ]
+# A provisional customer older than this, that no accepted feedback names, is removed.
+PROVISIONAL_GRACE_S = 3600
 
 
 class Contact(BaseModel):
@@ -150,8 +158,8 @@ class PiiVault:
         async with self.pool.connection() as conn:
             # One statement, so one round trip and atomic: the customers, then their lookups.
             cursor = await conn.execute(
-                "WITH customers AS (INSERT INTO pii_customers (customer_ref, sealed) "
-                "SELECT * FROM unnest(%s::text[], %s::bytea[])) "
+                "WITH customers AS (INSERT INTO pii_customers (customer_ref, sealed, provisional) "
+                "SELECT *, true FROM unnest(%s::text[], %s::bytea[])) "
                 "INSERT INTO pii_customer_lookup (lookup_hash, customer_ref) "
                 "SELECT * FROM unnest(%s::bytea[], %s::text[]) "
                 "ON CONFLICT (lookup_hash) DO NOTHING RETURNING lookup_hash",
@@ -181,6 +189,24 @@ class PiiVault:
                     (new[group], folded),
                 )
                 await conn.execute("DELETE FROM pii_customers WHERE customer_ref = %s", (folded,))
+
+    async def sweep_provisional(self, grace_s: float = PROVISIONAL_GRACE_S) -> int:
+        """Remove the contact details of customers that only refused or failed submissions
+        named (a 422 or 503 must not leave personal data behind). The grace is far longer
+        than a registration takes, so an accepted one has confirmed its customer first."""
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "WITH stale AS (SELECT customer_ref FROM pii_customers c WHERE provisional "
+                "AND created_at < now() - make_interval(secs => %s) AND NOT EXISTS "
+                "(SELECT 1 FROM intake_registry r WHERE r.customer_ref = c.customer_ref) "
+                "FOR UPDATE SKIP LOCKED), "
+                "lookups AS (DELETE FROM pii_customer_lookup "
+                "WHERE customer_ref IN (SELECT customer_ref FROM stale)) "
+                "DELETE FROM pii_customers WHERE customer_ref IN (SELECT customer_ref FROM stale) "
+                "RETURNING customer_ref",
+                (grace_s,),
+            )
+            return len(await cursor.fetchall())
 
     async def customer_of_email(self, address: str) -> str | None:
         """The customer this e-mail address belongs to, found by its lookup hash (so the

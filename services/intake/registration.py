@@ -61,6 +61,7 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS intake_registry_reference ON intake_registry (channel, channel_reference)",
     # The case's customer: an email reply joins a case only from that customer's address.
     "ALTER TABLE intake_registry ADD COLUMN IF NOT EXISTS customer_ref text",
+    "CREATE INDEX IF NOT EXISTS intake_registry_customer ON intake_registry (customer_ref)",
     # Message-IDs of the mails the platform sent about a case (see email.record_sent): a
     # reply naming one of them belongs to that case, whoever sends it.
     """
@@ -428,6 +429,9 @@ class Registrar:
                     INSERT INTO intake_outbox (topic, message_key, payload)
                     SELECT topic, message_key, payload FROM owned WHERE durable
                     ORDER BY position
+                ), confirmed AS (
+                    UPDATE pii_customers SET provisional = false WHERE provisional
+                        AND customer_ref IN (SELECT customer_ref FROM owned WHERE durable)
                 )
                 SELECT feedback_id FROM owned
                 """,
@@ -502,6 +506,9 @@ class Registrar:
                 WITH marked AS (
                     UPDATE intake_deduplication SET published = true, pending_event = NULL
                     WHERE dedup_key = ANY(%s)
+                ), confirmed AS (
+                    UPDATE pii_customers SET provisional = false
+                    WHERE provisional AND customer_ref = ANY(%s)
                 )
                 INSERT INTO intake_registry
                     (feedback_number, feedback_id, channel, channel_reference, customer_ref)
@@ -510,6 +517,7 @@ class Registrar:
                 """,
                 (
                     dedup_keys,
+                    [e.customer_ref for e in events],
                     [e.feedback_number for e in events],
                     [e.feedback_id for e in events],
                     [e.channel.value for e in events],

@@ -27,8 +27,11 @@ async def test_kafka_down_gives_503_and_nothing_half_registered(
             ok = await running.client.post("/v1/feedback", json=web_form())
             assert ok.status_code == 202
             own_kafka.stop()
+            stranger = {"name": "新客户", "phone": "13700009999"}
             refused = await running.client.post(
-                "/v1/feedback", json=web_form("第二条"), headers={"Idempotency-Key": "retry-me"}
+                "/v1/feedback",
+                json=web_form("第二条", customer=stranger),
+                headers={"Idempotency-Key": "retry-me"},
             )
             assert refused.status_code == 503, refused.text
             assert "retry" in refused.json()["detail"]
@@ -41,5 +44,13 @@ async def test_kafka_down_gives_503_and_nothing_half_registered(
             assert claims == (0,)  # the retry with the same key will register afresh
             # Replies and supplements can only find feedback that Kafka has.
             assert registry == [(ok.json()["feedback_number"],)]
+            # The refused one's personal data does not stay: its new customer is swept,
+            # the accepted one's is kept.
+            assert running.platform.vault is not None
+            assert await running.platform.vault.sweep_provisional(grace_s=0) == 1
+            with psycopg.connect(settings.database_url) as conn:
+                customers = conn.execute("SELECT count(*) FROM pii_customers").fetchone()
+                lookups = conn.execute("SELECT count(*) FROM pii_customer_lookup").fetchone()
+            assert customers == (1,) and lookups == (1,)
     finally:
         own_kafka.stop()
