@@ -212,10 +212,13 @@ URL = Annotated[str, typer.Option(help="a running platform's HTTP address")]
 
 
 def _call(method: str, url: str, **kwargs: Any) -> Any:
+    """Call a running platform as the signed-in user of FEEDBACK_TOKEN (`feedback token`)."""
     import httpx
 
+    token = os.environ.get("FEEDBACK_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        response = httpx.request(method, url, timeout=120, **kwargs)
+        response = httpx.request(method, url, timeout=120, headers=headers, **kwargs)
     except httpx.TransportError as error:
         typer.echo(f"cannot reach {url}: {error}", err=True)
         raise typer.Exit(2) from error
@@ -223,6 +226,27 @@ def _call(method: str, url: str, **kwargs: Any) -> Any:
         typer.echo(f"{response.status_code}: {response.text}", err=True)
         raise typer.Exit(1)
     return response.json()
+
+
+@app.command()
+def token(
+    username: str,
+    url: URL = "http://127.0.0.1:8000",
+    password_stdin: Annotated[
+        bool, typer.Option(help="read the password from the first line of standard input")
+    ] = False,
+) -> None:
+    """Sign in and print a bearer token, for `export FEEDBACK_TOKEN=...` (the commands that
+    call a running platform send it)."""
+    import getpass
+
+    password = (
+        sys.stdin.readline().rstrip("\r\n") if password_stdin else getpass.getpass("password: ")
+    )
+    answer = _call(
+        "POST", f"{url}/v1/auth/token", data={"username": username, "password": password}
+    )
+    typer.echo(answer["access_token"])
 
 
 @deadletter_app.command("list")

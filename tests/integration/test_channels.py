@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import io
 import json
+import os
 import smtplib
 import sys
 import time
@@ -157,9 +158,26 @@ async def test_unreadable_email_becomes_a_dead_letter_that_can_be_listed(
         assert letters and letters[0]["source"] == "email" and letters[0]["reason"]
         replay = await running.client.post(f"/v1/deadletters/{letters[0]['dead_letter_id']}/replay")
         assert replay.status_code == 409  # still unreadable; kept
-        listed = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "feedback_cli.main", "deadletter", "list", "--url", str(running.client.base_url),
+        cli = [
+            sys.executable,
+            "-m",
+            "feedback_cli.main",
+            "deadletter",
+            "list",
+            "--url",
+            str(running.client.base_url),
+        ]
+        anonymous = await asyncio.create_subprocess_exec(
+            *cli,
             stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "FEEDBACK_TOKEN": ""},
+        )
+        await anonymous.communicate()
+        assert anonymous.returncode == 1  # 401: dead letters are for admins
+        token = running.client.headers["Authorization"].removeprefix("Bearer ")
+        listed = await asyncio.create_subprocess_exec(
+            *cli, stdout=asyncio.subprocess.PIPE, env={**os.environ, "FEEDBACK_TOKEN": token}
         )  # fmt: skip
         out, _ = await listed.communicate()
         assert listed.returncode == 0 and letters[0]["dead_letter_id"] in out.decode()
