@@ -6,7 +6,13 @@ import importlib
 import sys
 import time
 
-BENCHMARKS = ["classifier", "routing_throughput", "e2e_latency", "intake_throughput"]
+BENCHMARKS = [
+    "classifier",
+    "routing_throughput",
+    "e2e_latency",
+    "intake_throughput",
+    "batch_import",
+]
 
 if __name__ == "__main__":
     chosen = sys.argv[1:] or BENCHMARKS
