@@ -104,11 +104,11 @@ async def deliver(
             json={
                 "callback_id": ref,
                 "earlier_feedback_number": earlier_number,
-                "agent_id": "cs-zhao",
                 "customer": _customer(item),
                 "description": item["description"],
                 **({"product_model": item["product_model"]} if item.get("product_model") else {}),
             },
+            headers=staff(CALLBACK_AGENT),
         )
     elif channel == "wechat":
         timestamp, nonce = str(int(time.time())), secrets.token_hex(8)

@@ -276,15 +276,28 @@ def import_batch(
     channel: Annotated[str, typer.Option(help="store | letter")],
     url: URL = "http://127.0.0.1:8000",
 ) -> None:
-    """Import a registration table; prints what was taken and what was refused, by row."""
+    """Import a registration table; prints what was taken, cleaned and refused, by row."""
+    from services.common.settings import Settings
+
+    # The server's default; a server configured larger refuses on its own terms.
+    largest = int(Settings.model_fields["max_batch_file_bytes"].default)
+
     if channel not in ("store", "letter"):
         typer.echo("--channel is store or letter", err=True)
+        raise typer.Exit(2)
+    if file.stat().st_size > largest:
+        typer.echo(f"{file.name}: batch files are at most {largest} bytes", err=True)
         raise typer.Exit(2)
     summary = _call(
         "POST", f"{url}/v1/channels/batch/{channel}", files={"file": (file.name, file.read_bytes())}
     )
+    cleaned = {c["row"]: c["removed"] for c in summary.get("cleaned", [])}
+    if 1 in cleaned:
+        typer.echo(f"header: cleaned: {'; '.join(cleaned[1])}")
     for taken in summary["taken"]:
         note = " (already registered)" if taken["duplicate"] else ""
+        if taken["row"] in cleaned:
+            note += f" (cleaned: {'; '.join(cleaned[taken['row']])}; original kept)"
         typer.echo(f"row {taken['row']}: {taken['feedback_number']}{note}")
     for refused in summary["refused"]:
         typer.echo(f"row {refused['row']}: refused: {'; '.join(refused['errors'])}")

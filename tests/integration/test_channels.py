@@ -351,15 +351,16 @@ async def test_phone_entry_and_callback_finding(channel_settings: Settings) -> N
         finding = {
             "callback_id": "cb-1",
             "earlier_feedback_number": earlier,
-            "agent_id": "cs-zhao",
             "customer": {"phone": "13812345678"},
             "description": "回访时客户表示维修后冰箱仍然不制冷，问题未彻底解决",
             "product_model": "冰箱 F5",
         }
-        linked = await running.client.post("/v1/channels/callback", json=finding)
+        cs_zhao = running.as_staff("agent", ("customer_service",), "cs-zhao")
+        linked = await running.client.post("/v1/channels/callback", json=finding, headers=cs_zhao)
         assert linked.status_code == 202, linked.text
         row = await registered_row(running.client, linked.json()["feedback_number"])
         assert row["channel"] == "callback" and row["related_feedback"] == earlier
+        assert row["receiver"] == "cs-zhao"  # the signed-in agent, not a body field
         unknown = await running.client.post(
             "/v1/channels/callback", json=finding | {"earlier_feedback_number": "F20000101-0001"}
         )
@@ -434,12 +435,21 @@ async def test_pending_information_is_requested_then_supplied(channel_settings: 
             "/v1/feedback", json=web_form("吸尘器使用三天后无法启动")
         )
         number = response.json()["feedback_number"]
+        customer = {"X-Customer-Token": response.json()["customer_token"], "Authorization": ""}
         row = await registered_row(running.client, number, status="pending_info")
         assert row["missing_information"] == ["product_model"]
-        supplied = await running.client.post(
-            f"/v1/feedback/{number}/supplements",
-            json={"channel": "phone", "product_model": "吸尘器 V8"},
+        supplements = f"/v1/feedback/{number}/supplements"
+        body = {"channel": "phone", "product_model": "吸尘器 V8"}
+        stranger = await running.client.post(supplements, json=body, headers={"Authorization": ""})
+        assert stranger.status_code == 401
+        other = await running.client.post(
+            "/v1/feedback", json=web_form("另一位客户的反馈", customer={"phone": "13900002222"})
         )
+        not_theirs = {"X-Customer-Token": other.json()["customer_token"], "Authorization": ""}
+        assert (
+            await running.client.post(supplements, json=body, headers=not_theirs)
+        ).status_code == 401
+        supplied = await running.client.post(supplements, json=body, headers=customer)
         assert supplied.status_code == 202
         row = await registered_row(running.client, number, status="assigned")
         assert row["product_model"] == "吸尘器 V8" and row["missing_information"] == []
