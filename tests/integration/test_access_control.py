@@ -284,3 +284,25 @@ def test_tokens_expire_and_carry_no_secret(settings: Settings) -> None:
     )
     with pytest.raises(InvalidToken):
         tokens.verify(expired)
+
+
+async def test_two_clients_with_the_same_idempotency_key_get_two_feedbacks(
+    settings: Settings,
+) -> None:
+    async with serve(settings, ("intake",)) as running:
+        client = running.client
+        key = {"Idempotency-Key": "order-form-1"}
+        first = await client.post("/v1/feedback", json=web_form("冰箱不制冷"), headers=key)
+        again = await client.post("/v1/feedback", json=web_form("冰箱不制冷"), headers=key)
+        other = await client.post(
+            "/v1/feedback",
+            json=web_form("洗衣机漏水", customer={"name": "李娜", "phone": "139 0000 3333"}),
+            headers=key,
+        )
+        assert first.status_code == again.status_code == other.status_code == 202
+        assert again.json()["feedback_number"] == first.json()["feedback_number"]
+        assert again.json()["duplicate"] is True
+        assert other.json()["feedback_number"] != first.json()["feedback_number"]
+        assert other.json()["duplicate"] is False
+        # A customer's token opens only their own feedback.
+        assert other.json()["customer_token"] != first.json()["customer_token"]
