@@ -15,9 +15,6 @@ import httpx
 import psutil
 
 from bench.harness import RunningServices, platform_process
-from services.access.roles import Actor, Role
-from services.access.tokens import Tokens
-from services.common.settings import Settings
 from services.intake.channels.records import MAX_ROWS
 
 ROWS = MAX_ROWS
@@ -32,18 +29,6 @@ def table(rows: int) -> bytes:
             f"第{i}条：吸尘器使用三天后无法启动，充电指示灯不亮,不满,门店-王\n"
         )
     return "".join(lines).encode("gb18030")
-
-
-def _staff(env: dict[str, str]) -> dict[str, str]:
-    """Headers of a signed-in admin (reading registrations needs one)."""
-    settings = Settings(
-        database_url=env["DATABASE_URL"],
-        kafka_bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
-        pii_key=env["FEEDBACK_PII_KEY"],
-        auth_token_key=env["FEEDBACK_AUTH_TOKEN_KEY"],
-    )
-    token = Tokens(settings).issue(Actor("bench", Role.admin))
-    return {"Authorization": f"Bearer {token}"}
 
 
 def _tree(process: psutil.Process) -> list[psutil.Process]:
@@ -95,7 +80,9 @@ def run(rows: int = ROWS) -> list[str]:
     extra_env = {"FEEDBACK_RATE_LIMIT_PER_MINUTE": "100000"}
     with (
         platform_process(extra_env=extra_env) as running,
-        httpx.Client(base_url=running.base_url, timeout=600, headers=_staff(running.env)) as client,
+        httpx.Client(
+            base_url=running.base_url, timeout=600, headers=running.admin_headers()
+        ) as client,
     ):
         meters = _meters(running)
         before = {name: meter() for name, meter in meters.items()}

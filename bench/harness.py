@@ -29,6 +29,21 @@ class RunningServices:
     env: dict[str, str]
     infrastructure: LocalInfrastructure
 
+    def admin_headers(self) -> dict[str, str]:
+        """A signed-in admin's headers (reading registrations needs a token)."""
+        from services.access.roles import Actor, Role
+        from services.access.tokens import Tokens
+        from services.common.settings import Settings
+
+        settings = Settings(
+            database_url=self.env["DATABASE_URL"],
+            kafka_bootstrap_servers=self.env["KAFKA_BOOTSTRAP_SERVERS"],
+            pii_key=self.env["FEEDBACK_PII_KEY"],
+            auth_token_key=self.env["FEEDBACK_AUTH_TOKEN_KEY"],
+        )
+        token = Tokens(settings).issue(Actor("bench", Role.admin))
+        return {"Authorization": f"Bearer {token}"}
+
 
 @contextmanager
 def platform_process(
