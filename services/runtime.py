@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -25,12 +26,12 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from services.access import audit as access_audit
 from services.access import users as staff_users
 from services.access.http import access_router
-from services.access.tokens import Tokens
+from services.access.tokens import InvalidToken, Tokens
 from services.cases.relay import SCHEMA as RELAY_SCHEMA
 from services.cases.relay import OutboxRelay
 from services.cases.store import CaseStore
 from services.common import boundary
-from services.common.boundary import shown_errors
+from services.common.boundary import excerpt, shown_errors
 from services.common.bus import ensure_topics, make_broker, platform_topics
 from services.common.database import apply_schema, open_pool
 from services.common.deadletters import SCHEMA as DEADLETTERS_SCHEMA
@@ -292,16 +293,26 @@ def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> Fa
     app.state.platform = platform
     with_body_components(app)
     app.state.tokens = Tokens(settings)
+    assert platform.pool is not None
+    app.state.staff = staff_users.StaffDirectory(platform.pool)
 
     # One plain-ASGI guard in front of everything: body size, and the rate limit on intake.
-    limiter = RateLimiter(settings.rate_limit_per_minute) if platform.registrar else None
+    limiter = RateLimiter(settings.rate_limit_per_minute)
     app.add_middleware(
         GuardMiddleware,
         default_limit=settings.max_request_bytes,
         limits=body_limits(settings),
         body_timeout_s=settings.body_timeout_s,
         limiter=limiter,
+        tokens=app.state.tokens,
     )
+
+    @app.exception_handler(psycopg.DataError)
+    async def unstorable(_: Request, error: psycopg.DataError) -> JSONResponse:
+        # A parameter the database cannot take (a NUL in a query string, a number out of
+        # range): the request's fault, not the server's.
+        reason = excerpt(str(error).splitlines()[0] if str(error) else type(error).__name__)
+        return JSONResponse({"detail": f"a value the database cannot take: {reason}"}, 422)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
@@ -363,6 +374,26 @@ def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> Fa
     return app
 
 
+# Read and dropped before a refusal, so that a client still sending reads the answer
+# instead of a reset connection; a larger body is cut off (it is abuse, not a mistake).
+DRAIN_BYTES = 4 * 1024 * 1024
+
+
+async def _drain(receive: Any, timeout_s: float) -> None:
+    dropped = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            while dropped < DRAIN_BYTES:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                dropped += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
+    except TimeoutError:
+        return
+
+
 class BodyTooLarge(HTTPException):
     def __init__(self, limit: int) -> None:
         super().__init__(
@@ -377,17 +408,25 @@ class BodyTooSlow(HTTPException):
         )
 
 
-def body_limits(settings: Settings) -> list[tuple[str, int]]:
+@dataclass(frozen=True)
+class BodyLimit:
+    prefix: str
+    max_bytes: int
+    # Staff uploads: without a valid token the body is not read at all (401).
+    staff_only: bool = False
+
+
+def body_limits(settings: Settings) -> list[BodyLimit]:
     """The most bytes a request body may have, by path prefix (first match wins; else
     `max_request_bytes`). Uploads are spooled to disk by the multipart parser."""
     slack = 64 * 1024  # multipart boundaries and form fields around the file
     return [
-        (
+        BodyLimit(
             "/v1/feedback/multipart",
             settings.max_attachments * settings.max_attachment_bytes + settings.max_request_bytes,
         ),
-        ("/v1/channels/email/eml", settings.smtp_max_message_bytes + slack),
-        ("/v1/channels/batch/", settings.max_batch_file_bytes + slack),
+        BodyLimit("/v1/channels/email/eml", settings.smtp_max_message_bytes + slack, True),
+        BodyLimit("/v1/channels/batch/", settings.max_batch_file_bytes + slack, True),
     ]
 
 
@@ -405,26 +444,31 @@ class GuardMiddleware:
         self,
         app: Any,
         default_limit: int,
-        limits: list[tuple[str, int]],
+        limits: list[BodyLimit],
         body_timeout_s: float,
         limiter: RateLimiter | None,
+        tokens: Tokens | None = None,
     ) -> None:
         self.app = app
         self.default_limit = default_limit
         self.limits = limits
+        self.tokens = tokens
         self.body_timeout_s = body_timeout_s
         self.limiter = limiter
 
-    def limit_for(self, path: str) -> int:
-        return next((n for prefix, n in self.limits if path.startswith(prefix)), self.default_limit)
+    def limit_for(self, path: str) -> BodyLimit:
+        found = next((limit for limit in self.limits if path.startswith(limit.prefix)), None)
+        return found or BodyLimit(path, self.default_limit)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limit_for(scope.get("path", ""))
-        refusal = self._refusal(scope, limit)
+        endpoint = self.limit_for(scope.get("path", ""))
+        limit = endpoint.max_bytes
+        refusal = self._refusal(scope, limit) or self._unsigned(scope, endpoint)
         if refusal is not None:
+            await _drain(receive, self.body_timeout_s)
             await refusal(scope, receive, send)
             return
         received = 0
@@ -446,6 +490,8 @@ class GuardMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    if message.get("more_body", False):
+                        await _drain(receive, self.body_timeout_s)
                     raise BodyTooLarge(limit)
                 body_done = not message.get("more_body", False)
             return message
@@ -467,6 +513,23 @@ class GuardMiddleware:
                 answer.headers["Connection"] = "close"
             await answer(scope, receive, send)
 
+    def _unsigned(self, scope: Any, endpoint: BodyLimit) -> JSONResponse | None:
+        """A large staff upload from someone who is not signed in is refused unread."""
+        if not endpoint.staff_only or self.tokens is None:
+            return None
+        header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+        if header.lower().startswith("bearer "):
+            try:
+                self.tokens.verify(header[7:].strip())
+                return None
+            except InvalidToken:
+                pass
+        return JSONResponse(
+            {"detail": "sign in first (POST /v1/auth/token)"},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer", "Connection": "close"},
+        )
+
     def _refusal(self, scope: Any, limit: int) -> JSONResponse | None:
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
@@ -477,7 +540,7 @@ class GuardMiddleware:
             )
         if self.limiter is not None and scope["method"] == "POST":
             path = scope.get("path", "")
-            if path.startswith(("/v1/feedback", "/v1/channels")):
+            if path.startswith(("/v1/feedback", "/v1/channels", "/v1/auth/")):
                 client = (scope.get("client") or ("unknown", 0))[0]
                 if not self.limiter.allow(client):
                     return JSONResponse(

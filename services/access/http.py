@@ -16,6 +16,7 @@ from contracts.events import CUSTOMER_REF_PATTERN
 from services.access import audit, users
 from services.access.roles import PERMISSIONS, Actor, allowed
 from services.access.tokens import InvalidToken, Tokens
+from services.common.boundary import text_flaw
 
 # Each guarded operation lists its action as the OAuth2 scope it needs, so the OpenAPI
 # document says who may call what (roles.py maps actions to roles).
@@ -40,11 +41,17 @@ def require(action: str) -> Any:
             )
         tokens: Tokens = request.app.state.tokens
         try:
-            actor = tokens.verify(token)
+            actor = await tokens.verify_async(token)
         except InvalidToken as error:
             raise HTTPException(
                 401, f"invalid token: {error}", {"WWW-Authenticate": "Bearer"}
             ) from error
+        if not await request.app.state.staff.still_valid(actor):
+            raise HTTPException(
+                401,
+                "the token was revoked (user changed); sign in again",
+                {"WWW-Authenticate": "Bearer"},
+            )
         if not allowed(actor, action):
             raise HTTPException(403, f"the role {actor.role.value} may not {action}")
         return actor
@@ -52,7 +59,7 @@ def require(action: str) -> Any:
     return Security(signed_in_actor, scopes=[action])
 
 
-def staff_of(request: Request, action: str) -> Actor | None:
+async def staff_of(request: Request, action: str) -> Actor | None:
     """The signed-in actor allowed to do `action`, if the request carries such a token
     (for endpoints that a customer's own token opens too)."""
     header = request.headers.get("authorization", "")
@@ -60,8 +67,10 @@ def staff_of(request: Request, action: str) -> Actor | None:
         return None
     tokens: Tokens = request.app.state.tokens
     try:
-        actor = tokens.verify(header[7:].strip())
+        actor = await tokens.verify_async(header[7:].strip())
     except InvalidToken:
+        return None
+    if not await request.app.state.staff.still_valid(actor):
         return None
     return actor if allowed(actor, action) else None
 
@@ -82,9 +91,10 @@ def access_router(pool: AsyncConnectionPool, tokens: Tokens) -> APIRouter:
     ) -> TokenOut:
         if tokens.oidc:
             raise HTTPException(400, "sign in through the configured OIDC provider")
+        if text_flaw(username) or text_flaw(password):
+            raise HTTPException(422, f"username or password {text_flaw(username + password)}")
         try:
-            async with pool.connection() as conn:
-                actor = await users.sign_in(conn, username, password)
+            actor = await users.sign_in(pool, username, password)
         except users.SignInLocked as error:
             raise HTTPException(
                 429, str(error), {"Retry-After": str(error.retry_after_s)}

@@ -43,6 +43,7 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     # (FEEDBACK_PII_REVEAL_ROLES); quality never, whatever the configuration says.
     "contact.reveal": frozenset({S, H, ADMIN}),
     "audit.read": frozenset({ADMIN}),
+    "metrics.read": frozenset({Q, ADMIN}),
     "user.manage": frozenset({ADMIN}),
 }
 SEES_EVERY_DEPARTMENT = frozenset({Q, ADMIN})
@@ -56,7 +57,8 @@ class Actor:
     role: Role
     departments: tuple[str, ...] = ()
     agent_id: str | None = None
-    extra: dict[str, str] = field(default_factory=dict, compare=False)
+    # When the token naming this actor was issued (seconds since the epoch).
+    issued_at: float | None = field(default=None, compare=False)
 
     @property
     def name(self) -> str:
@@ -71,13 +73,17 @@ def allowed(actor: Actor, action: str) -> bool:
     return actor.role in roles
 
 
+# Cases not routed yet (triage) are worked by this department's supervisors and heads.
+TRIAGE_DEPARTMENT = "customer_service"
+
+
 def sees_department(actor: Actor, department: str | None) -> bool:
     """Whether the actor may see a case of this department (None: not routed yet, in
-    triage, which supervisors and heads work on)."""
+    triage, which the triage department's supervisors and heads work on)."""
     if actor.role in SEES_EVERY_DEPARTMENT:
         return True
     if department is None:
-        return actor.role in (S, H)
+        return actor.role in (S, H) and TRIAGE_DEPARTMENT in actor.departments
     return department in actor.departments
 
 

@@ -10,6 +10,7 @@ Local tokens carry the actor (username, role, departments, agent id) and expire 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -57,19 +58,26 @@ class Tokens:
         )
 
     def issue(self, actor: Actor) -> str:
-        now = int(time.time())
+        now = time.time()
         claims: dict[str, Any] = {
             "iss": ISSUER,
             "aud": ISSUER,
             "sub": actor.username,
             "role": actor.role.value,
             "departments": list(actor.departments),
-            "iat": now,
-            "exp": now + self.ttl_s,
+            # Sub-second: a change to the user just before a sign-in must not revoke it.
+            "iat": round(now, 3),
+            "exp": int(now) + self.ttl_s,
         }
         if actor.agent_id:
             claims["agent_id"] = actor.agent_id
         return jwt.encode(claims, self.key, algorithm=ALGORITHM)
+
+    async def verify_async(self, token: str) -> Actor:
+        """`verify`, with the provider's key set fetched off the event loop when needed."""
+        if self._jwks is not None:
+            return await asyncio.to_thread(self.verify, token)
+        return self.verify(token)
 
     def verify(self, token: str) -> Actor:
         try:
@@ -123,4 +131,5 @@ def _actor(
         role=Role(claims[role]),
         departments=tuple(str(d) for d in named),
         agent_id=str(claims[agent_id]) if claims.get(agent_id) else None,
+        issued_at=float(claims["iat"]) if isinstance(claims.get("iat"), int | float) else None,
     )

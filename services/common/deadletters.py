@@ -24,10 +24,11 @@ import psycopg.errors
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from psycopg import AsyncConnection, Connection
 from psycopg.types.json import Jsonb
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from contracts.events import DeadLetter
 from services.common.boundary import EARLIEST, clean_text
+from services.common.masking import mask_contacts
 
 SCHEMA = [
     """
@@ -133,8 +134,17 @@ def is_permanent(error: BaseException) -> bool:
 
 def describe(error: BaseException) -> str:
     """The reason kept with a dead letter: printable, bounded, and storable."""
-    text = str(error) if isinstance(error, Unapplicable) else f"{type(error).__name__}: {error}"
-    return clean_text(text)[:10_000]
+    if isinstance(error, ValidationError):
+        # Without the inputs: the reason travels in clear, the message stays sealed.
+        text = "ValidationError: " + "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            for e in error.errors(include_url=False, include_input=False, include_context=False)
+        )
+    elif isinstance(error, Unapplicable):
+        text = str(error)
+    else:
+        text = f"{type(error).__name__}: {error}"
+    return mask_contacts(clean_text(text))[:10_000]
 
 
 def dead_letter_id(consumer: str, topic: str, partition: int, offset: int) -> uuid.UUID:

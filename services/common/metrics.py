@@ -5,8 +5,13 @@ Counters live in the process: with several uvicorn workers each answers for itse
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+
+from services.access.http import require
+from services.access.roles import Actor
 
 DEAD_LETTERS = Counter(
     "feedback_dead_letters",
@@ -24,8 +29,9 @@ def count_dead_letters(source: str, count: int = 1) -> None:
 def metrics_router() -> APIRouter:
     router = APIRouter(tags=["operations"])
 
-    @router.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
+    @router.get("/metrics", response_class=Response)
+    async def metrics(_: Annotated[Actor, require("metrics.read")]) -> Response:
+        """Prometheus text format (scrape with a bearer token of a quality or admin user)."""
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return router

@@ -19,6 +19,7 @@ from contracts.events import FEEDBACK_NUMBER_PATTERN, DeadLetter
 from services.common.boundary import clean_text
 from services.common.deadletters import SCHEMA as SCHEMA  # shared with the consumers
 from services.common.deadletters import encoding_of, seal, sealed_message, unseal
+from services.common.masking import mask_contacts
 from services.common.metrics import count_dead_letters
 from services.common.settings import Settings
 from services.intake.registration import enqueue
@@ -38,14 +39,19 @@ class DeadLetters:
         payload: bytes,
         metadata: dict[str, str] | None = None,
         settled: str | None = None,
+        dead_letter_id: uuid.UUID | None = None,
     ) -> uuid.UUID:
         """Keep what could not be taken as it came. `settled` says what was done instead
         when the input was cleaned and registered anyway (e.g. "registered cleaned as
         F20261129-0001"): the original is kept for the record, not listed for replay."""
-        dead_letter_id = uuid.uuid4()
+        # A caller that may keep the same thing twice names it; the second is dropped.
+        dead_letter_id = dead_letter_id or uuid.uuid4()
         # The reason and metadata may quote the sender; jsonb and text cannot hold NUL.
-        reason = clean_text(reason)[:10_000]
-        metadata = {clean_text(k): clean_text(v) for k, v in (metadata or {}).items()}
+        # Reasons and metadata travel in clear (the payload is sealed): no contact details.
+        reason = mask_contacts(clean_text(reason))[:10_000]
+        metadata = {
+            clean_text(k): mask_contacts(clean_text(v)) for k, v in (metadata or {}).items()
+        }
         metadata["payload_encoding"] = encoding_of(payload)
         message = sealed_message(
             DeadLetter(
@@ -60,11 +66,12 @@ class DeadLetters:
         )
         settled_as = NUMBER_IN_TEXT.search(settled) if settled else None
         async with self.pool.connection() as conn, conn.transaction():
-            await conn.execute(
+            cursor = await conn.execute(
                 "INSERT INTO deadletters (dead_letter_id, source, reason, payload, metadata, "
                 "sealed, feedback_number, replayed_at, replay_result) "
                 "VALUES (%s, %s, %s, %s, %s, true, %s, "
-                "CASE WHEN %s::text IS NULL THEN NULL ELSE now() END, %s)",
+                "CASE WHEN %s::text IS NULL THEN NULL ELSE now() END, %s) "
+                "ON CONFLICT (dead_letter_id) DO NOTHING RETURNING 1",
                 (
                     dead_letter_id,
                     source,
@@ -76,6 +83,8 @@ class DeadLetters:
                     settled,
                 ),
             )
+            if await cursor.fetchone() is None:
+                return dead_letter_id  # kept before
             await enqueue(conn, self.settings, message)
         if settled is None:  # a repaired original is a record, not a failure to read
             count_dead_letters(source)

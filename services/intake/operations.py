@@ -14,11 +14,17 @@ from services.access import audit
 from services.access.http import require
 from services.access.roles import Actor
 from services.common.boundary import text_flaw
+from services.common.deadletters import describe
 from services.intake.channels.chat_social import PUSH_PARSERS
 from services.intake.channels.email import TRANSIENT_FAULTS, EmailIntake
 from services.intake.deadletters import DeadLetters
 from services.intake.pii_vault import PiiVault
-from services.intake.registration import Registrar
+from services.intake.registration import (
+    DuplicateInProgress,
+    IntakeUnavailable,
+    Registrar,
+    cleaned,
+)
 
 
 class DeadLetterView(BaseModel):
@@ -59,8 +65,10 @@ def operations_router(
         payload = bytes(row["payload"])
         try:
             result = await _replay(row["source"], payload, registrar, email_intake)
-        except (ValueError, KeyError) as error:
-            raise HTTPException(409, detail=f"still unreadable: {error}") from error
+        except (IntakeUnavailable, DuplicateInProgress) as error:
+            raise HTTPException(503, detail="not accepted now; retry the replay") from error
+        except (ValueError, KeyError, ArithmeticError) as error:
+            raise HTTPException(409, detail=f"still unreadable: {describe(error)}") from error
         await deadletters.mark_replayed(dead_letter_id, result)
         return {"status": "replayed", "result": result}
 
@@ -69,9 +77,10 @@ def operations_router(
         file: UploadFile, _: Annotated[Actor, require("intake.staff")]
     ) -> dict[str, str]:
         """Import one `.eml` file exactly as if it had arrived over SMTP."""
-        raw = await file.read(25 * 1024 * 1024 + 1)
-        if len(raw) > 25 * 1024 * 1024:
-            raise HTTPException(413, detail="an email is at most 25 MiB")
+        limit = registrar.settings.smtp_max_message_bytes
+        raw = await file.read(limit + 1)
+        if len(raw) > limit:
+            raise HTTPException(413, detail=f"an email is at most {limit} bytes")
         try:
             received = await email_intake.receive(raw, receiver="eml-import")
         except TRANSIENT_FAULTS as error:
@@ -124,5 +133,9 @@ async def _replay(
         return received.feedback_number
     if source not in PUSH_PARSERS:
         raise ValueError(f"no replay for source {source!r}")
-    accepted = await registrar.register_durably(PUSH_PARSERS[source](payload))
+    # Repaired as on arrival (see chat_social._accept_push).
+    submission, repairs = cleaned(PUSH_PARSERS[source](payload))
+    accepted = await registrar.register_durably(submission)
+    if repairs:
+        return f"taken cleaned as {accepted.feedback_number}: {'; '.join(repairs)}"
     return accepted.feedback_number

@@ -117,7 +117,7 @@ class PiiVault:
     async def _pseudonyms_for(self, contacts: Sequence[Contact], now: datetime) -> list[str]:
         hashes = [self._lookup_hashes(contact) for contact in contacts]
         async with self.pool.connection() as conn:
-            known = await _owners(conn, {h for contact in hashes for h in contact})
+            known = await _owners(conn, {h for contact in hashes for h in contact}, touch=True)
         references: list[str | None] = [None] * len(contacts)
         # Customers new to the vault: one group per person, found by shared lookup hashes.
         groups: list[list[int]] = []
@@ -265,12 +265,17 @@ class _Raced(Exception):
     pass
 
 
-async def _owners(conn: Any, hashes: set[bytes]) -> dict[bytes, str]:
-    """Which customer each of these lookup hashes leads to, where known."""
+async def _owners(conn: Any, hashes: set[bytes], touch: bool = False) -> dict[bytes, str]:
+    """Which customer each of these lookup hashes leads to, where known. With `touch`, a
+    provisional customer found is renewed, so the sweep cannot remove them while a new
+    registration naming them is under way."""
     if not hashes:
         return {}
     cursor = await conn.execute(
-        "SELECT lookup_hash, customer_ref FROM pii_customer_lookup WHERE lookup_hash = ANY(%s)",
-        (list(hashes),),
+        "WITH owners AS (SELECT lookup_hash, customer_ref FROM pii_customer_lookup "
+        "WHERE lookup_hash = ANY(%s)), touched AS (UPDATE pii_customers SET created_at = now() "
+        "WHERE %s AND provisional AND customer_ref IN (SELECT customer_ref FROM owners)) "
+        "SELECT lookup_hash, customer_ref FROM owners",
+        (list(hashes), touch),
     )
     return {bytes(row[0]): str(row[1]) for row in await cursor.fetchall()}

@@ -27,8 +27,8 @@ from services.access.tokens import customer_token
 from services.common.boundary import clean_text, flaws, text_flaw, time_flaw
 from services.common.bus import Keyed, publish, publish_all, publish_many, record_of
 from services.common.database import INTAKE_OUTBOX_LOCK
+from services.common.masking import Personal, mask_contacts
 from services.common.settings import Settings
-from services.intake.masking import Personal, mask_contacts
 from services.intake.numbering import FeedbackNumbering
 from services.intake.pii_vault import Contact, PiiVault
 
@@ -47,6 +47,7 @@ SCHEMA = [
     # A synchronous registration's event until Kafka acknowledged it: if its process dies
     # in between, a retry of the same delivery publishes it (see _finish_abandoned).
     "ALTER TABLE intake_deduplication ADD COLUMN IF NOT EXISTS pending_event bytea",
+    "ALTER TABLE intake_deduplication ADD COLUMN IF NOT EXISTS body_digest bytea",
     # Every accepted feedback: lets replies and supplements find their case by number or
     # by the Message-ID of the email that registered it.
     """
@@ -284,8 +285,25 @@ class Registrar:
         )
         self._queue.put_nowait(pending)
         accepted = await asyncio.shield(pending.outcome)
+        if accepted.duplicate and not await self._same_submission(pending):
+            # Someone else's delivery key (or a different body under it): the number, but
+            # never the token that opens the customer's feedback.
+            return accepted
         token = customer_token(self.settings.auth_token_key_bytes, accepted.feedback_number)
         return accepted.model_copy(update={"customer_token": token})
+
+    async def _same_submission(self, pending: _Pending) -> bool:
+        if pending.dedup_key is None:
+            return False
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT body_digest FROM intake_deduplication WHERE dedup_key = %s",
+                (pending.dedup_key,),
+            )
+            row: Any = await cursor.fetchone()
+        return (
+            row is not None and row[0] is not None and bytes(row[0]) == _digest(pending.submission)
+        )
 
     async def run(self) -> None:
         """Take what is waiting, register it as one batch; up to BATCHES_IN_FLIGHT at once."""
@@ -406,15 +424,16 @@ class Registrar:
                 """
                 WITH batch AS (
                     SELECT * FROM unnest(%s::text[], %s::uuid[], %s::text[], %s::text[],
-                        %s::text[], %s::text[], %s::bool[], %s::text[], %s::bytea[], %s::bytea[])
+                        %s::text[], %s::text[], %s::bool[], %s::text[], %s::bytea[], %s::bytea[],
+                        %s::bytea[])
                         WITH ORDINALITY AS b(dedup_key, feedback_id, feedback_number, channel,
                         channel_reference, customer_ref, durable, topic, message_key, payload,
-                        position)
+                        body_digest, position)
                 ), claims AS (
-                    INSERT INTO intake_deduplication
-                        (dedup_key, feedback_id, feedback_number, published, pending_event)
+                    INSERT INTO intake_deduplication (dedup_key, feedback_id, feedback_number,
+                        published, pending_event, body_digest)
                     SELECT dedup_key, feedback_id, feedback_number, durable,
-                        CASE WHEN durable THEN NULL ELSE payload END
+                        CASE WHEN durable THEN NULL ELSE payload END, body_digest
                     FROM batch WHERE dedup_key IS NOT NULL ORDER BY position
                     ON CONFLICT (dedup_key) DO NOTHING RETURNING feedback_id
                 ), owned AS (
@@ -449,6 +468,7 @@ class Registrar:
                         e.model_dump_json().encode() if p.durable or p.dedup_key else None
                         for p, e in zip(ordered, events, strict=True)
                     ],
+                    [_digest(p.submission) if p.dedup_key else None for p in ordered],
                 ),
             )
             owned = {row[0] for row in await cursor.fetchall()}
@@ -475,11 +495,17 @@ class Registrar:
         accepted = [p for p, failure in zip(batch, outcomes, strict=True) if failure is None]
         refused = [(p, f) for p, f in zip(batch, outcomes, strict=True) if f is not None]
         if accepted:
-            try:
-                await self._enter(accepted)
-            except Exception:
-                # Kafka has them, so they are accepted; only finding them by number waits.
-                log.exception("accepted feedback not entered in the registry")
+            # Kafka has them, so they are accepted whatever happens here; the registry row is
+            # what lets replies find them and keeps their customer from the vault's sweep.
+            for wait in (0.05, 0.5, 2.0, None):
+                try:
+                    await self._enter(accepted)
+                    break
+                except Exception:
+                    if wait is None:
+                        log.exception("accepted feedback not entered in the registry")
+                        break
+                    await asyncio.sleep(wait)
             for pending in accepted:
                 pending.settle(self._accepted(pending))
         if refused:
@@ -770,6 +796,11 @@ async def enqueue_many(conn: Any, settings: Settings, messages: Sequence[Keyed])
             [body for _, _, body in records],
         ),
     )
+
+
+def _digest(submission: Submission) -> bytes:
+    """What a repeat of one delivery must match to be told the customer's token."""
+    return hashlib.sha256(submission.model_dump_json().encode()).digest()
 
 
 def _event(pending: _Pending) -> FeedbackReceived:

@@ -25,6 +25,7 @@ from services.common.boundary import Checked, is_blank, text_flaw
 from services.intake.pii_vault import PiiVault
 from services.routing.assignment import Agent, AgentId
 from services.routing.service import NotFound, Refused, RoutingService
+from services.routing.worklist import CaseRow
 
 Number = Annotated[str, Path(pattern=FEEDBACK_NUMBER_PATTERN)]
 Reason = Annotated[str, Field(min_length=1, max_length=2000)]
@@ -144,15 +145,16 @@ def routing_router(
 ) -> APIRouter:
     router = APIRouter(tags=["routing"])
 
-    async def case_of(number: str, actor: Actor) -> None:
-        """The case exists and is in a department the actor works in."""
+    async def case_of(number: str, actor: Actor) -> CaseRow:
+        """The case, if it exists and is in a department the actor works in."""
         row = await _run(lambda: routing.worklist.find(number))
         if row is None:
             raise HTTPException(404, detail=f"no routed feedback {number}")
-        # A case in triage belongs to no department yet: supervisors and heads route it.
+        # A case in triage belongs to no department yet: the triage department routes it.
         department = None if row.state == "triage" else row.department
         if not sees_department(actor, department):
             raise HTTPException(403, detail=f"{number} belongs to another department")
+        return row
 
     def agent_of(actor: Actor) -> str:
         if not actor.agent_id:
@@ -186,7 +188,9 @@ def routing_router(
     async def add_co_handler(
         number: Number, body: CoHandlerIn, actor: Annotated[Actor, require("case.co_handle")]
     ) -> CaseView:
-        await case_of(number, actor)
+        row = await case_of(number, actor)
+        if actor.role is Role.agent and row.owner != actor.agent_id:
+            raise HTTPException(403, detail="only the case's owner asks for co-handling")
         return CaseView.of(
             await _run(
                 lambda: routing.add_co_handler(

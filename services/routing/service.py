@@ -7,6 +7,7 @@ and the case store. Feedback from Kafka arrives in partition slices (see consume
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -453,13 +454,25 @@ def _route_reason(classification: dict[str, Any]) -> str:
     )
 
 
+def _feedback_id_of(raw: bytes | None) -> str | None:
+    try:
+        found = json.loads(raw or b"").get("feedback_id")
+        return str(UUID(str(found))) if found else None
+    except (ValueError, TypeError, AttributeError, RecursionError):
+        return None
+
+
 def _dead_letter(
     record: Any,
     error: BaseException,
     source: str = GROUP,
     feedback: FeedbackReceived | None = None,
 ) -> tuple[DeadLetter, bytes]:
-    """The dead letter of a record (its id fixed by where it was read) and its raw bytes."""
-    metadata = {"feedback_id": str(feedback.feedback_id)} if feedback else None
+    """The dead letter of a record (its id fixed by where it was read) and its raw bytes.
+
+    It names the feedback even when the record did not parse, where the raw JSON still
+    says which: correspondence about it must be set aside too, not wait for it forever."""
+    feedback_id = str(feedback.feedback_id) if feedback else _feedback_id_of(record.value)
+    metadata = {"feedback_id": feedback_id} if feedback_id else None
     letter = deadletters.of_record(source, record, deadletters.describe(error), metadata)
     return letter, record.value or b""

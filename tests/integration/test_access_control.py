@@ -213,7 +213,7 @@ async def test_departments_see_only_their_cases_and_quality_never_sees_contacts(
     async with serve(access_settings) as running:
         client = running.client
         body = web_form(
-            "账单里多扣了一笔39元的服务费",
+            "账单里多扣了一笔39元的服务费，张伟，请打138-1234-5678或发邮件 zhang.wei @ example.com",
             customer={"name": "张伟", "phone": "13812345678", "email": "zhang.wei@example.com"},
         )
         number = (await client.post("/v1/feedback", json=body)).json()["feedback_number"]
@@ -235,6 +235,8 @@ async def test_departments_see_only_their_cases_and_quality_never_sees_contacts(
             answer = await client.get(url, headers=quality)
             assert answer.status_code == 200, (url, answer.text)
             assert not PHONE_OR_EMAIL.search(answer.text), (url, answer.text[:300])
+            assert "1234-5678" not in answer.text and "zhang.wei" not in answer.text
+            assert "张伟" not in answer.text  # the customer's own name, from the form
         reveal = f"/v1/cases/{number}/contact"
         assert (
             await client.get(reveal, params={"reason": "回访客户"}, headers=quality)
@@ -272,7 +274,7 @@ def test_tokens_expire_and_carry_no_secret(settings: Settings) -> None:
     tokens = Tokens(settings.model_copy(update={"auth_token_ttl_s": 60}))
     token = tokens.issue(Actor("a.b", Role.agent, ("finance",), "fin-ma"))
     claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
-    assert claims["role"] == "agent" and claims["exp"] - claims["iat"] == 60
+    assert claims["role"] == "agent" and 59 < claims["exp"] - claims["iat"] <= 60
     assert tokens.verify(token).agent_id == "fin-ma"
     other_key = settings.model_copy(
         update={"auth_token_key": SecretStr(base64.b64encode(b"o" * 32).decode())}
@@ -304,5 +306,47 @@ async def test_two_clients_with_the_same_idempotency_key_get_two_feedbacks(
         assert again.json()["duplicate"] is True
         assert other.json()["feedback_number"] != first.json()["feedback_number"]
         assert other.json()["duplicate"] is False
-        # A customer's token opens only their own feedback.
+        # A customer's token opens only their own feedback, and a repeat with another body
+        # (someone who knows the phone and the key) is told the number, never the token.
         assert other.json()["customer_token"] != first.json()["customer_token"]
+        assert again.json()["customer_token"] == first.json()["customer_token"]
+        guess = await client.post("/v1/feedback", json=web_form("我想看看别人的反馈"), headers=key)
+        assert guess.json()["feedback_number"] == first.json()["feedback_number"]
+        assert guess.json()["customer_token"] is None
+
+
+async def test_deactivating_a_user_or_changing_their_role_revokes_their_tokens(
+    access_settings, monkeypatch
+) -> None:
+    from services.access.users import StaffDirectory
+
+    monkeypatch.setattr(StaffDirectory, "CACHE_S", 0.0)
+    async with serve(access_settings) as running:
+        client = running.client
+        created = await client.post(
+            "/v1/users",
+            json={"username": "sup.he", "password": "a long enough secret", "role": "supervisor",
+                  "departments": ["customer_service"]},
+        )  # fmt: skip
+        assert created.status_code == 201
+        form = {"username": "sup.he", "password": "a long enough secret"}
+        token = (await client.post("/v1/auth/token", data=form)).json()["access_token"]
+        mine = {"Authorization": f"Bearer {token}"}
+        assert (await client.get("/v1/triage", headers=mine)).status_code == 200
+        await client.patch("/v1/users/sup.he", json={"role": "agent"})
+        assert (await client.get("/v1/triage", headers=mine)).status_code == 401
+        token = (await client.post("/v1/auth/token", data=form)).json()["access_token"]
+        mine = {"Authorization": f"Bearer {token}"}
+        assert (await client.get("/v1/triage", headers=mine)).status_code == 403  # now an agent
+        await client.patch("/v1/users/sup.he", json={"active": False})
+        assert (
+            await client.get("/v1/departments/customer_service/queue", headers=mine)
+        ).status_code == 401
+        anonymous_upload = await client.post(
+            "/v1/channels/batch/store",
+            files={"file": ("big.csv", b"x" * 1_000_000, "text/csv")},
+            headers={"Authorization": ""},
+        )
+        assert anonymous_upload.status_code == 401  # refused before the body is read
+        nul = await client.post("/v1/auth/token", data={"username": "a\x00b", "password": "x" * 12})
+        assert nul.status_code == 422

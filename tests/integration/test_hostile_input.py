@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import httpx
 import psycopg
 import pytest
 from pydantic import SecretStr
 
+from contracts.codes import Channel
 from services.common import boundary
 from services.common.settings import Settings
 from services.intake import registration
 from services.intake.channels.chat_social import signed_push_headers, wechat_signature
+from services.intake.pii_vault import Contact
 from tests.conftest import registered_row, serve, web_form
 
 pytestmark = pytest.mark.integration
@@ -112,35 +114,41 @@ async def test_nul_and_surrogates_are_refused_by_synchronous_channels(hostile_se
         await assert_pipeline_flows(client)
 
 
-async def test_one_bad_submission_fails_alone_in_its_batch(hostile_settings, monkeypatch) -> None:
+async def test_one_bad_submission_fails_alone_in_its_batch(
+    hostile_settings, monkeypatch, caplog
+) -> None:
     """A web-chat session id with a NUL used to fail the whole group-commit batch. The
     boundary rule now refuses it before it joins a batch, so to prove the batch itself
-    isolates what the database refuses, the rule is switched off here."""
+    isolates what the database refuses, the rule is switched off here, and the
+    submissions are queued together so that they share one batch."""
     monkeypatch.setattr(boundary, "text_flaw", lambda value: None)
     monkeypatch.setattr(registration, "text_flaw", lambda value: None)
     async with serve(hostile_settings) as running:
-        client = running.client
+        registrar = running.platform.registrar
+        assert registrar is not None
 
-        def signed(session: str) -> dict[str, Any]:
-            raw = json.dumps(chat(session)).encode()
-            return {"content": raw, "headers": signed_push_headers(WEB_CHAT, raw)}
+        def submission(i: int, reference: str | None = None) -> registration.Submission:
+            return registration.Submission(
+                channel=Channel.web_chat,
+                description=f"第{i}台冰箱不制冷",
+                contact=Contact(phone=f"1390000{i:04d}"),
+                receiver="web_chat",
+                channel_reference=reference,
+            )
 
-        def chat(session: str) -> dict[str, object]:
-            return {
-                "session_id": session,
-                "customer": {"phone": "13912345678"},
-                "transcript": [{"speaker": "customer", "time": _now(), "text": "路由器断网"}],
-            }
-
-        bad = [
-            client.post("/v1/channels/web-chat/sessions", **signed(f"s\u0000x{i}"))
-            for i in range(3)
-        ]
-        good = [client.post("/v1/feedback", json=web_form(f"第{i}台冰箱不制冷")) for i in range(30)]
-        answers = await asyncio.gather(*bad, *good)
-        assert [a.status_code for a in answers[:3]] == [422] * 3
-        assert [a.status_code for a in answers[3:]] == [202] * 30
-        await registered_row(client, answers[-1].json()["feedback_number"])
+        bad = [submission(i, f"s\x00x{i}") for i in range(3)]
+        good = [submission(i) for i in range(3, 33)]
+        with caplog.at_level(logging.ERROR, logger="services.intake.registration"):
+            answers = await asyncio.gather(
+                *(registrar.register(s) for s in [*bad, *good]), return_exceptions=True
+            )
+        assert "registering them one by one" in caplog.text  # the batch failed, then split
+        assert all(isinstance(a, registration.InvalidSubmission) for a in answers[:3]), answers[:3]
+        accepted = answers[3:]
+        assert all(isinstance(a, registration.Accepted) for a in accepted), accepted
+        numbers = {a.feedback_number for a in accepted}  # type: ignore[union-attr]
+        assert len(numbers) == 30
+        await registered_row(running.client, sorted(numbers)[-1])
 
 
 async def test_out_of_range_times_never_reach_the_read_side(hostile_settings) -> None:
@@ -297,6 +305,9 @@ async def test_bodies_are_limited_by_bytes_read_and_documented_limits_are_reacha
         assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
         assert len(answer) < 2000  # nothing of the body is echoed
         assert time.monotonic() - started < 10
+        # A declared oversize body: the client reads the 413 (no reset mid-upload).
+        declared = await client.post("/v1/feedback", content=b"x" * 3_000_000, headers=JSON)
+        assert declared.status_code == 413 and declared.headers["connection"] == "close"
         photo = b"\x89PNG\r\n\x1a\n" + b"\0" * (1024 * 1024)
         answer = await client.post(
             "/v1/feedback/multipart",

@@ -205,7 +205,7 @@ async def test_unclear_feedback_goes_to_triage_then_a_person_routes_it(settings:
             f"/v1/cases/{number}/reclassify",
             json={"category": "logistics", "subcategory": "delay", "type": "complaint",
                   "reason": "客户电话确认是送货延迟"},
-            headers=running.as_staff("supervisor", ("logistics",), username="supervisor-liu"),
+            headers=running.as_staff("supervisor", ("customer_service",), username="supervisor-liu"),
         )  # fmt: skip
         assert routed.status_code == 200, routed.text
         await registered_row(client, number, status="assigned", department="logistics")

@@ -4,7 +4,7 @@ import re
 from datetime import datetime
 
 from contracts.events import CUSTOMER_REF_PATTERN, FEEDBACK_NUMBER_PATTERN
-from services.intake.masking import mask_contacts
+from services.common.masking import mask_contacts
 from services.intake.numbering import customer_reference, feedback_number
 from services.intake.pii_vault import normalise_phone
 

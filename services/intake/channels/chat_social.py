@@ -34,6 +34,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
 from contracts.codes import Channel
 from contracts.events import Evidence
 from services.common.boundary import Checked
+from services.common.deadletters import describe
 from services.intake.channels.common import (
     FRESHNESS_S,
     CustomerIn,
@@ -122,22 +123,25 @@ class ReplayGuard:
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self.pool = pool
 
-    async def seen(self, channel: str, signature: str) -> bool:
+    async def claim(self, channel: str, signature: str) -> bool:
+        """True for the first to present this signature (atomically: two copies racing
+        cannot both pass); False for a replay."""
         async with self.pool.connection() as conn:
             cursor = await conn.execute(
-                "SELECT 1 FROM push_signatures WHERE channel = %s AND signature = %s",
-                (channel, signature[:200]),
-            )
-            return await cursor.fetchone() is not None
-
-    async def remember(self, channel: str, signature: str) -> None:
-        async with self.pool.connection() as conn:
-            await conn.execute(
                 "WITH old AS (DELETE FROM push_signatures "
                 "WHERE seen_at < now() - make_interval(secs => %s)) "
                 "INSERT INTO push_signatures (channel, signature) VALUES (%s, %s) "
-                "ON CONFLICT DO NOTHING",
+                "ON CONFLICT DO NOTHING RETURNING 1",
                 (2 * FRESHNESS_S, channel, signature[:200]),
+            )
+            return await cursor.fetchone() is not None
+
+    async def release(self, channel: str, signature: str) -> None:
+        """The push was not taken (an error): its sender may retry with the same signature."""
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "DELETE FROM push_signatures WHERE channel = %s AND signature = %s",
+                (channel, signature[:200]),
             )
 
 
@@ -195,8 +199,17 @@ def chat_social_router(
         body = parse_json_body(
             ChatSessionIn, await _verified(request, secret, x_signature, x_timestamp)
         )
-        if await replays.seen("web_chat", x_signature):
+        if not await replays.claim("web_chat", x_signature):
             raise HTTPException(403, detail="this signed push was already taken (a replay)")
+        try:
+            return await _register_chat(body, x_signature)
+        except BaseException:
+            await replays.release("web_chat", x_signature)
+            raise
+
+    async def _register_chat(
+        body: ChatSessionIn, signature: str
+    ) -> FeedbackAccepted | JSONResponse:
         said = [
             line.text
             for line in body.transcript
@@ -222,8 +235,8 @@ def chat_social_router(
             evidence=(kept,),
         )
         result = await answer(registrar.register(submission))
-        if not isinstance(result, JSONResponse):  # taken: the same signature is a replay now
-            await replays.remember("web_chat", x_signature)
+        if isinstance(result, JSONResponse):  # not taken (409/503): the sender may retry
+            await replays.release("web_chat", signature)
         return result
 
     @router.get("/v1/channels/wechat", response_class=PlainTextResponse)
@@ -308,11 +321,13 @@ async def _once(
     replays: ReplayGuard, channel: str, signature: str, handle: Callable[[], Awaitable[T]]
 ) -> T:
     """Handle a verified push unless its signature was taken before."""
-    if await replays.seen(channel, signature):
+    if not await replays.claim(channel, signature):
         raise HTTPException(403, detail="this signed push was already taken (a replay)")
-    answer = await handle()
-    await replays.remember(channel, signature)
-    return answer
+    try:
+        return await handle()
+    except BaseException:
+        await replays.release(channel, signature)
+        raise
 
 
 def _encrypted_element(raw: bytes) -> str:
@@ -345,7 +360,7 @@ async def _accept_push(
         # Pushes cannot be asked to retry later: accept durably, Kafka or not.
         accepted = await registrar.register_durably(submission)
     except (ValueError, ArithmeticError) as error:  # ValidationError, InvalidSubmission too
-        reason = str(error)
+        reason = describe(error)
         if isinstance(error, InvalidSubmission):
             reason = "; ".join(str(e.get("msg")) for e in error.errors)
         letter = await deadletters.keep(source, reason, raw)

@@ -373,7 +373,8 @@ class EmailIntake:
         Raises only TRANSIENT_FAULTS (and whatever keeping a dead letter raises when the
         database is away): then, and only then, the sender should try again."""
         try:
-            parsed = parse_email(raw)
+            # Off the event loop: a 25 MiB mail takes a while to walk and decode.
+            parsed = await asyncio.to_thread(parse_email, raw)
         except Exception as error:  # parsing is pure: it would fail alike on every retry
             if not isinstance(error, UnreadableEmail):
                 log.warning("email unreadable (%s: %s)", type(error).__name__, excerpt(error))
@@ -429,9 +430,9 @@ class EmailIntake:
         try:
             contact = Contact(name=parsed.sender_name, email=parsed.sender_email)
         except ValidationError as error:
+            # The address itself stays out of the reason: reasons travel in clear.
             raise UnreadableEmail(
-                f"the sender address {excerpt(parsed.sender_email, 80)!r} is not an address "
-                "the customer can be reached at"
+                "the sender address is not an address the customer can be reached at"
             ) from error
         description = f"{parsed.subject}\n{parsed.body}".strip() if parsed.subject else parsed.body
         submission, more = cleaned(
@@ -481,13 +482,22 @@ class EmailIntake:
         return None
 
     async def _keep_attachments(self, parsed: ParsedEmail) -> tuple[Evidence, ...]:
-        if len(parsed.attachments) > self.evidence.max_count:
-            raise EvidenceRefused(
-                f"{len(parsed.attachments)} attachments; at most {self.evidence.max_count}"
-            )
-        return tuple(
-            [await self.evidence.put(data, name, kind) for data, name, kind in parsed.attachments]
-        )
+        """The attachments the evidence store takes; one it refuses (empty, too large, not
+        what it claims, one too many) is left out and noted, so the mail is still taken
+        (its original, with every attachment, is kept as a settled dead letter)."""
+        kept: list[Evidence] = []
+        for index, (data, name, kind) in enumerate(parsed.attachments):
+            if index >= self.evidence.max_count:
+                parsed.repairs.append(
+                    f"{len(parsed.attachments) - index} attachments over the limit of "
+                    f"{self.evidence.max_count}: left out"
+                )
+                break
+            try:
+                kept.append(await self.evidence.put(data, name, kind))
+            except EvidenceRefused as error:
+                parsed.repairs.append(f"{error}: left out")
+        return tuple(kept)
 
 
 def _why(error: Exception) -> str:

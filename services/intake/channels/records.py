@@ -21,6 +21,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, tzinfo
@@ -363,8 +364,9 @@ def records_router(
                         row=row.number, feedback_number=result.feedback_number, removed=row.removed
                     )
                 )
-                if not result.duplicate:  # the import that registered it kept the original
-                    cleaned.append((row, result))
+                # Kept by every import of the row: the record has one id per feedback, so a
+                # re-import restores an original an interrupted import did not keep.
+                cleaned.append((row, result))
         await _keep_originals(kept, channel, filename, plan, cleaned)
         return summary
 
@@ -401,7 +403,7 @@ def records_router(
     ) -> dict[str, str]:
         """The customer's own (their `X-Customer-Token`), or entered by staff for them."""
         key = registrar.settings.auth_token_key_bytes
-        if not customer_token_valid(key, number, x_customer_token) and not staff_of(
+        if not customer_token_valid(key, number, x_customer_token) and not await staff_of(
             request, "intake.staff"
         ):
             raise HTTPException(
@@ -433,6 +435,10 @@ def records_router(
         return {"status": "accepted", "feedback_number": number}
 
     return router
+
+
+# The id of the original kept for a cleaned row: one per registered feedback.
+ORIGINALS = uuid.UUID("1f0c7f51-6a55-4b43-9a54-3b9f4f6e9d21")
 
 
 async def _keep_originals(
@@ -470,6 +476,7 @@ async def _keep_originals(
                         "row": str(row.number),
                     },
                     settled=f"registered cleaned as {accepted.feedback_number}",
+                    dead_letter_id=uuid.uuid5(ORIGINALS, f"{channel}:{accepted.feedback_number}"),
                 )
             except Exception:
                 # The cleaned row is registered; only the record of its original is missing.

@@ -30,8 +30,10 @@ LANDLINE = re.compile(
     + f"({DIGIT}{{3,4}}){SEP}({DIGIT}{{4}})"
     + NOT_DIGIT_AFTER
 )
+# A match starts only where a run of address characters starts: linear, not quadratic,
+# in a long run without an @.
 EMAIL = re.compile(
-    r"([A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]*\s*[@＠]\s*([A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,})"
+    r"(?<![A-Za-z0-9._%+\-])([A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]*\s*[@＠]\s*([A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,})"
 )
 # 18-digit ID cards (last may be X) and 16–19 digit bank cards, also in groups of four.
 ID_CARD = re.compile(
