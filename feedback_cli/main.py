@@ -321,6 +321,32 @@ def schemas(
         typer.echo(str(path))
 
 
+sla_app = typer.Typer(help="Deadlines: the business calendar and SLA clocks.")
+app.add_typer(sla_app, name="sla")
+
+
+@sla_app.command("due")
+def sla_due(
+    calendar_file: Annotated[
+        Path | None,
+        typer.Option("--calendar", help="calendar file (default: config/calendar.yaml)"),
+    ] = None,
+    region: Annotated[str | None, typer.Option(help="a regional calendar of the file")] = None,
+) -> None:
+    """Due times for JSON lines on stdin: {"start", "target", "time", "pauses"} -> {"due"} or
+    {"error"}, one line each (see README, Business time)."""
+    from services.sla.calendar import CalendarConfigError, load_calendars
+    from services.sla.cli_due import due_lines
+
+    try:
+        calendar = load_calendars(calendar_file).get(region)
+    except (CalendarConfigError, KeyError) as error:
+        typer.echo(error.args[0] if isinstance(error, KeyError) else str(error), err=True)
+        raise typer.Exit(2) from None
+    for answer in due_lines(sys.stdin, calendar):
+        typer.echo(answer)
+
+
 users_app = typer.Typer(help="Staff users who sign in (no user exists until you add one).")
 app.add_typer(users_app, name="users")
 

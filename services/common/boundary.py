@@ -67,6 +67,30 @@ def clean_text(value: str) -> str:
     return _BAD_CHARS.sub(lambda m: "" if m.group() < "\ud800" else "\ufffd", value)
 
 
+def cleaned_value(value: Any, path: str = "") -> tuple[Any, list[str]]:
+    """A parsed JSON value with every string cleaned (`clean_text`), and what was cleaned
+    where: for pushes that are repaired rather than refused."""
+    repairs: list[str] = []
+
+    def walk(item: Any, where: str) -> Any:
+        if isinstance(item, str):
+            problem = text_flaw(item)
+            if problem:
+                repairs.append(f"{where or 'text'} {problem}: removed")
+                return clean_text(item)
+            return item
+        if isinstance(item, dict):
+            return {
+                walk(k, where): walk(v, f"{where}.{k}" if where else str(k))
+                for k, v in item.items()
+            }
+        if isinstance(item, list):
+            return [walk(v, f"{where}[{i}]") for i, v in enumerate(item)]
+        return item
+
+    return walk(value, path), repairs
+
+
 def is_blank(value: str) -> bool:
     """Only spaces and invisible characters (zero-width space, BOM, direction marks)."""
     return not _INVISIBLE.sub("", value).strip()
@@ -171,7 +195,8 @@ def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> Any:
 
 def spreadsheet_safe(value: str) -> str:
     """A cell value that a spreadsheet shows as text, never runs as a formula (CSV/XLSX
-    injection): every export writes cells through this."""
+    injection). Text is stored as sent; every export must write its cells through this
+    (none exists yet: the reports issue adds them)."""
     return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
 

@@ -99,19 +99,48 @@ async def test_nul_and_surrogates_are_refused_by_synchronous_channels(hostile_se
         agent = running.as_staff("agent", ("customer_service",), "agent.li")
         answer = await client.post("/v1/channels/phone", json=phone, headers=agent)
         assert answer.status_code == 422, answer.text
+        await assert_pipeline_flows(client)
+
+
+async def test_a_web_chat_push_is_repaired_not_refused(hostile_settings) -> None:
+    """A push cannot be asked again: its text is cleaned, a time outside the window is
+    replaced by the receipt time, the original is kept; only what is no session is 422."""
+    async with serve(hostile_settings) as running:
+        client = running.client
         chat = {
             "session_id": "s\ud800x",
-            "customer": {"phone": "13912345678"},
-            "transcript": [{"speaker": "customer", "time": _now(), "text": "打印机坏了"}],
+            "customer": {"name": "王\x00芳", "phone": "13912345678"},
+            "transcript": [
+                {
+                    "speaker": "customer",
+                    "time": "9999-12-31T23:59:59-12:00",
+                    "text": "打印机\x00坏了",
+                }
+            ],
         }
-        raw = json.dumps(chat).encode()  # ensure_ascii keeps the lone surrogate as \ud800
+        raw = json.dumps(chat).encode()  # ensure_ascii keeps NUL and the surrogate escaped
         answer = await client.post(
             "/v1/channels/web-chat/sessions",
             content=raw,
             headers=signed_push_headers(WEB_CHAT, raw),
         )
-        assert answer.status_code == 422, answer.text
-        await assert_pipeline_flows(client)
+        assert answer.status_code == 202, answer.text
+        row = await registered_row(client, answer.json()["feedback_number"])
+        assert row["description"] == "打印机坏了"
+        assert abs(datetime.fromisoformat(row["received_at"]) - datetime.now(UTC)) < timedelta(
+            minutes=5
+        )
+        [(reason, result)] = settled_dead_letters(hostile_settings, "web_chat")
+        assert (
+            "NUL" in reason and "receipt time" in reason and result.startswith("registered cleaned")
+        )
+        not_a_session = b'{"session_id": 1}'
+        refused = await client.post(
+            "/v1/channels/web-chat/sessions",
+            content=not_a_session,
+            headers=signed_push_headers(WEB_CHAT, not_a_session),
+        )
+        assert refused.status_code == 422
 
 
 async def test_one_bad_submission_fails_alone_in_its_batch(

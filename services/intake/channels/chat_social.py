@@ -27,13 +27,15 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from defusedxml import ElementTree
 from fastapi import APIRouter, Header, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from psycopg_pool import AsyncConnectionPool
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_core import from_json
 
 from contracts.codes import Channel
 from contracts.events import Evidence
-from services.common.boundary import Checked
+from services.common.boundary import Checked, cleaned_value
 from services.common.deadletters import describe
 from services.intake.channels.common import (
     FRESHNESS_S,
@@ -194,18 +196,28 @@ def chat_social_router(
         x_signature: Annotated[str, Header()],
         x_timestamp: Annotated[str, Header()],
     ) -> FeedbackAccepted | JSONResponse:
-        """A finished session pushed by the chat system, signed like the social pushes."""
+        """A finished session pushed by the chat system, signed like the social pushes. Like
+        every push it is repaired rather than refused (text cleaned, a time outside the
+        window replaced by the receipt time; the original kept as a settled dead letter);
+        what is not a session at all gets 422."""
         secret = _secret(web_chat_secret, "web-chat")
-        body = parse_json_body(
-            ChatSessionIn, await _verified(request, secret, x_signature, x_timestamp)
-        )
+        raw = await _verified(request, secret, x_signature, x_timestamp)
+        body, repairs = repaired_session(raw)
         if not await replays.claim("web_chat", x_signature):
             raise HTTPException(403, detail="this signed push was already taken (a replay)")
         try:
-            return await _register_chat(body, x_signature)
+            result = await _register_chat(body, x_signature)
         except BaseException:
             await replays.release("web_chat", x_signature)
             raise
+        if repairs and not isinstance(result, JSONResponse) and not result.duplicate:
+            await deadletters.keep(
+                "web_chat",
+                "; ".join(repairs),
+                raw,
+                settled=f"registered cleaned as {result.feedback_number}",
+            )
+        return result
 
     async def _register_chat(
         body: ChatSessionIn, signature: str
@@ -315,6 +327,45 @@ def chat_social_router(
         )
 
     return router
+
+
+TIME_FLAWS = ("in the future", "before 2000-01-01")
+
+
+def repaired_session(raw: bytes) -> tuple[ChatSessionIn, list[str]]:
+    """The session with what the boundary rule refuses repaired, and what was repaired;
+    422 (as FastAPI reports it) for what cannot be a session."""
+    try:
+        data = from_json(raw)
+    except ValueError:
+        try:  # Python's parser takes lone surrogates (escaped in the JSON), which are repaired
+            data = json.loads(raw)
+        except (ValueError, RecursionError):
+            return parse_json_body(ChatSessionIn, raw), []  # raises the 422 for bad JSON
+    data, repairs = cleaned_value(data)
+    now = datetime.now(UTC).isoformat()
+    for _ in range(2):  # once to find the bad times, once more with them replaced
+        try:
+            return ChatSessionIn.model_validate(data), repairs
+        except ValidationError as error:
+            bad_times = [
+                e["loc"]
+                for e in error.errors(include_url=False)
+                if any(flaw in e["msg"] for flaw in TIME_FLAWS)
+            ]
+            if not bad_times or not isinstance(data, dict):
+                raise RequestValidationError(
+                    [{**e, "loc": ("body", *e["loc"])} for e in error.errors(include_url=False)]
+                ) from error
+            for location in bad_times:
+                target: Any = data
+                for step in location[:-1]:
+                    target = target[step]
+                repairs.append(
+                    f"{'.'.join(str(p) for p in location)} {target[location[-1]]!r:.60}: the receipt time is used"
+                )
+                target[location[-1]] = now
+    return parse_json_body(ChatSessionIn, raw), repairs
 
 
 async def _once(

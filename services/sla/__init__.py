@@ -1,0 +1,1 @@
+"""Deadlines and escalation: business calendars, clocks on cases, the scheduler that warns and breaches."""
