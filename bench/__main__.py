@@ -12,6 +12,7 @@ BENCHMARKS = [
     "e2e_latency",
     "intake_throughput",
     "batch_import",
+    "sla_breaches",
 ]
 
 if __name__ == "__main__":

@@ -237,6 +237,113 @@ class CorrespondenceReceived(CaseEvent):
     evidence: tuple[Evidence, ...] = ()
 
 
+ClockName = Literal[
+    "first_response", "progress_update", "co_handler_response", "resolution", "result_notice"
+]
+
+
+class ClockStarted(CaseEvent):
+    """A promise became a clock (requirements §4, §5): due at `due_at`, warned at `warn_at`.
+
+    `target` as configured (`4h`, `3wd`), `time` business or calendar (see README,
+    Business time); `subject` names what the clock is about when a case has several of the
+    same kind (a co-handling department)."""
+
+    event_type: Literal["ClockStarted"] = "ClockStarted"
+    clock: ClockName
+    subject: str | None = None
+    target: str
+    time: Literal["business", "calendar"]
+    started_at: AwareDatetime
+    due_at: AwareDatetime
+    warn_at: AwareDatetime
+
+
+class ClockPaused(CaseEvent):
+    """Waiting for the customer: the clock stops."""
+
+    event_type: Literal["ClockPaused"] = "ClockPaused"
+    clock: ClockName
+    subject: str | None = None
+    paused_at: AwareDatetime
+
+
+class ClockResumed(CaseEvent):
+    """The clock runs again; its due time moved later by the counted paused time."""
+
+    event_type: Literal["ClockResumed"] = "ClockResumed"
+    clock: ClockName
+    subject: str | None = None
+    resumed_at: AwareDatetime
+    due_at: AwareDatetime
+    warn_at: AwareDatetime
+
+
+class ClockRecomputed(CaseEvent):
+    """A priority change or reclassification changed the target: recomputed from the
+    original start, paused time still excluded."""
+
+    event_type: Literal["ClockRecomputed"] = "ClockRecomputed"
+    clock: ClockName
+    subject: str | None = None
+    target: str
+    time: Literal["business", "calendar"]
+    due_at: AwareDatetime
+    warn_at: AwareDatetime
+    reason: str
+
+
+class ClockMet(CaseEvent):
+    """The promise was kept: `by_event` is the case event that satisfied it."""
+
+    event_type: Literal["ClockMet"] = "ClockMet"
+    clock: ClockName
+    subject: str | None = None
+    met_at: AwareDatetime
+    by_event: str
+    late: bool
+
+
+class ClockWarned(CaseEvent):
+    """The clock reached its warning share (default 75 %) and is not met."""
+
+    event_type: Literal["ClockWarned"] = "ClockWarned"
+    clock: ClockName
+    subject: str | None = None
+    due_at: AwareDatetime
+    owner: str | None = None
+
+
+class ClockBreached(CaseEvent):
+    """The clock ran out (超时): the case escalates."""
+
+    event_type: Literal["ClockBreached"] = "ClockBreached"
+    clock: ClockName
+    subject: str | None = None
+    due_at: AwareDatetime
+    owner: str | None = None
+
+
+class EscalationRaised(CaseEvent):
+    """One step up the ladder (owner → supervisor → department head)."""
+
+    event_type: Literal["EscalationRaised"] = "EscalationRaised"
+    level: Annotated[int, Field(ge=1)]
+    to_role: Literal["supervisor", "head"]
+    reason: str
+    clock: ClockName | None = None
+    subject: str | None = None
+
+
+class EscalationRequested(CaseEvent):
+    """The owner asks for escalation before a breach (升级申请)."""
+
+    event_type: Literal["EscalationRequested"] = "EscalationRequested"
+    by: str
+    reason: str
+    support_needed: str | None = None
+
+
 CASE_EVENTS: tuple[type[CaseEvent], ...] = (
     CaseRegistered,
     FeedbackClassified,
@@ -250,6 +357,15 @@ CASE_EVENTS: tuple[type[CaseEvent], ...] = (
     InformationRequested,
     InformationSupplied,
     CorrespondenceReceived,
+    ClockStarted,
+    ClockPaused,
+    ClockResumed,
+    ClockRecomputed,
+    ClockMet,
+    ClockWarned,
+    ClockBreached,
+    EscalationRaised,
+    EscalationRequested,
 )
 CaseEventMessage = Annotated[
     CaseRegistered
@@ -263,7 +379,16 @@ CaseEventMessage = Annotated[
     | PriorityOverridden
     | InformationRequested
     | InformationSupplied
-    | CorrespondenceReceived,
+    | CorrespondenceReceived
+    | ClockStarted
+    | ClockPaused
+    | ClockResumed
+    | ClockRecomputed
+    | ClockMet
+    | ClockWarned
+    | ClockBreached
+    | EscalationRaised
+    | EscalationRequested,
     Field(discriminator="event_type"),
 ]
 case_event_adapter: TypeAdapter[CaseEventMessage] = TypeAdapter(CaseEventMessage)

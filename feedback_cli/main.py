@@ -69,7 +69,9 @@ def up(
 
 @app.command()
 def run(
-    service: Annotated[str, typer.Argument(help="intake | routing | relay | projections")],
+    service: Annotated[
+        str, typer.Argument(help="intake | routing | relay | projections | sla | notifications")
+    ],
     port: Annotated[int, typer.Option(help="HTTP port (health, and the service's API)")] = 8000,
     host: str = "127.0.0.1",
     workers: Annotated[

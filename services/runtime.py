@@ -30,7 +30,7 @@ from services.access.tokens import InvalidToken, Tokens
 from services.cases.relay import SCHEMA as RELAY_SCHEMA
 from services.cases.relay import OutboxRelay
 from services.cases.store import CaseStore
-from services.common import boundary
+from services.common import boundary, kafka_positions
 from services.common.boundary import excerpt, shown_errors
 from services.common.bus import ensure_topics, make_broker, platform_topics
 from services.common.database import apply_schema, open_pool
@@ -49,6 +49,10 @@ from services.intake.channels.web import web_router
 from services.intake.channels.wechat_crypto import WeChatCrypto
 from services.intake.evidence import Blobs, EvidenceStore, FolderBlobs, S3Blobs
 from services.intake.operations import operations_router
+from services.notifications import Sender as NotificationSender
+from services.notifications import build as build_notifications
+from services.notifications.http import inbox_router
+from services.notifications.store import SCHEMA as NOTIFICATIONS_SCHEMA
 from services.projections import registrations
 from services.projections.http import projections_router
 from services.routing import worklist as routing_worklist
@@ -57,10 +61,15 @@ from services.routing.classifier import Classifier, RuleBook, load_rulebook
 from services.routing.consumer import register_routing
 from services.routing.http import routing_router
 from services.routing.service import RoutingService
+from services.sla import service as sla_service
+from services.sla.calendar import load_calendars
+from services.sla.consumer import register_sla, schedule_forever
+from services.sla.policies import load_policies
+from services.sla.service import SlaService
 
 log = logging.getLogger(__name__)
 
-ALL_SERVICES = ("intake", "routing", "relay", "projections")
+ALL_SERVICES = ("intake", "routing", "relay", "projections", "sla", "notifications")
 
 
 @dataclass
@@ -73,6 +82,8 @@ class Platform:
     store: CaseStore | None = None
     routing: RoutingService | None = None
     routing_pool: ConnectionPool | None = None
+    sla: SlaService | None = None
+    sla_pool: ConnectionPool | None = None
     relay: OutboxRelay | None = None
     registrar: registration.Registrar | None = None
     rulebook: RuleBook = field(default_factory=load_rulebook)
@@ -81,6 +92,7 @@ class Platform:
     email: EmailIntake | None = None
     vault: pii_vault.PiiVault | None = None
     smtp_server: asyncio.AbstractServer | None = None
+    notifier: NotificationSender | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -106,6 +118,10 @@ class Platform:
             statements += RELAY_SCHEMA
         if "projections" in self.services:
             statements += registrations.SCHEMA
+        if "notifications" in self.services:
+            statements += NOTIFICATIONS_SCHEMA
+        if "sla" in self.services:
+            statements += kafka_positions.SCHEMA + sla_service.SCHEMA + DEADLETTERS_SCHEMA
         # Shared tables (the dead letters) are listed by each service that writes them.
         return list(dict.fromkeys(statements))
 
@@ -116,7 +132,7 @@ class Platform:
         configure_sealing(settings.pii_key_bytes)
         self.broker = make_broker(settings, client_id="feedback-" + "-".join(self.services))
         self.pool = open_pool(settings.database_url, max_size=20)
-        if {"routing", "relay"} & set(self.services):
+        if {"routing", "relay", "sla"} & set(self.services):
             self.store = CaseStore(settings.database_url)
         if "routing" in self.services:
             assert self.store is not None
@@ -136,6 +152,21 @@ class Platform:
             register_routing(self.broker, settings, self.routing)
         if "projections" in self.services:
             registrations.register_projections(self.broker, settings, self.pool)
+        if "notifications" in self.services:
+            self.notifier = build_notifications(self.broker, settings, self.pool, self.rulebook)
+        if "sla" in self.services:
+            assert self.store is not None
+            self.sla_pool = ConnectionPool(
+                settings.database_url,
+                min_size=1,
+                max_size=4,
+                open=False,
+                kwargs={"autocommit": True},
+            )
+            self.sla = SlaService(
+                self.store, self.sla_pool, load_policies(), load_calendars().get(None)
+            )
+            register_sla(self.broker, settings, self.sla, self.pool)
         if "intake" in self.services:
             serials = numbering.SerialAllocator(self.pool, settings.number_block_size)
             feedback_numbering = numbering.FeedbackNumbering(serials)
@@ -172,7 +203,14 @@ class Platform:
             self._tasks.append(
                 asyncio.create_task(self._reconcile_forever(), name="routing-reconcile")
             )
+        if self.sla is not None:
+            assert self.sla_pool is not None
+            await asyncio.to_thread(self.sla_pool.open, True)
         await self.broker.start()
+        if self.sla is not None:
+            self._tasks.append(
+                asyncio.create_task(schedule_forever(self.sla), name="sla-scheduler")
+            )
         if self.registrar is not None:
             self._tasks.append(asyncio.create_task(self.registrar.run(), name="intake-batches"))
             self._tasks.append(
@@ -189,6 +227,10 @@ class Platform:
         if self.relay is not None:
             self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
             await asyncio.wait_for(self.relay.ready.wait(), timeout=30)
+        if self.notifier is not None:
+            self._tasks.append(
+                asyncio.create_task(self.notifier.run(), name="notifications-sender")
+            )
         self.ready.set()
         log.info("services ready: %s", ", ".join(self.services))
 
@@ -236,6 +278,8 @@ class Platform:
             await self.pool.close()
         if self.routing_pool is not None:
             await asyncio.to_thread(self.routing_pool.close)
+        if self.sla_pool is not None:
+            await asyncio.to_thread(self.sla_pool.close)
         if self.store is not None:
             self.store.close()
 
@@ -371,6 +415,9 @@ def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> Fa
     if "projections" in platform.services:
         assert platform.pool is not None
         app.include_router(projections_router(platform.pool))
+    if "notifications" in platform.services:
+        assert platform.pool is not None
+        app.include_router(inbox_router(platform.pool))
     return app
 
 

@@ -26,6 +26,7 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "case.accept": frozenset({A, S}),
     "case.dispute": frozenset({A, S}),
     "case.assign": frozenset({S, H}),
+    "case.escalate": frozenset({A, S}),
     # The owner asks another department to co-handle; supervisors and heads may too.
     "case.co_handle": frozenset({A, S, H}),
     "case.reclassify": frozenset({S, H}),
@@ -44,6 +45,7 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "contact.reveal": frozenset({S, H, ADMIN}),
     "audit.read": frozenset({ADMIN}),
     "metrics.read": frozenset({Q, ADMIN}),
+    "inbox.read": frozenset({A, S, H, Q, ADMIN}),  # one's own in-app notifications
     "user.manage": frozenset({ADMIN}),
 }
 SEES_EVERY_DEPARTMENT = frozenset({Q, ADMIN})

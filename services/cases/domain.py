@@ -48,6 +48,9 @@ class Case(Aggregate):
         self.co_handlers: list[dict[str, Any]] = []
         self.missing: list[str] = []
         self.correspondence: list[dict[str, Any]] = []
+        self.clocks: dict[str, dict[str, Any]] = {}
+        self.escalated = 0
+        self.escalation_requests: list[dict[str, str]] = []
 
     @classmethod
     def register(cls, feedback_id: UUID, registration: Registration) -> Case:
@@ -287,3 +290,301 @@ class Case(Aggregate):
         self.correspondence.append(
             {"correspondence_id": correspondence_id, "channel": channel, "text": text}
         )
+
+    # -- deadlines (services/sla decides when; the case keeps the facts) ----------------
+
+    def start_clock(
+        self,
+        clock: str,
+        subject: str | None,
+        target: str,
+        time: str,
+        started_at: datetime,
+        due_at: datetime,
+        warn_at: datetime,
+    ) -> None:
+        """A promise becomes a clock (once per clock and subject)."""
+        if clock_key(clock, subject) in self.clocks:
+            return
+        self._clock_started(
+            self.feedback_number,
+            self.department,
+            clock,
+            subject,
+            target,
+            time,
+            started_at,
+            due_at,
+            warn_at,
+        )
+
+    @event("ClockStarted")
+    def _clock_started(
+        self,
+        feedback_number: str,
+        department: str | None,
+        clock: str,
+        subject: str | None,
+        target: str,
+        time: str,
+        started_at: datetime,
+        due_at: datetime,
+        warn_at: datetime,
+    ) -> None:
+        self.clocks[clock_key(clock, subject)] = {
+            "clock": clock,
+            "subject": subject,
+            "target": target,
+            "time": time,
+            "started_at": started_at,
+            "due_at": due_at,
+            "warn_at": warn_at,
+            "state": "running",
+            "paused_since": None,
+            "pauses": [],
+            "warned": False,
+            "breached": False,
+            "escalation": 0,
+        }
+
+    def open_clocks(self) -> list[dict[str, Any]]:
+        """Clocks neither met nor stopped for good (running or paused)."""
+        return [c for c in self.clocks.values() if c["state"] in ("running", "paused")]
+
+    def pause_clock(self, key: str, at: datetime) -> None:
+        clock = self.clocks.get(key)
+        if clock is None or clock["state"] != "running":
+            return
+        self._clock_paused(
+            self.feedback_number, self.department, clock["clock"], clock["subject"], at
+        )
+
+    @event("ClockPaused")
+    def _clock_paused(
+        self,
+        feedback_number: str,
+        department: str | None,
+        clock: str,
+        subject: str | None,
+        paused_at: datetime,
+    ) -> None:
+        state = self.clocks[clock_key(clock, subject)]
+        state["state"] = "paused"
+        state["paused_since"] = paused_at
+
+    def resume_clock(self, key: str, at: datetime, due_at: datetime, warn_at: datetime) -> None:
+        clock = self.clocks.get(key)
+        if clock is None or clock["state"] != "paused":
+            return
+        self._clock_resumed(
+            self.feedback_number,
+            self.department,
+            clock["clock"],
+            clock["subject"],
+            at,
+            due_at,
+            warn_at,
+        )
+
+    @event("ClockResumed")
+    def _clock_resumed(
+        self,
+        feedback_number: str,
+        department: str | None,
+        clock: str,
+        subject: str | None,
+        resumed_at: datetime,
+        due_at: datetime,
+        warn_at: datetime,
+    ) -> None:
+        state = self.clocks[clock_key(clock, subject)]
+        state["pauses"] = [*state["pauses"], (state["paused_since"], resumed_at)]
+        state.update(state="running", paused_since=None, due_at=due_at, warn_at=warn_at)
+
+    def recompute_clock(
+        self, key: str, target: str, time: str, due_at: datetime, warn_at: datetime, reason: str
+    ) -> None:
+        """A new target (priority changed, reclassified, marked complex, reopened)."""
+        clock = self.clocks.get(key)
+        if clock is None or clock["state"] not in ("running", "paused"):
+            return
+        if clock["target"] == target and clock["time"] == time and clock["due_at"] == due_at:
+            return
+        self._clock_recomputed(
+            self.feedback_number,
+            self.department,
+            clock["clock"],
+            clock["subject"],
+            target,
+            time,
+            due_at,
+            warn_at,
+            reason,
+        )
+
+    @event("ClockRecomputed")
+    def _clock_recomputed(
+        self,
+        feedback_number: str,
+        department: str | None,
+        clock: str,
+        subject: str | None,
+        target: str,
+        time: str,
+        due_at: datetime,
+        warn_at: datetime,
+        reason: str,
+    ) -> None:
+        state = self.clocks[clock_key(clock, subject)]
+        # A new due time earns a new warning (an earlier breach stays on record).
+        state.update(target=target, time=time, due_at=due_at, warn_at=warn_at, warned=False)
+
+    def meet_clock(self, key: str, at: datetime, by_event: str) -> None:
+        """The event that satisfies the promise stops the clock (once)."""
+        clock = self.clocks.get(key)
+        if clock is None or clock["state"] not in ("running", "paused"):
+            return
+        late = bool(clock["breached"]) or at > clock["due_at"]
+        self._clock_met(
+            self.feedback_number,
+            self.department,
+            clock["clock"],
+            clock["subject"],
+            at,
+            by_event,
+            late,
+        )
+
+    @event("ClockMet")
+    def _clock_met(
+        self,
+        feedback_number: str,
+        department: str | None,
+        clock: str,
+        subject: str | None,
+        met_at: datetime,
+        by_event: str,
+        late: bool,
+    ) -> None:
+        self.clocks[clock_key(clock, subject)]["state"] = "met"
+
+    def warn_clock(self, key: str, now: datetime) -> bool:
+        """Warn once, if the clock is still running and its warning time has come."""
+        clock = self.clocks.get(key)
+        if clock is None or clock["state"] != "running" or clock["warned"]:
+            return False
+        if now < clock["warn_at"]:
+            return False
+        self._clock_warned(
+            self.feedback_number,
+            self.department,
+            clock["clock"],
+            clock["subject"],
+            clock["due_at"],
+            self.owner,
+        )
+        return True
+
+    @event("ClockWarned")
+    def _clock_warned(
+        self,
+        feedback_number: str,
+        department: str | None,
+        clock: str,
+        subject: str | None,
+        due_at: datetime,
+        owner: str | None,
+    ) -> None:
+        self.clocks[clock_key(clock, subject)]["warned"] = True
+
+    def breach_clock(self, key: str, now: datetime) -> bool:
+        """Breach once, if the clock is still running past its due time; the case then
+        escalates to the supervisor (the first step of the ladder)."""
+        clock = self.clocks.get(key)
+        if clock is None or clock["state"] != "running" or clock["breached"]:
+            return False
+        if now < clock["due_at"]:
+            return False
+        self._clock_breached(
+            self.feedback_number,
+            self.department,
+            clock["clock"],
+            clock["subject"],
+            clock["due_at"],
+            self.owner,
+        )
+        self.escalate_clock(key, 1, "supervisor", f"{clock['clock']} breached")
+        return True
+
+    @event("ClockBreached")
+    def _clock_breached(
+        self,
+        feedback_number: str,
+        department: str | None,
+        clock: str,
+        subject: str | None,
+        due_at: datetime,
+        owner: str | None,
+    ) -> None:
+        self.clocks[clock_key(clock, subject)]["breached"] = True
+
+    def escalate_clock(self, key: str, level: int, to_role: str, reason: str) -> bool:
+        """One step up the ladder for a breached clock still open (each level once)."""
+        clock = self.clocks.get(key)
+        if clock is None or clock["state"] not in ("running", "paused"):
+            return False
+        if clock["escalation"] >= level:
+            return False
+        self._escalation_raised(
+            self.feedback_number,
+            self.department,
+            level,
+            to_role,
+            reason,
+            clock["clock"],
+            clock["subject"],
+            key,
+        )
+        return True
+
+    @event("EscalationRaised")
+    def _escalation_raised(
+        self,
+        feedback_number: str,
+        department: str | None,
+        level: int,
+        to_role: str,
+        reason: str,
+        clock: str | None,
+        subject: str | None,
+        key: str | None,
+    ) -> None:
+        if key is not None:
+            self.clocks[key]["escalation"] = level
+        self.escalated = max(self.escalated, level)
+
+    def request_escalation(self, by: str, reason: str, support_needed: str | None) -> None:
+        """The owner asks for help before a breach (升级申请)."""
+        if not reason.strip():
+            raise CaseError("an escalation request needs a reason")
+        if by != self.owner:
+            raise CaseError(f"only the owner of {self.feedback_number} requests escalation")
+        self._escalation_requested(
+            self.feedback_number, self.department, by, reason, support_needed
+        )
+
+    @event("EscalationRequested")
+    def _escalation_requested(
+        self,
+        feedback_number: str,
+        department: str | None,
+        by: str,
+        reason: str,
+        support_needed: str | None,
+    ) -> None:
+        self.escalation_requests.append({"by": by, "reason": reason})
+
+
+def clock_key(clock: str, subject: str | None) -> str:
+    """A case has one clock of each kind, or one per subject (a co-handling department)."""
+    return f"{clock}:{subject}" if subject else clock

@@ -84,6 +84,71 @@ def to_contract(domain_event: Any, position: int) -> contract.CaseEvent | None:
             return contract.InformationRequested(**common, missing=tuple(e.missing))
         case "InformationSupplied":
             return contract.InformationSupplied(**common, supplied=e.supplied, complete=e.complete)
+        case "ClockStarted":
+            return contract.ClockStarted(
+                **common,
+                clock=e.clock,
+                subject=e.subject,
+                target=e.target,
+                time=e.time,
+                started_at=e.started_at,
+                due_at=e.due_at,
+                warn_at=e.warn_at,
+            )
+        case "ClockPaused":
+            return contract.ClockPaused(
+                **common, clock=e.clock, subject=e.subject, paused_at=e.paused_at
+            )
+        case "ClockResumed":
+            return contract.ClockResumed(
+                **common,
+                clock=e.clock,
+                subject=e.subject,
+                resumed_at=e.resumed_at,
+                due_at=e.due_at,
+                warn_at=e.warn_at,
+            )
+        case "ClockRecomputed":
+            return contract.ClockRecomputed(
+                **common,
+                clock=e.clock,
+                subject=e.subject,
+                target=e.target,
+                time=e.time,
+                due_at=e.due_at,
+                warn_at=e.warn_at,
+                reason=e.reason,
+            )
+        case "ClockMet":
+            return contract.ClockMet(
+                **common,
+                clock=e.clock,
+                subject=e.subject,
+                met_at=e.met_at,
+                by_event=e.by_event,
+                late=e.late,
+            )
+        case "ClockWarned":
+            return contract.ClockWarned(
+                **common, clock=e.clock, subject=e.subject, due_at=e.due_at, owner=e.owner
+            )
+        case "ClockBreached":
+            return contract.ClockBreached(
+                **common, clock=e.clock, subject=e.subject, due_at=e.due_at, owner=e.owner
+            )
+        case "EscalationRaised":
+            return contract.EscalationRaised(
+                **common,
+                level=e.level,
+                to_role=e.to_role,
+                reason=e.reason,
+                clock=e.clock,
+                subject=e.subject,
+            )
+        case "EscalationRequested":
+            return contract.EscalationRequested(
+                **common, by=e.by, reason=e.reason, support_needed=e.support_needed
+            )
         case "CorrespondenceReceived":
             return contract.CorrespondenceReceived(
                 **common,

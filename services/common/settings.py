@@ -104,6 +104,39 @@ class Settings(BaseSettings):
     oidc_agent_claim: str = "feedback_agent_id"
     oidc_username_claim: str = "preferred_username"
 
+    # Notifications (services/notifications). E-mail through this SMTP server (port 0: no
+    # e-mail); SMS and instant messages POSTed to these webhooks, signed with HMAC-SHA256
+    # of `timestamp.body` under the secret (a webhook without a secret refuses to start);
+    # staff contacts from this YAML file (default config/notifications.yaml).
+    notify_smtp_host: str = "127.0.0.1"
+    notify_smtp_port: int = Field(default=0, ge=0, le=65535)
+    notify_smtp_starttls: bool = False
+    notify_smtp_username: str | None = None
+    notify_smtp_password: SecretStr | None = None
+    notify_from: str = "feedback-noreply@localhost"
+    notify_sms_webhook_url: str | None = None
+    notify_im_webhook_url: str | None = None
+    notify_webhook_secret: SecretStr | None = None
+    notify_staff_file: Path | None = None
+    # The sender: rows claimed per round, sends at once, tries before the dead letter,
+    # backoff doubling from `notify_backoff_s` up to `notify_backoff_max_s`, the time one
+    # send may take, how long a claim keeps other senders off a row (at least three sends'
+    # time), and the fallback poll (a consumer in the same process wakes it at once).
+    notify_batch_size: int = Field(default=50, ge=1, le=1000)
+    notify_concurrency: int = Field(default=8, ge=1, le=100)
+    notify_max_attempts: int = Field(default=6, ge=1, le=50)
+    notify_backoff_s: float = Field(default=30.0, gt=0)
+    notify_backoff_max_s: float = Field(default=3600.0, gt=0)
+    notify_send_timeout_s: float = Field(default=10.0, gt=0)
+    notify_lease_s: float = Field(default=120.0, gt=0)
+    notify_poll_s: float = Field(default=1.0, gt=0)
+    # The customer's acknowledgement waits up to this long for the first-response clock
+    # (its due time goes into the message); it leaves as soon as the clock is known.
+    notify_ack_hold_s: float = Field(default=15.0, ge=0)
+    # Case events older than this tell nobody (a new consumer group reads the whole topic;
+    # customers must not be told about last year's cases).
+    notify_max_event_age_s: float = Field(default=3 * 86400.0, gt=0)
+
     @field_validator("pii_key", "auth_token_key")
     @classmethod
     def _key_is_32_bytes(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:

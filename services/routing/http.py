@@ -46,6 +46,11 @@ class DisputeIn(Command):
     reason: Reason
 
 
+class EscalationRequestIn(Command):
+    reason: Reason
+    support_needed: Annotated[str, Field(max_length=2000)] | None = None
+
+
 class AssignIn(Command):
     agent_id: AgentId = Field(description="the agent the case is assigned to")
     reason: Reason
@@ -90,6 +95,8 @@ class CaseView(BaseModel):
     priority: str | None
     classification: dict[str, Any] | None
     co_handlers: list[dict[str, Any]]
+    clocks: list[dict[str, Any]] = []
+    escalation_level: int = 0
     version: int
 
     @classmethod
@@ -103,6 +110,21 @@ class CaseView(BaseModel):
             priority=case.priority,
             classification=case.classification,
             co_handlers=case.co_handlers,
+            clocks=[
+                {
+                    "clock": c["clock"],
+                    "subject": c["subject"],
+                    "target": c["target"],
+                    "time": c["time"],
+                    "state": c["state"],
+                    "started_at": c["started_at"],
+                    "due_at": c["due_at"],
+                    "warned": c["warned"],
+                    "breached": c["breached"],
+                }
+                for c in case.clocks.values()
+            ],
+            escalation_level=case.escalated,
             version=case.version,
         )
 
@@ -174,6 +196,21 @@ def routing_router(
         await case_of(number, actor)
         agent = agent_of(actor)
         return CaseView.of(await _run(lambda: routing.dispute(number, agent, body.reason)))
+
+    @router.post("/v1/cases/{number}/escalation-requests", response_model=CaseView)
+    async def request_escalation(
+        number: Number,
+        body: EscalationRequestIn,
+        actor: Annotated[Actor, require("case.escalate")],
+    ) -> CaseView:
+        """The owner asks for escalation, with the reason and the support needed (升级申请)."""
+        await case_of(number, actor)
+        agent = agent_of(actor)
+        return CaseView.of(
+            await _run(
+                lambda: routing.request_escalation(number, agent, body.reason, body.support_needed)
+            )
+        )
 
     @router.post("/v1/cases/{number}/assign", response_model=CaseView)
     async def assign(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -307,9 +308,10 @@ class RoutingService:
 
     def _record_assignments(self, assignments: list[Assignment]) -> None:
         for assignment in assignments:
-            case = self.store.get_case(assignment.feedback_id)
-            case.assign(assignment.owner, ROUTING, assignment.reason)
-            self.store.save(case)
+            self._change(
+                assignment.feedback_id,
+                lambda case, a=assignment: case.assign(a.owner, ROUTING, a.reason),  # type: ignore[misc]
+            )
             self.worklist.mark_announced([assignment.feedback_id])
 
     # -- commands from agents and supervisors -----------------------------------------
@@ -320,22 +322,42 @@ class RoutingService:
             raise NotFound(f"no routed feedback {feedback_number}")
         return self.store.get_case(row.feedback_id), row
 
-    def _save(self, case: Case) -> None:
-        try:
-            self.store.save(case)
-        except IntegrityError as error:
-            raise Refused("the case changed meanwhile; reload and try again") from error
+    def _change(self, case_id: UUID, decide: Callable[[Case], None]) -> Case:
+        """Load the case, let it decide, store what it decided. Other writers (the sla
+        service, another instance) may append meanwhile: then it decides again on the
+        newer case (its decisions depend only on its state)."""
+        for _ in range(5):
+            case = self.store.get_case(case_id)
+            _decide(lambda case=case: decide(case))
+            try:
+                self.store.save(case)
+                return case
+            except IntegrityError:
+                continue
+        raise Refused("the case kept changing meanwhile; try again")
+
+    def _routed_row(self, feedback_number: str) -> CaseRow:
+        row = self.worklist.find(feedback_number)
+        if row is None:
+            raise NotFound(f"no routed feedback {feedback_number}")
+        return row
+
+    def request_escalation(
+        self, feedback_number: str, agent_id: str, reason: str, support_needed: str | None
+    ) -> Case:
+        """The owner asks for escalation before a breach (升级申请)."""
+        row = self._routed_row(feedback_number)
+        return self._change(
+            row.feedback_id, lambda case: case.request_escalation(agent_id, reason, support_needed)
+        )
 
     def accept(self, feedback_number: str, agent_id: str) -> Case:
-        case, _ = self._load(feedback_number)
-        _decide(lambda: case.accept(agent_id))
-        self._save(case)
-        return case
+        row = self._routed_row(feedback_number)
+        return self._change(row.feedback_id, lambda case: case.accept(agent_id))
 
     def dispute(self, feedback_number: str, agent_id: str, reason: str) -> Case:
-        case, row = self._load(feedback_number)
-        _decide(lambda: case.dispute(agent_id, reason))
-        self._save(case)
+        row = self._routed_row(feedback_number)
+        case = self._change(row.feedback_id, lambda case: case.dispute(agent_id, reason))
         self.worklist.set_state(row.feedback_id, "disputed", owner=None)
         # The freed capacity may let a queued case through.
         if row.department:
@@ -355,8 +377,7 @@ class RoutingService:
             raise Refused("a reassignment needs a reason")
         if not self.worklist.set_owner(row.feedback_id, agent_id, agent):
             raise Refused(f"{agent_id} has no capacity left for this case")
-        _decide(lambda: case.assign(agent_id, by, reason))
-        self._save(case)
+        case = self._change(row.feedback_id, lambda case: case.assign(agent_id, by, reason))
         self.worklist.mark_announced([row.feedback_id])
         if row.owner and row.owner != agent_id and row.department:
             self._record_assignments(self.worklist.drain([row.department]))
@@ -367,10 +388,10 @@ class RoutingService:
     ) -> Case:
         if department not in self.classifier.book.departments:
             raise Refused(f"unknown department {department}")
-        case, _ = self._load(feedback_number)
-        _decide(lambda: case.add_co_handler(department, duty, due_at, by))
-        self._save(case)
-        return case
+        row = self._routed_row(feedback_number)
+        return self._change(
+            row.feedback_id, lambda case: case.add_co_handler(department, duty, due_at, by)
+        )
 
     def reclassify(
         self,
@@ -401,10 +422,13 @@ class RoutingService:
             "needs_triage": False,
             "rules": [f"manual:{by}"],
         }
-        _decide(lambda: case.reclassify(decision, by, reason))
         old_department = case.department
-        case.route(department, f"reclassified by {by}: {reason}")
-        self._save(case)
+
+        def reclassify_and_route(case: Case) -> None:
+            case.reclassify(decision, by, reason)
+            case.route(department, f"reclassified by {by}: {reason}")
+
+        case = self._change(row.feedback_id, reclassify_and_route)
         moved = old_department != department or row.state in ("triage", "disputed")
         if moved:
             self.worklist.set_state(
@@ -421,9 +445,10 @@ class RoutingService:
     def override_priority(
         self, feedback_number: str, priority: Priority, by: str, reason: str
     ) -> Case:
-        case, row = self._load(feedback_number)
-        _decide(lambda: case.override_priority(priority.value, by, reason))
-        self._save(case)
+        row = self._routed_row(feedback_number)
+        case = self._change(
+            row.feedback_id, lambda case: case.override_priority(priority.value, by, reason)
+        )
         self.worklist.set_state(
             row.feedback_id, row.state, priority=priority.value,
             priority_rank=PRIORITY_RANK[priority.value], weight=self.weights[priority.value],

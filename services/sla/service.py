@@ -1,0 +1,356 @@
+"""Deadlines on cases: which clocks a case gets, when they pause, resume, are recomputed
+or met, and the scheduler that warns, breaches and escalates.
+
+Three parts, each exactly once:
+- decisions (consumer group `sla`): case events in, clock events appended to the same case
+  together with the Kafka position (eventsourcing tracking, as routing does);
+- timers (consumer group `sla-timers`): a table of fire times indexed by time, projected
+  from the clock events, the table and the position in one transaction;
+- the scheduler: claims due timers with `FOR UPDATE SKIP LOCKED`, appends the warning,
+  breach or escalation to the case (which records each once: a repeat after a crash, or a
+  second scheduler, changes nothing) and deletes the timers it fired.
+
+Which event satisfies which clock (until handling records contact with the customer, the
+owner accepting the case is the first response):
+
+| clock | started by | met by | paused by / resumed by |
+|---|---|---|---|
+| first_response | the first classification (from receipt) | OwnerAccepted | InformationRequested / InformationSupplied (complete) |
+| resolution (complaints) | the first classification (from receipt) | (the handling issue's resolution) | as above |
+| co_handler_response | CoHandlerAdded (per department) | (the co-handler's answer) | as above |
+
+A priority change or reclassification recomputes the open clocks from their original
+start, paused time still excluded; a recomputation that makes a clock overdue breaches it
+at once (once). A breach escalates to the supervisor at once, and to the department head
+if the clock is still open `escalation.to_head_after` later.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+from uuid import UUID
+
+from eventsourcing.persistence import IntegrityError
+from psycopg_pool import ConnectionPool
+from pydantic import ValidationError
+
+from contracts import events as contract
+from services.cases.domain import Case, CaseError, clock_key
+from services.cases.store import CaseStore, KafkaPosition
+from services.sla.calendar import BusinessCalendar, Target
+from services.sla.policies import Policies, Rule
+
+log = logging.getLogger(__name__)
+
+GROUP = "sla"
+TIMERS = "sla.timers"
+
+SCHEMA = [
+    """
+    CREATE TABLE IF NOT EXISTS sla_timers (
+        case_id uuid NOT NULL,
+        clock_key text NOT NULL,
+        kind text NOT NULL,
+        fire_at timestamptz NOT NULL,
+        PRIMARY KEY (case_id, clock_key, kind)
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS sla_timers_fire_at ON sla_timers (fire_at)",
+]
+# Clock events this service writes itself: it does not decide on them again.
+OWN_EVENTS = (
+    contract.ClockStarted,
+    contract.ClockPaused,
+    contract.ClockResumed,
+    contract.ClockRecomputed,
+    contract.ClockMet,
+    contract.ClockWarned,
+    contract.ClockBreached,
+    contract.EscalationRaised,
+    contract.EscalationRequested,
+)
+
+
+class Clock(Protocol):
+    """Where the time comes from: the system's, or a test's that it moves."""
+
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+@dataclass
+class Decisions:
+    """A partition slice of case events, decided, for one transaction."""
+
+    topic: str
+    partition: int
+    next_offset: int | None = None
+    cases: dict[UUID, Case] = field(default_factory=dict)
+
+
+class SlaService:
+    def __init__(
+        self,
+        store: CaseStore,
+        pool: ConnectionPool,
+        policies: Policies,
+        calendar: BusinessCalendar,
+        clock: Clock | None = None,
+    ) -> None:
+        self.store = store
+        self.pool = pool
+        self.policies = policies
+        self.calendar = calendar
+        self.clock = clock or SystemClock()
+
+    # -- decisions ----------------------------------------------------------------------
+
+    def decide(self, topic: str, partition: int, records: list[Any]) -> Decisions:
+        work = Decisions(topic, partition)
+        next_offset = self.store.next_offset(GROUP, topic, partition)
+        unseen = [r for r in records if r.offset >= next_offset]
+        if not unseen:
+            return work
+        work.next_offset = unseen[-1].offset + 1
+        for record in unseen:
+            try:
+                message = contract.case_event_adapter.validate_json(record.value or b"")
+            except ValidationError:
+                continue  # the read side keeps unreadable case events as dead letters
+            if isinstance(message, OWN_EVENTS):
+                continue
+            case = work.cases.get(message.feedback_id) or self._case(message.feedback_id)
+            if case is None:
+                continue
+            try:
+                self._decide(case, message)
+            except CaseError as error:
+                log.warning("%s: %s", message.feedback_number, error)
+            work.cases[case.id] = case
+        return work
+
+    def commit(self, work: Decisions) -> None:
+        assert work.next_offset is not None
+        position = KafkaPosition(GROUP, work.topic, work.partition, work.next_offset)
+        self.store.record(work.cases.values(), position)
+
+    def _case(self, case_id: UUID) -> Case | None:
+        try:
+            return self.store.get_case(case_id)
+        except Exception:
+            log.warning("no case %s in the store", case_id)
+            return None
+
+    def _decide(self, case: Case, message: contract.CaseEvent) -> None:
+        at = message.occurred_at
+        match message:
+            case contract.FeedbackClassified() | contract.PriorityOverridden():
+                if case.clocks:
+                    self._recompute(case, f"{message.event_type} by {getattr(message, 'by', '')}")
+                else:
+                    self._start_case_clocks(case)
+            case contract.OwnerAccepted():
+                case.meet_clock("first_response", at, "OwnerAccepted")
+            case contract.InformationRequested():
+                for clock in case.open_clocks():
+                    case.pause_clock(clock_key(clock["clock"], clock["subject"]), at)
+            case contract.InformationSupplied(complete=True):
+                for clock in case.open_clocks():
+                    if clock["state"] == "paused":
+                        pauses = [*clock["pauses"], (clock["paused_since"], at)]
+                        due, warn = self._times(clock, clock["target"], pauses)
+                        case.resume_clock(
+                            clock_key(clock["clock"], clock["subject"]), at, due, warn
+                        )
+                # A priority changed while they were paused applies now.
+                self._recompute(case, "resumed with the current policy")
+            case contract.CoHandlerAdded():
+                rule = self.policies.rule_for("co_handler_response", self._facts(case))
+                if rule is not None:
+                    self._start(case, "co_handler_response", message.co_department, rule, at)
+
+    def _facts(self, case: Case) -> dict[str, Any]:
+        decided = case.classification or {}
+        return {
+            "priority": decided.get("priority"),
+            "type": decided.get("type") or case.registration.get("stated_type"),
+            "category": decided.get("category"),
+            "channel": case.registration.get("channel"),
+            "customer_tier": case.registration.get("customer_tier"),
+            "complex": False,
+        }
+
+    def _start_case_clocks(self, case: Case) -> None:
+        received = datetime.fromisoformat(str(case.registration["received_at"]))
+        facts = self._facts(case)
+        for name in ("first_response", "resolution"):
+            rule = self.policies.rule_for(name, facts)
+            if rule is not None:
+                self._start(case, name, None, rule, received)
+
+    def _start(
+        self, case: Case, name: str, subject: str | None, rule: Rule, started_at: datetime
+    ) -> None:
+        due = self.calendar.due(started_at, rule.parsed, rule.time)
+        warn = self._warn_at(started_at, due, rule.time, ())
+        case.start_clock(name, subject, rule.target, rule.time, started_at, due, warn)
+
+    def _recompute(self, case: Case, reason: str) -> None:
+        facts = self._facts(case)
+        for clock in case.open_clocks():
+            rule = self.policies.rule_for(clock["clock"], facts)
+            if rule is None or clock["state"] == "paused":
+                # Paused: the new target applies when the clock resumes (see `_decide`).
+                continue
+            due, warn = self._times({**clock, "time": rule.time}, rule.target, clock["pauses"])
+            case.recompute_clock(
+                clock_key(clock["clock"], clock["subject"]),
+                rule.target,
+                rule.time,
+                due,
+                warn,
+                reason,
+            )
+
+    def _times(
+        self, clock: dict[str, Any], target: str, pauses: list[tuple[datetime, datetime]]
+    ) -> tuple[datetime, datetime]:
+        rule = Rule(target=target, time=clock["time"])
+        due = self.calendar.due(clock["started_at"], rule.parsed, rule.time, pauses)
+        return due, self._warn_at(clock["started_at"], due, rule.time, pauses)
+
+    def _warn_at(
+        self,
+        start: datetime,
+        due: datetime,
+        time: str,
+        pauses: list[tuple[datetime, datetime]] | tuple[()],
+    ) -> datetime:
+        """When the configured share of the clock has run (counted as the clock counts)."""
+        share = self.policies.warn_at_share
+        if time == "calendar":
+            counted = (due - start).total_seconds() - sum(
+                (b - a).total_seconds() for a, b in pauses
+            )
+            minutes = max(1, int(counted * share / 60))
+        else:
+            counted_minutes = self.calendar.business_minutes_between(start, due) - sum(
+                self.calendar.business_minutes_between(a, b) for a, b in pauses
+            )
+            minutes = max(1, int(counted_minutes * share))
+        return self.calendar.due(start, Target(minutes, "m"), time, list(pauses))  # type: ignore[arg-type]
+
+    # -- the scheduler ------------------------------------------------------------------
+
+    def fire_due(self, limit: int = 500) -> int:
+        """Warn, breach and escalate what is due now; returns how many timers fired."""
+        now = self.clock.now()
+        with self.pool.connection() as conn, conn.transaction():
+            rows = conn.execute(
+                "SELECT case_id, clock_key, kind FROM sla_timers WHERE fire_at <= %s "
+                "ORDER BY fire_at LIMIT %s FOR UPDATE SKIP LOCKED",
+                (now, limit),
+            ).fetchall()
+            if not rows:
+                return 0
+            due: dict[UUID, list[tuple[str, str]]] = defaultdict(list)
+            for case_id, key, kind in rows:
+                due[case_id].append((key, kind))
+            self._fire_all(due, now)
+            conn.execute(
+                "DELETE FROM sla_timers t USING unnest(%s::uuid[], %s::text[], %s::text[]) "
+                "AS f(case_id, clock_key, kind) WHERE t.case_id = f.case_id "
+                "AND t.clock_key = f.clock_key AND t.kind = f.kind",
+                ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]),
+            )
+        return len(rows)
+
+    def _fire_all(self, due: dict[UUID, list[tuple[str, str]]], now: datetime) -> None:
+        """All the cases of a batch decided and stored in one transaction (one commit for
+        hundreds of breaches); if another writer changed one of them meanwhile, case by
+        case instead."""
+        cases = []
+        for case_id, timers in due.items():
+            case = self._case(case_id)
+            if case is not None:
+                self._apply_timers(case, timers, now)
+                cases.append(case)
+        try:
+            self.store.save(*cases)
+            self.stored(list(due))
+            return
+        except IntegrityError:
+            pass
+        for case_id, timers in due.items():
+            self._fire(case_id, timers, now)
+
+    def stored(self, case_ids: list[UUID]) -> None:
+        """Hook: these cases' fired timers are stored (benchmarks time it)."""
+
+    def _apply_timers(self, case: Case, timers: list[tuple[str, str]], now: datetime) -> None:
+        for key, kind in timers:
+            if kind == "warn":
+                case.warn_clock(key, now)
+            elif kind == "breach":
+                case.breach_clock(key, now)
+            elif kind == "escalate":
+                case.escalate_clock(key, 2, "head", "still open after the supervisor was told")
+
+    def _fire(self, case_id: UUID, timers: list[tuple[str, str]], now: datetime) -> None:
+        for _ in range(5):  # another writer appended to the case meanwhile: load it again
+            case = self._case(case_id)
+            if case is None:
+                return
+            self._apply_timers(case, timers, now)
+            try:
+                self.store.save(case)
+                self.stored([case_id])
+                return
+            except IntegrityError:
+                continue
+        raise RuntimeError(f"case {case_id} kept changing under the scheduler")
+
+
+async def apply_timers(conn: Any, message: contract.CaseEvent, escalate_after: Any) -> None:
+    """Project a clock event onto the timer table (inside the consumer's transaction)."""
+    if not isinstance(message, OWN_EVENTS):
+        return
+    case_id = message.feedback_id
+    key = clock_key(getattr(message, "clock", "") or "", getattr(message, "subject", None))
+
+    async def put(kind: str, fire_at: datetime) -> None:
+        await conn.execute(
+            "INSERT INTO sla_timers (case_id, clock_key, kind, fire_at) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (case_id, clock_key, kind) DO UPDATE SET fire_at = excluded.fire_at",
+            (case_id, key, kind, fire_at),
+        )
+
+    async def drop(*kinds: str) -> None:
+        await conn.execute(
+            "DELETE FROM sla_timers WHERE case_id = %s AND clock_key = %s AND kind = ANY(%s)",
+            (case_id, key, list(kinds)),
+        )
+
+    match message:
+        case contract.ClockStarted() | contract.ClockResumed() | contract.ClockRecomputed():
+            await put("warn", message.warn_at)
+            await put("breach", message.due_at)
+        case contract.ClockPaused():
+            await drop("warn", "breach")
+        case contract.ClockMet():
+            await drop("warn", "breach", "escalate")
+        case contract.ClockWarned():
+            await drop("warn")
+        case contract.ClockBreached():
+            await drop("breach")
+            await put("escalate", escalate_after(message.due_at))
+        case contract.EscalationRaised(level=level) if level >= 2 and message.clock:
+            await drop("escalate")
