@@ -49,6 +49,7 @@ SAMPLES = {
     "customer_ref": "客户-2024-0001",
     "username": "nobody.x",
     "channel": "store",
+    "item_id": str(uuid.UUID(int=2)),
 }
 PHONE_OR_EMAIL = re.compile(r"1[3-9]\d{9}|[\w.+-]+@[\w-]+\.[\w.]+")
 
