@@ -350,6 +350,23 @@ async def test_bodies_are_limited_by_bytes_read_and_documented_limits_are_reacha
             "/v1/channels/batch/store", files={"file": ("big.csv", csv.encode(), "text/csv")}
         )
         assert answer.status_code in (200, 422), answer.text[:300]
+        # An 8 MB mail (a scanned invoice attached) is within the .eml limit.
+        from email.message import EmailMessage
+
+        mail = EmailMessage()
+        mail["From"], mail["To"], mail["Subject"] = "li@example.com", "service@example.com", "发票"
+        mail["Message-ID"] = "<big-mail@example.com>"
+        mail.set_content("发票金额开错了，扫描件见附件")
+        mail.add_attachment(
+            b"%PDF-1.4\n" + b"0" * (6 * 1024 * 1024), maintype="application", subtype="pdf",
+            filename="invoice.pdf",
+        )  # fmt: skip
+        raw_mail = mail.as_bytes()
+        assert len(raw_mail) > 8_000_000
+        taken = await client.post(
+            "/v1/channels/email/eml", files={"file": ("big.eml", raw_mail, "message/rfc822")}
+        )
+        assert taken.status_code == 202, taken.text[:300]
         # Empty and lying attachments.
         for name, data, kind in (
             ("empty.png", b"", "image/png"),
