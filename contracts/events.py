@@ -344,6 +344,87 @@ class EscalationRequested(CaseEvent):
     support_needed: str | None = None
 
 
+class NoteAdded(CaseEvent):
+    """A line of the progress log (处理进度); `visible_to_customer` ones are sent to them."""
+
+    event_type: Literal["NoteAdded"] = "NoteAdded"
+    text: str
+    visible_to_customer: bool
+    step: str | None = None
+    by: str
+
+
+class PlanSet(CaseEvent):
+    """The cause found and the plan (处理方案) with its expected completion."""
+
+    event_type: Literal["PlanSet"] = "PlanSet"
+    diagnosis: str
+    plan: str
+    expected_completion: AwareDatetime
+    by: str
+
+
+class CoHandlerResponded(CaseEvent):
+    event_type: Literal["CoHandlerResponded"] = "CoHandlerResponded"
+    co_department: str
+    response: str
+    by: str
+
+
+class CaseResolved(CaseEvent):
+    """The result (处理结果); sent to the customer, who confirms it."""
+
+    event_type: Literal["CaseResolved"] = "CaseResolved"
+    result: Literal["resolved", "partially_resolved", "unresolved"]
+    summary: str
+    reason: str | None = None
+    measures: str | None = None
+    resources: str | None = None
+    by: str
+
+
+class CustomerConfirmed(CaseEvent):
+    event_type: Literal["CustomerConfirmed"] = "CustomerConfirmed"
+    satisfied: bool
+    comment: str | None = None
+    by: str
+    on_behalf: bool = Field(description="entered by staff for the customer")
+
+
+class CaseReopened(CaseEvent):
+    event_type: Literal["CaseReopened"] = "CaseReopened"
+    reason: str
+    by: str
+    previous_priority: Priority
+    priority: Priority
+
+
+class CaseRated(CaseEvent):
+    event_type: Literal["CaseRated"] = "CaseRated"
+    csat: Annotated[int, Field(ge=1, le=5)]
+    nps: Annotated[int, Field(ge=0, le=10)] | None = None
+    aspects: dict[str, Annotated[int, Field(ge=1, le=5)]] = {}
+    comment: str | None = None
+    by: str
+
+
+class CaseClosed(CaseEvent):
+    event_type: Literal["CaseClosed"] = "CaseClosed"
+    reason: str | None = None
+    by: str
+
+
+class MarkedComplex(CaseEvent):
+    event_type: Literal["MarkedComplex"] = "MarkedComplex"
+    reason: str
+    by: str
+
+
+class CaseArchived(CaseEvent):
+    event_type: Literal["CaseArchived"] = "CaseArchived"
+    by: str
+
+
 CASE_EVENTS: tuple[type[CaseEvent], ...] = (
     CaseRegistered,
     FeedbackClassified,
@@ -366,6 +447,16 @@ CASE_EVENTS: tuple[type[CaseEvent], ...] = (
     ClockBreached,
     EscalationRaised,
     EscalationRequested,
+    NoteAdded,
+    PlanSet,
+    CoHandlerResponded,
+    CaseResolved,
+    CustomerConfirmed,
+    CaseReopened,
+    CaseRated,
+    CaseClosed,
+    MarkedComplex,
+    CaseArchived,
 )
 CaseEventMessage = Annotated[
     CaseRegistered
@@ -388,7 +479,17 @@ CaseEventMessage = Annotated[
     | ClockWarned
     | ClockBreached
     | EscalationRaised
-    | EscalationRequested,
+    | EscalationRequested
+    | NoteAdded
+    | PlanSet
+    | CoHandlerResponded
+    | CaseResolved
+    | CustomerConfirmed
+    | CaseReopened
+    | CaseRated
+    | CaseClosed
+    | MarkedComplex
+    | CaseArchived,
     Field(discriminator="event_type"),
 ]
 case_event_adapter: TypeAdapter[CaseEventMessage] = TypeAdapter(CaseEventMessage)

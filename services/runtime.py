@@ -38,6 +38,7 @@ from services.common.deadletters import SCHEMA as DEADLETTERS_SCHEMA
 from services.common.deadletters import configure_sealing
 from services.common.metrics import metrics_router
 from services.common.settings import Settings
+from services.handling.http import handling_router
 from services.intake import deadletters as intake_deadletters
 from services.intake import numbering, pii_vault, registration
 from services.intake.channels import chat_social
@@ -405,6 +406,11 @@ def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> Fa
         )
     if platform.routing is not None:
         assert platform.pool is not None
+        app.include_router(
+            handling_router(
+                platform.routing.store, platform.routing.worklist, settings.auth_token_key_bytes
+            )
+        )
         app.include_router(
             routing_router(
                 platform.routing,

@@ -27,6 +27,15 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "case.dispute": frozenset({A, S}),
     "case.assign": frozenset({S, H}),
     "case.escalate": frozenset({A, S}),
+    "case.note": frozenset({A, S, H}),
+    "case.plan": frozenset({A, S}),
+    "case.co_respond": frozenset({A, S, H, ADMIN}),
+    "case.resolve": frozenset({A, S}),
+    "case.confirm": frozenset({A, S}),  # on the customer's behalf (customers use their token)
+    "case.close": frozenset({A, S, H}),
+    "case.reopen": frozenset({S, H}),
+    "case.complex": frozenset({S, H}),
+    "case.archive": frozenset({S, H}),
     # The owner asks another department to co-handle; supervisors and heads may too.
     "case.co_handle": frozenset({A, S, H}),
     "case.reclassify": frozenset({S, H}),

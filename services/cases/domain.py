@@ -24,6 +24,24 @@ class CaseStatus(StrEnum):
     accepted = "accepted"  # the owner confirmed (确认接收)
     disputed = "disputed"  # the owner refused with a reason; the supervisor reassigns
     pending_info = "pending_info"  # 待补充: waiting for the customer to supply information
+    in_progress = "in_progress"  # the owner works on it (a plan or a note recorded)
+    resolved = "resolved"  # a result recorded; waiting for the customer's confirmation
+    reopened = "reopened"  # the customer was not satisfied, or a supervisor reopened it
+    confirmed = "confirmed"  # the customer confirmed the result
+    closed = "closed"
+    archived = "archived"  # read-only
+
+
+# Where a case is being handled: notes, plans, information requests and a result may be recorded.
+HANDLING = frozenset(
+    {
+        CaseStatus.accepted,
+        CaseStatus.in_progress,
+        CaseStatus.pending_info,
+        CaseStatus.reopened,
+    }
+)
+PRIORITY_UP = {"low": "medium", "medium": "high", "high": "urgent", "urgent": "urgent"}
 
 
 class CaseError(Exception):
@@ -51,6 +69,13 @@ class Case(Aggregate):
         self.clocks: dict[str, dict[str, Any]] = {}
         self.escalated = 0
         self.escalation_requests: list[dict[str, str]] = []
+        self.notes: list[dict[str, Any]] = []
+        self.plan: dict[str, Any] | None = None
+        self.result: dict[str, Any] | None = None
+        self.ratings: list[dict[str, Any]] = []
+        self.complex = False
+        self.reopened_count = 0
+        self.resume_status: CaseStatus | None = None
 
     @classmethod
     def register(cls, feedback_id: UUID, registration: Registration) -> Case:
@@ -235,6 +260,9 @@ class Case(Aggregate):
         self, feedback_number: str, department: str | None, missing: list[str]
     ) -> None:
         self.missing = list(missing)
+        # Asked while handling: supplying it returns the case to handling, not to routing.
+        handling = self.status in HANDLING and self.status != CaseStatus.pending_info
+        self.resume_status = CaseStatus.in_progress if handling else None
         self.status = CaseStatus.pending_info
 
     def supply_information(self, supplied: dict[str, str]) -> bool:
@@ -253,7 +281,8 @@ class Case(Aggregate):
         self.registration = {**self.registration, **supplied}
         self.missing = [m for m in self.missing if m not in supplied]
         if complete:
-            self.status = CaseStatus.registered
+            self.status = getattr(self, "resume_status", None) or CaseStatus.registered
+            self.resume_status = None
 
     def receive_correspondence(
         self,
@@ -583,6 +612,235 @@ class Case(Aggregate):
         support_needed: str | None,
     ) -> None:
         self.escalation_requests.append({"by": by, "reason": reason})
+
+    # -- handling (services/handling decides who may; the case decides what may) -------
+
+    def _handling(self, what: str) -> None:
+        if self.status not in HANDLING:
+            raise CaseError(
+                f"{what} needs a case being handled; {self.feedback_number} is {self.status.value}"
+            )
+
+    def add_note(self, text: str, visible_to_customer: bool, step: str | None, by: str) -> None:
+        """A line of the progress log (处理进度): time, step, operator, note."""
+        if self.status in (CaseStatus.closed, CaseStatus.archived):
+            raise CaseError(f"{self.feedback_number} is {self.status.value}: no more notes")
+        if not text.strip():
+            raise CaseError("a note needs text")
+        self._note_added(self.feedback_number, self.department, text, visible_to_customer, step, by)
+
+    @event("NoteAdded")
+    def _note_added(
+        self,
+        feedback_number: str,
+        department: str | None,
+        text: str,
+        visible_to_customer: bool,
+        step: str | None,
+        by: str,
+    ) -> None:
+        self.notes.append({"text": text, "visible": visible_to_customer, "step": step, "by": by})
+        if self.status == CaseStatus.accepted:
+            self.status = CaseStatus.in_progress
+
+    def set_plan(self, diagnosis: str, plan: str, expected_completion: datetime, by: str) -> None:
+        """The cause found and the plan with its expected completion (处理方案, 预计完成时间)."""
+        self._handling("a plan")
+        self._plan_set(
+            self.feedback_number, self.department, diagnosis, plan, expected_completion, by
+        )
+
+    @event("PlanSet")
+    def _plan_set(
+        self,
+        feedback_number: str,
+        department: str | None,
+        diagnosis: str,
+        plan: str,
+        expected_completion: datetime,
+        by: str,
+    ) -> None:
+        self.plan = {
+            "diagnosis": diagnosis,
+            "plan": plan,
+            "expected_completion": expected_completion,
+        }
+        if self.status in (CaseStatus.accepted, CaseStatus.reopened):
+            self.status = CaseStatus.in_progress
+
+    def co_handler_responds(self, co_department: str, response: str, by: str) -> None:
+        """The co-handling department's answer (within its 24 h clock)."""
+        if not any(c["department"] == co_department for c in self.co_handlers):
+            raise CaseError(f"{co_department} is not a co-handler of {self.feedback_number}")
+        if self.status in (CaseStatus.closed, CaseStatus.archived):
+            raise CaseError(f"{self.feedback_number} is {self.status.value}")
+        self._co_handler_responded(
+            self.feedback_number, self.department, co_department, response, by
+        )
+
+    @event("CoHandlerResponded")
+    def _co_handler_responded(
+        self,
+        feedback_number: str,
+        department: str | None,
+        co_department: str,
+        response: str,
+        by: str,
+    ) -> None:
+        for co in self.co_handlers:
+            if co["department"] == co_department:
+                co["response"] = response
+
+    def resolve(
+        self,
+        result: str,
+        summary: str,
+        reason: str | None,
+        measures: str | None,
+        resources: str | None,
+        by: str,
+    ) -> None:
+        """The result (处理结果): resolved, partially resolved or unresolved (with why)."""
+        self._handling("a result")
+        if self.status == CaseStatus.pending_info:
+            raise CaseError("waiting for the customer's information: resolve after it arrives")
+        if result != "resolved" and not (reason or "").strip():
+            raise CaseError(f"a {result.replace('_', ' ')} result needs a reason")
+        self._resolved(
+            self.feedback_number, self.department, result, summary, reason, measures, resources, by
+        )
+
+    @event("Resolved")
+    def _resolved(
+        self,
+        feedback_number: str,
+        department: str | None,
+        result: str,
+        summary: str,
+        reason: str | None,
+        measures: str | None,
+        resources: str | None,
+        by: str,
+    ) -> None:
+        self.result = {"result": result, "summary": summary, "reason": reason, "by": by}
+        self.status = CaseStatus.resolved
+
+    def confirm(self, satisfied: bool, comment: str | None, by: str, on_behalf: bool) -> None:
+        """The customer confirms the result (or staff on their behalf, recorded as such).
+        Not satisfied: the case reopens with its priority one level up."""
+        if self.status != CaseStatus.resolved:
+            raise CaseError(
+                f"only a resolved case is confirmed; {self.feedback_number} is {self.status.value}"
+            )
+        self._confirmed(self.feedback_number, self.department, satisfied, comment, by, on_behalf)
+        if not satisfied:
+            priority = self.priority or "medium"
+            self._reopened(
+                self.feedback_number, self.department, "the customer is not satisfied", by,
+                priority, PRIORITY_UP.get(priority, priority),
+            )  # fmt: skip
+
+    @event("CustomerConfirmed")
+    def _confirmed(
+        self,
+        feedback_number: str,
+        department: str | None,
+        satisfied: bool,
+        comment: str | None,
+        by: str,
+        on_behalf: bool,
+    ) -> None:
+        if satisfied:
+            self.status = CaseStatus.confirmed
+
+    def reopen(self, reason: str, by: str) -> None:
+        if self.status not in (CaseStatus.resolved, CaseStatus.confirmed, CaseStatus.closed):
+            raise CaseError(f"{self.feedback_number} is {self.status.value}: nothing to reopen")
+        if not reason.strip():
+            raise CaseError("reopening needs a reason")
+        priority = self.priority or "medium"
+        self._reopened(self.feedback_number, self.department, reason, by, priority, priority)
+
+    @event("Reopened")
+    def _reopened(
+        self,
+        feedback_number: str,
+        department: str | None,
+        reason: str,
+        by: str,
+        previous_priority: str,
+        priority: str,
+    ) -> None:
+        self.status = CaseStatus.reopened
+        self.reopened_count += 1
+        if self.classification is not None:
+            self.classification = {**self.classification, "priority": priority}
+
+    def rate(
+        self, csat: int, nps: int | None, aspects: dict[str, int], comment: str | None, by: str
+    ) -> None:
+        """Satisfaction (CSAT 1–5, NPS 0–10) once a result exists."""
+        if self.status not in (CaseStatus.resolved, CaseStatus.confirmed, CaseStatus.closed):
+            raise CaseError(f"{self.feedback_number} has no result to rate yet")
+        self._rated(self.feedback_number, self.department, csat, nps, aspects, comment, by)
+
+    @event("Rated")
+    def _rated(
+        self,
+        feedback_number: str,
+        department: str | None,
+        csat: int,
+        nps: int | None,
+        aspects: dict[str, int],
+        comment: str | None,
+        by: str,
+    ) -> None:
+        self.ratings.append({"csat": csat, "nps": nps, "aspects": aspects, "by": by})
+
+    def close(self, reason: str | None, by: str, supervisor: bool) -> None:
+        """After the customer confirmed; or by a supervisor with a reason (nothing closes
+        silently: 杜绝"只反馈不处理""只处理不反馈")."""
+        if self.status in (CaseStatus.closed, CaseStatus.archived):
+            raise CaseError(f"{self.feedback_number} is already {self.status.value}")
+        if self.status != CaseStatus.confirmed:
+            if not supervisor:
+                raise CaseError(
+                    "only a confirmed case closes; a supervisor may close it with a reason"
+                )
+            if not (reason or "").strip():
+                raise CaseError("closing an unconfirmed case needs a reason")
+        self._closed(self.feedback_number, self.department, reason, by)
+
+    @event("Closed")
+    def _closed(
+        self, feedback_number: str, department: str | None, reason: str | None, by: str
+    ) -> None:
+        self.status = CaseStatus.closed
+
+    def mark_complex(self, by: str, reason: str) -> None:
+        """A supervisor marks the case complex: its resolution target becomes longer."""
+        if self.complex:
+            return
+        if self.status in (CaseStatus.closed, CaseStatus.archived):
+            raise CaseError(f"{self.feedback_number} is {self.status.value}")
+        self._marked_complex(self.feedback_number, self.department, by, reason)
+
+    @event("MarkedComplex")
+    def _marked_complex(
+        self, feedback_number: str, department: str | None, by: str, reason: str
+    ) -> None:
+        self.complex = True
+
+    def archive(self, by: str) -> None:
+        if self.status != CaseStatus.closed:
+            raise CaseError(
+                f"only a closed case is archived; {self.feedback_number} is {self.status.value}"
+            )
+        self._archived(self.feedback_number, self.department, by)
+
+    @event("Archived")
+    def _archived(self, feedback_number: str, department: str | None, by: str) -> None:
+        self.status = CaseStatus.archived
 
 
 def clock_key(clock: str, subject: str | None) -> str:

@@ -149,6 +149,58 @@ def to_contract(domain_event: Any, position: int) -> contract.CaseEvent | None:
             return contract.EscalationRequested(
                 **common, by=e.by, reason=e.reason, support_needed=e.support_needed
             )
+        case "NoteAdded":
+            return contract.NoteAdded(
+                **common,
+                text=e.text,
+                visible_to_customer=e.visible_to_customer,
+                step=e.step,
+                by=e.by,
+            )
+        case "PlanSet":
+            return contract.PlanSet(
+                **common,
+                diagnosis=e.diagnosis,
+                plan=e.plan,
+                expected_completion=e.expected_completion,
+                by=e.by,
+            )
+        case "CoHandlerResponded":
+            return contract.CoHandlerResponded(
+                **common, co_department=e.co_department, response=e.response, by=e.by
+            )
+        case "Resolved":
+            return contract.CaseResolved(
+                **common,
+                result=e.result,
+                summary=e.summary,
+                reason=e.reason,
+                measures=e.measures,
+                resources=e.resources,
+                by=e.by,
+            )
+        case "CustomerConfirmed":
+            return contract.CustomerConfirmed(
+                **common, satisfied=e.satisfied, comment=e.comment, by=e.by, on_behalf=e.on_behalf
+            )
+        case "Reopened":
+            return contract.CaseReopened(
+                **common,
+                reason=e.reason,
+                by=e.by,
+                previous_priority=e.previous_priority,
+                priority=e.priority,
+            )
+        case "Rated":
+            return contract.CaseRated(
+                **common, csat=e.csat, nps=e.nps, aspects=e.aspects, comment=e.comment, by=e.by
+            )
+        case "Closed":
+            return contract.CaseClosed(**common, reason=e.reason, by=e.by)
+        case "MarkedComplex":
+            return contract.MarkedComplex(**common, reason=e.reason, by=e.by)
+        case "Archived":
+            return contract.CaseArchived(**common, by=e.by)
         case "CorrespondenceReceived":
             return contract.CorrespondenceReceived(
                 **common,

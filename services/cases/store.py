@@ -7,16 +7,20 @@ a redelivered message changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import Application
-from eventsourcing.persistence import ProcessRecorder, Tracking
+from eventsourcing.persistence import IntegrityError, ProcessRecorder, Tracking
 
 from services.cases.domain import Case
 from services.common.database import eventsourcing_env
+
+
+class CaseConflict(Exception):
+    """Other writers kept changing the case; the command may be tried again."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,21 @@ class CaseStore(Application[UUID]):
                 (list(case_ids),),
             )
             return {UUID(str(row["originator_id"])) for row in cursor.fetchall()}
+
+    def change(self, case_id: UUID, decide: Callable[[Case], None], attempts: int = 5) -> Case:
+        """Load the case, let it decide, store what it decided. Another writer (the sla
+        service, a second instance) may append meanwhile: then it decides again on the
+        newer case, since its decisions depend only on its state. CaseError (a refusal)
+        passes through; CaseConflict after `attempts`."""
+        for _ in range(attempts):
+            case = self.get_case(case_id)
+            decide(case)
+            try:
+                self.save(case)
+                return case
+            except IntegrityError:
+                continue
+        raise CaseConflict(f"case {case_id} kept changing meanwhile; try again")
 
     def get_case(self, case_id: UUID) -> Case:
         case: object = self.repository.get(case_id)

@@ -19,17 +19,24 @@ from psycopg_pool import AsyncConnectionPool
 from contracts import topics
 from contracts.events import (
     AssignmentDisputed,
+    CaseArchived,
+    CaseClosed,
     CaseEvent,
     CaseRegistered,
+    CaseReopened,
+    CaseResolved,
     CoHandlerAdded,
     CorrespondenceReceived,
+    CustomerConfirmed,
     DeadLetter,
     FeedbackClassified,
     FeedbackRouted,
     InformationRequested,
     InformationSupplied,
+    NoteAdded,
     OwnerAccepted,
     OwnerAssigned,
+    PlanSet,
     PriorityOverridden,
     SentToTriage,
     case_event_adapter,
@@ -234,11 +241,38 @@ async def apply_event(conn: Any, event: CaseEvent) -> None:
                 conn,
                 event,
                 "missing_information = ARRAY(SELECT unnest(missing_information) EXCEPT "
-                "SELECT unnest(%(supplied)s::text[])), product_model = coalesce(%(model)s, product_model)",
-                {"supplied": list(event.supplied), "model": event.supplied.get("product_model")},
+                "SELECT unnest(%(supplied)s::text[])), product_model = coalesce(%(model)s, product_model), "
+                # Asked while handling (an owner has it): back in progress. Asked at
+                # registration: routing's next events set the status.
+                "status = CASE WHEN %(complete)s AND status = 'pending_info' AND owner IS NOT NULL "
+                "THEN 'in_progress' ELSE status END",
+                {
+                    "supplied": list(event.supplied),
+                    "model": event.supplied.get("product_model"),
+                    "complete": event.complete,
+                },
             )
         case CorrespondenceReceived():
             await _update(conn, event, "correspondence_count = correspondence_count + 1", {})
+        case NoteAdded() | PlanSet():
+            await _update(
+                conn, event,
+                "status = CASE WHEN status IN ('accepted', 'reopened') THEN 'in_progress' "
+                "ELSE status END", {},
+            )  # fmt: skip
+        case CaseResolved():
+            await _update(conn, event, "status = 'resolved'", {})
+        case CustomerConfirmed(satisfied=True):
+            await _update(conn, event, "status = 'confirmed'", {})
+        case CaseReopened():
+            await _update(
+                conn, event, "status = 'reopened', priority = %(priority)s",
+                {"priority": event.priority.value},
+            )  # fmt: skip
+        case CaseClosed():
+            await _update(conn, event, "status = 'closed'", {})
+        case CaseArchived():
+            await _update(conn, event, "status = 'archived'", {})
 
 
 async def apply_record(conn: Any, record: Any) -> None:

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from contracts.codes import FeedbackType, Priority
 from contracts.events import CustomerCorrespondence, DeadLetter, FeedbackReceived
 from services.cases.domain import Case, CaseError, CaseStatus
-from services.cases.store import CaseStore, KafkaPosition
+from services.cases.store import CaseConflict, CaseStore, KafkaPosition
 from services.common import deadletters
 from services.routing.assignment import PRIORITY_RANK, Agent, AgentRoster, language_of
 from services.routing.classifier import Classifier, Decision, FeedbackText, History
@@ -276,7 +276,13 @@ class RoutingService:
                 message.text,
                 [e.model_dump(mode="json") for e in message.evidence],
             )
-            if case.status == CaseStatus.pending_info and case.supply_information(message.supplied):
+            # Asked at registration: now it can be routed. Asked while handling: its owner
+            # goes on (the case is back in progress, nothing to route).
+            if (
+                case.status == CaseStatus.pending_info
+                and case.supply_information(message.supplied)
+                and _status(case) == CaseStatus.registered
+            ):
                 resumed.append(case)
         for case in resumed:
             assert case.classification is not None
@@ -326,15 +332,12 @@ class RoutingService:
         """Load the case, let it decide, store what it decided. Other writers (the sla
         service, another instance) may append meanwhile: then it decides again on the
         newer case (its decisions depend only on its state)."""
-        for _ in range(5):
-            case = self.store.get_case(case_id)
-            _decide(lambda case=case: decide(case))
-            try:
-                self.store.save(case)
-                return case
-            except IntegrityError:
-                continue
-        raise Refused("the case kept changing meanwhile; try again")
+        try:
+            return self.store.change(case_id, decide)
+        except CaseError as error:
+            raise Refused(str(error)) from error
+        except CaseConflict as error:
+            raise Refused(str(error)) from error
 
     def _routed_row(self, feedback_number: str) -> CaseRow:
         row = self.worklist.find(feedback_number)
@@ -463,6 +466,11 @@ class RoutingService:
         assignments = self.worklist.drain([agent.department])
         self._record_assignments(assignments)
         return assignments
+
+
+def _status(case: Case) -> CaseStatus:
+    """The case's status now (a fresh read, after a decision may have changed it)."""
+    return case.status
 
 
 def _decide(decision: Any) -> None:

@@ -16,8 +16,8 @@ owner accepting the case is the first response):
 | clock | started by | met by | paused by / resumed by |
 |---|---|---|---|
 | first_response | the first classification (from receipt) | OwnerAccepted | InformationRequested / InformationSupplied (complete) |
-| resolution (complaints) | the first classification (from receipt) | (the handling issue's resolution) | as above |
-| co_handler_response | CoHandlerAdded (per department) | (the co-handler's answer) | as above |
+| resolution (complaints; 5 wd once MarkedComplex) | the first classification (from receipt) | CaseResolved | as above |
+| co_handler_response | CoHandlerAdded (per department) | CoHandlerResponded | as above |
 
 A priority change or reclassification recomputes the open clocks from their original
 start, paused time still excluded; a recomputation that makes a clock overdue breaches it
@@ -159,6 +159,13 @@ class SlaService:
                     self._start_case_clocks(case)
             case contract.OwnerAccepted():
                 case.meet_clock("first_response", at, "OwnerAccepted")
+            case contract.CaseResolved():
+                case.meet_clock("resolution", at, "CaseResolved")
+            case contract.CoHandlerResponded():
+                key = clock_key("co_handler_response", message.co_department)
+                case.meet_clock(key, at, "CoHandlerResponded")
+            case contract.MarkedComplex() | contract.CaseReopened():
+                self._recompute(case, f"{message.event_type} by {message.by}")
             case contract.InformationRequested():
                 for clock in case.open_clocks():
                     case.pause_clock(clock_key(clock["clock"], clock["subject"]), at)
@@ -185,7 +192,7 @@ class SlaService:
             "category": decided.get("category"),
             "channel": case.registration.get("channel"),
             "customer_tier": case.registration.get("customer_tier"),
-            "complex": False,
+            "complex": bool(getattr(case, "complex", False)),
         }
 
     def _start_case_clocks(self, case: Case) -> None:

@@ -40,6 +40,9 @@ PUBLIC = {
     ("post", "/v1/channels/weibo/webhook"),
     ("post", "/v1/channels/douyin/webhook"),
     ("post", "/v1/feedback/{number}/supplements"),
+    # The customer's own, by their X-Customer-Token (or staff on their behalf).
+    ("post", "/v1/cases/{number}/confirmation"),
+    ("post", "/v1/cases/{number}/rating"),
 }
 SAMPLES = {
     "number": "F20240101-0001",

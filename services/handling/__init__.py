@@ -1,0 +1,1 @@
+"""Handling a case after routing: the use cases that take it from accepted to archived."""

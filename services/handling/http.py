@@ -1,0 +1,306 @@
+"""Handling a case after routing, over HTTP: progress notes, plan, co-handler answers,
+information requests, result, the customer's confirmation and rating, close, reopen,
+complex, archive, and the case's timeline.
+
+Each command loads the case, lets it decide (the Case aggregate is where the rules live:
+409 with its reason when the state does not allow it), and stores the decision; the actor
+is the signed-in user. A customer confirms and rates with their `X-Customer-Token`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from fastapi import APIRouter, Header, HTTPException, Path, Request
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from contracts.events import FEEDBACK_NUMBER_PATTERN
+from services.access.http import require, staff_of
+from services.access.roles import Actor, Role, sees_department
+from services.access.tokens import customer_token_valid
+from services.cases.domain import Case, CaseError
+from services.cases.store import CaseConflict, CaseStore
+from services.common.boundary import Checked
+from services.common.masking import mask_contacts
+from services.routing.worklist import CaseRow, Worklist
+
+Number = Annotated[str, Path(pattern=FEEDBACK_NUMBER_PATTERN)]
+Text = Annotated[str, Field(min_length=1, max_length=5000)]
+Short = Annotated[str, Field(min_length=1, max_length=500)]
+
+
+class In(Checked):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class NoteIn(In):
+    text: Text
+    visible_to_customer: bool = False
+    step: Short | None = None
+
+
+class PlanIn(In):
+    diagnosis: Text
+    plan: Text
+    expected_completion: AwareDatetime
+
+    promises = frozenset({"expected_completion"})
+
+
+class CoHandlerResponseIn(In):
+    response: Text
+
+
+class InfoRequestIn(In):
+    missing: Annotated[list[Short], Field(min_length=1, max_length=20)]
+    message: Text | None = None
+
+
+class ResolveIn(In):
+    result: Literal["resolved", "partially_resolved", "unresolved"]
+    summary: Text
+    reason: Text | None = None
+    measures: Text | None = None
+    resources: Text | None = None
+
+
+class ConfirmationIn(In):
+    satisfied: bool
+    comment: Text | None = None
+
+
+class RatingIn(In):
+    csat: Annotated[int, Field(ge=1, le=5)]
+    nps: Annotated[int, Field(ge=0, le=10)] | None = None
+    aspects: dict[
+        Literal["speed", "professionalism", "attitude"], Annotated[int, Field(ge=1, le=5)]
+    ] = Field(default_factory=dict)
+    comment: Text | None = None
+
+
+class ReasonIn(In):
+    reason: Text
+
+
+class CloseIn(In):
+    reason: Text | None = None
+
+
+class Handled(BaseModel):
+    feedback_number: str
+    status: str
+    priority: str | None
+    owner: str | None
+    version: int
+
+    @classmethod
+    def of(cls, case: Case) -> Handled:
+        return cls(
+            feedback_number=case.feedback_number,
+            status=case.status.value,
+            priority=case.priority,
+            owner=case.owner,
+            version=case.version,
+        )
+
+
+class TimelineEntry(BaseModel):
+    at: datetime
+    what: str
+    by: str | None
+    version: int
+
+
+def handling_router(store: CaseStore, worklist: Worklist, customer_key: bytes) -> APIRouter:
+    router = APIRouter(tags=["handling"])
+
+    async def row_of(number: str, actor: Actor | None) -> CaseRow:
+        row = await asyncio.to_thread(worklist.find, number)
+        if row is None:
+            raise HTTPException(404, detail=f"no routed feedback {number}")
+        if actor is not None and not sees_department(actor, row.department):
+            raise HTTPException(403, detail=f"{number} belongs to another department")
+        return row
+
+    def own(actor: Actor, row: CaseRow) -> None:
+        """Agents act on their own cases; supervisors and heads on their departments'."""
+        if actor.role is Role.agent and row.owner != actor.agent_id:
+            raise HTTPException(403, detail=f"{row.feedback_number} is not your case")
+
+    async def change(row: CaseRow, decide: Callable[[Case], None]) -> Handled:
+        try:
+            case = await asyncio.to_thread(store.change, row.feedback_id, decide)
+        except CaseError as error:
+            raise HTTPException(409, detail=str(error)) from error
+        except CaseConflict as error:
+            raise HTTPException(409, detail=str(error)) from error
+        return Handled.of(case)
+
+    @router.post("/v1/cases/{number}/notes", response_model=Handled)
+    async def add_note(
+        number: Number, body: NoteIn, actor: Annotated[Actor, require("case.note")]
+    ) -> Handled:
+        row = await row_of(number, actor)
+        own(actor, row)
+        text = mask_contacts(body.text)
+        return await change(
+            row, lambda c: c.add_note(text, body.visible_to_customer, body.step, actor.name)
+        )
+
+    @router.post("/v1/cases/{number}/plan", response_model=Handled)
+    async def set_plan(
+        number: Number, body: PlanIn, actor: Annotated[Actor, require("case.plan")]
+    ) -> Handled:
+        row = await row_of(number, actor)
+        own(actor, row)
+        return await change(
+            row,
+            lambda c: c.set_plan(
+                mask_contacts(body.diagnosis),
+                mask_contacts(body.plan),
+                body.expected_completion,
+                actor.name,
+            ),
+        )
+
+    @router.post("/v1/cases/{number}/co-handlers/{department}/response", response_model=Handled)
+    async def co_handler_response(
+        number: Number,
+        department: Annotated[str, Path(pattern=r"^[a-z][a-z_]{1,40}$")],
+        body: CoHandlerResponseIn,
+        actor: Annotated[Actor, require("case.co_respond")],
+    ) -> Handled:
+        """The co-handling department answers (its own people, whatever the case's
+        department)."""
+        row = await row_of(number, None)
+        if actor.role not in (Role.admin,) and department not in actor.departments:
+            raise HTTPException(403, detail=f"only {department} answers for {department}")
+        response = mask_contacts(body.response)
+        return await change(row, lambda c: c.co_handler_responds(department, response, actor.name))
+
+    @router.post("/v1/cases/{number}/customer-info-requests", response_model=Handled)
+    async def request_information(
+        number: Number, body: InfoRequestIn, actor: Annotated[Actor, require("case.plan")]
+    ) -> Handled:
+        """Ask the customer for what is missing: the case waits, its clocks pause."""
+        row = await row_of(number, actor)
+        own(actor, row)
+
+        def ask(case: Case) -> None:
+            if case.status.value not in ("accepted", "in_progress", "reopened"):
+                raise CaseError(f"{number} is {case.status.value}: not being handled")
+            case.request_information(body.missing)
+
+        return await change(row, ask)
+
+    @router.post("/v1/cases/{number}/resolve", response_model=Handled)
+    async def resolve(
+        number: Number, body: ResolveIn, actor: Annotated[Actor, require("case.resolve")]
+    ) -> Handled:
+        row = await row_of(number, actor)
+        own(actor, row)
+        return await change(
+            row,
+            lambda c: c.resolve(
+                body.result,
+                mask_contacts(body.summary),
+                body.reason,
+                body.measures,
+                body.resources,
+                actor.name,
+            ),
+        )
+
+    async def customer_or_staff(
+        request: Request, number: str, token: str | None
+    ) -> tuple[str, bool, CaseRow]:
+        """Who confirms or rates: the customer (their token) or staff on their behalf."""
+        if customer_token_valid(customer_key, number, token):
+            return "customer", False, await row_of(number, None)
+        actor = await staff_of(request, "case.confirm")
+        if actor is None:
+            raise HTTPException(
+                401, detail="send the customer token of this feedback (X-Customer-Token)"
+            )
+        return actor.name, True, await row_of(number, actor)
+
+    @router.post("/v1/cases/{number}/confirmation", response_model=Handled)
+    async def confirm(
+        request: Request,
+        number: Number,
+        body: ConfirmationIn,
+        x_customer_token: Annotated[str | None, Header(max_length=100)] = None,
+    ) -> Handled:
+        """Satisfied: confirmed. Not satisfied: reopened with its priority one level up."""
+        by, on_behalf, row = await customer_or_staff(request, number, x_customer_token)
+        return await change(row, lambda c: c.confirm(body.satisfied, body.comment, by, on_behalf))
+
+    @router.post("/v1/cases/{number}/rating", response_model=Handled)
+    async def rate(
+        request: Request,
+        number: Number,
+        body: RatingIn,
+        x_customer_token: Annotated[str | None, Header(max_length=100)] = None,
+    ) -> Handled:
+        by, _, row = await customer_or_staff(request, number, x_customer_token)
+        aspects = {str(k): v for k, v in body.aspects.items()}
+        return await change(row, lambda c: c.rate(body.csat, body.nps, aspects, body.comment, by))
+
+    @router.post("/v1/cases/{number}/close", response_model=Handled)
+    async def close(
+        number: Number, body: CloseIn, actor: Annotated[Actor, require("case.close")]
+    ) -> Handled:
+        row = await row_of(number, actor)
+        supervisor = actor.role in (Role.supervisor, Role.head)
+        if not supervisor:
+            own(actor, row)
+        return await change(row, lambda c: c.close(body.reason, actor.name, supervisor))
+
+    @router.post("/v1/cases/{number}/reopen", response_model=Handled)
+    async def reopen(
+        number: Number, body: ReasonIn, actor: Annotated[Actor, require("case.reopen")]
+    ) -> Handled:
+        row = await row_of(number, actor)
+        return await change(row, lambda c: c.reopen(body.reason, actor.name))
+
+    @router.post("/v1/cases/{number}/complex", response_model=Handled)
+    async def mark_complex(
+        number: Number, body: ReasonIn, actor: Annotated[Actor, require("case.complex")]
+    ) -> Handled:
+        """The resolution target becomes the complex one (5 working days by default)."""
+        row = await row_of(number, actor)
+        return await change(row, lambda c: c.mark_complex(actor.name, body.reason))
+
+    @router.post("/v1/cases/{number}/archive", response_model=Handled)
+    async def archive(number: Number, actor: Annotated[Actor, require("case.archive")]) -> Handled:
+        row = await row_of(number, actor)
+        return await change(row, lambda c: c.archive(actor.name))
+
+    @router.get("/v1/cases/{number}/timeline", response_model=list[TimelineEntry])
+    async def timeline(
+        number: Number, actor: Annotated[Actor, require("case.read")]
+    ) -> list[TimelineEntry]:
+        """Every fact of the case: when, what, by whom (texts stay in the case's views)."""
+        row = await row_of(number, actor)
+        return await asyncio.to_thread(_timeline, store, row.feedback_id)
+
+    return router
+
+
+def _timeline(store: CaseStore, case_id: UUID) -> list[TimelineEntry]:
+    entries = []
+    for event in store.repository.event_store.get(case_id):
+        data: Any = event
+        entries.append(
+            TimelineEntry(
+                at=data.timestamp.astimezone(UTC),
+                what=type(event).__name__,
+                by=getattr(data, "by", None) or getattr(data, "owner", None),
+                version=data.originator_version,
+            )
+        )
+    return entries
