@@ -332,8 +332,10 @@ class Case(Aggregate):
         due_at: datetime,
         warn_at: datetime,
     ) -> None:
-        """A promise becomes a clock (once per clock and subject)."""
-        if clock_key(clock, subject) in self.clocks:
+        """A promise becomes a clock: once while it is open; a met one may start anew (a
+        second result after a reopening is a new promise)."""
+        existing = self.clocks.get(clock_key(clock, subject))
+        if existing is not None and existing["state"] in ("running", "paused"):
             return
         self._clock_started(
             self.feedback_number,

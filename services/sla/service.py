@@ -18,6 +18,8 @@ owner accepting the case is the first response):
 | first_response | the first classification (from receipt) | OwnerAccepted | InformationRequested / InformationSupplied (complete) |
 | resolution (complaints; 5 wd once MarkedComplex) | the first classification (from receipt) | CaseResolved | as above |
 | co_handler_response | CoHandlerAdded (per department) | CoHandlerResponded | as above |
+| progress_update (period 1, 2, …) | OwnerAccepted; each visible note starts the next | a visible NoteAdded; stopped by CaseResolved/CaseClosed | as above |
+| result_notice | CaseResolved | CustomerConfirmed, or a visible note after the result | as above |
 
 A priority change or reclassification recomputes the open clocks from their original
 start, paused time still excluded; a recomputation that makes a clock overdue breaches it
@@ -159,8 +161,22 @@ class SlaService:
                     self._start_case_clocks(case)
             case contract.OwnerAccepted():
                 case.meet_clock("first_response", at, "OwnerAccepted")
+                self._next_progress_period(case, at, "OwnerAccepted")
+            case contract.NoteAdded(visible_to_customer=True):
+                if case.status.value == "resolved":
+                    case.meet_clock("result_notice", at, "NoteAdded")
+                else:
+                    self._next_progress_period(case, at, "NoteAdded")
             case contract.CaseResolved():
                 case.meet_clock("resolution", at, "CaseResolved")
+                self._stop_progress(case, at, "CaseResolved")
+                rule = self.policies.rule_for("result_notice", self._facts(case))
+                if rule is not None:
+                    self._start(case, "result_notice", None, rule, at)
+            case contract.CustomerConfirmed():
+                case.meet_clock("result_notice", at, "CustomerConfirmed")
+            case contract.CaseClosed() | contract.CaseArchived():
+                self._stop_progress(case, at, message.event_type)
             case contract.CoHandlerResponded():
                 key = clock_key("co_handler_response", message.co_department)
                 case.meet_clock(key, at, "CoHandlerResponded")
@@ -183,6 +199,22 @@ class SlaService:
                 rule = self.policies.rule_for("co_handler_response", self._facts(case))
                 if rule is not None:
                     self._start(case, "co_handler_response", message.co_department, rule, at)
+
+    def _next_progress_period(self, case: Case, at: datetime, by_event: str) -> None:
+        """Progress updates recur while the case is open: meeting one starts the next
+        period (subject = its number)."""
+        periods = [c for c in case.clocks.values() if c["clock"] == "progress_update"]
+        for clock in periods:
+            if clock["state"] in ("running", "paused"):
+                case.meet_clock(clock_key("progress_update", clock["subject"]), at, by_event)
+        rule = self.policies.rule_for("progress_update", self._facts(case))
+        if rule is not None:
+            self._start(case, "progress_update", str(len(periods) + 1), rule, at)
+
+    def _stop_progress(self, case: Case, at: datetime, by_event: str) -> None:
+        for clock in case.open_clocks():
+            if clock["clock"] == "progress_update":
+                case.meet_clock(clock_key("progress_update", clock["subject"]), at, by_event)
 
     def _facts(self, case: Case) -> dict[str, Any]:
         decided = case.classification or {}

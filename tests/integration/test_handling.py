@@ -118,9 +118,15 @@ async def test_the_whole_life_of_a_complaint(settings: Settings) -> None:
             assert kind in kinds, (kind, kinds)
         assert [e["version"] for e in timeline] == sorted(e["version"] for e in timeline)
         case = (await client.get(base)).json()
-        clocks = {c["clock"]: c for c in case["clocks"]}
-        assert clocks["first_response"]["state"] == "met"
-        assert clocks["resolution"]["state"] == "met"  # CaseResolved met it
+        clocks = {(c["clock"], c["subject"]): c for c in case["clocks"]}
+        assert clocks[("first_response", None)]["state"] == "met"
+        assert clocks[("resolution", None)]["state"] == "met"  # CaseResolved met it
+        assert clocks[("co_handler_response", "customer_service")]["state"] == "met"
+        assert clocks[("result_notice", None)]["state"] == "met"  # the confirmation met it
+        progress = [c for (name, _), c in clocks.items() if name == "progress_update"]
+        # Accepting opened period 1, the visible note met it and opened period 2, the
+        # result stopped it; none is left running.
+        assert len(progress) >= 2 and all(c["state"] == "met" for c in progress)
 
 
 async def test_supervisors_close_with_a_reason_and_reopen_and_mark_complex(
