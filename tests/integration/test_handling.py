@@ -174,3 +174,27 @@ async def _status(client: Any, base: str, status: str) -> bool:
 async def _resolution_target(client: Any, base: str, target: str) -> bool:
     clocks = (await client.get(base)).json()["clocks"]
     return any(c["clock"] == "resolution" and c["target"] == target for c in clocks)
+
+
+async def test_two_commands_at_once_never_overwrite_each_other(settings: Settings) -> None:
+    """Optimistic concurrency: the second of two results at once is decided on the case the
+    first left (resolved), so it is refused with the reason, not written over it."""
+    import asyncio
+
+    async with serve(settings) as running:
+        client = running.client
+        number = (await client.post("/v1/feedback", json=web_form(COMPLAINT))).json()[
+            "feedback_number"
+        ]
+        row = await registered_row(client, number, status="assigned")
+        agent = running.as_staff("agent", (row["department"],), row["owner"])
+        base = f"/v1/cases/{number}"
+        await client.post(f"{base}/accept", headers=agent)
+        body = {"result": "resolved", "summary": "已处理"}
+        answers = await asyncio.gather(
+            *(client.post(f"{base}/resolve", json=body, headers=agent) for _ in range(4))
+        )
+        codes = sorted(a.status_code for a in answers)
+        assert codes == [200, 409, 409, 409], [a.text for a in answers]
+        timeline = (await client.get(f"{base}/timeline")).json()
+        assert [e["what"] for e in timeline].count("Resolved") == 1
