@@ -12,7 +12,9 @@ from the event make a replay of it write nothing new.
 | ClockBreached | the owner and the department's supervisors | staff_clock_breach | staff |
 | EscalationRaised | the department's supervisors (`to_role` supervisor) or heads (head) | staff_escalation | staff |
 | EscalationRequested | the department's supervisors | staff_escalation_request | staff |
-| progress update, result, callback appointment (customer) | - | - | when the case events for them exist |
+| NoteAdded (visible to the customer) | customer | customer_progress: the note | customer's contact |
+| CaseResolved | customer | customer_result: the result, and their confirmation key | customer's contact |
+| callback appointment (customer) | - | - | when the callback events exist |
 
 Facts kept per case (`notification_cases`) fill in what an event does not carry: the
 customer's pseudonym (only CaseRegistered names it), category, priority, department, owner,
@@ -53,6 +55,7 @@ from contracts.events import (
     AssignmentDisputed,
     CaseEvent,
     CaseRegistered,
+    CaseResolved,
     ClockBreached,
     ClockRecomputed,
     ClockStarted,
@@ -63,6 +66,7 @@ from contracts.events import (
     FeedbackClassified,
     FeedbackRouted,
     InformationRequested,
+    NoteAdded,
     OwnerAssigned,
     PriorityOverridden,
     SentToTriage,
@@ -101,6 +105,8 @@ STAFF_CHANNELS = ("email", "im", "sms")
 NOTIFYING = (
     CaseRegistered,
     InformationRequested,
+    NoteAdded,
+    CaseResolved,
     OwnerAssigned,
     ClockWarned,
     ClockBreached,
@@ -168,6 +174,14 @@ class Planner:
             case InformationRequested():
                 payload = {**common, "missing": list(event.missing)}
                 return self._customer(event, case, "customer_information_request", payload)
+            case NoteAdded(visible_to_customer=True):
+                # The note was masked when it was written; it is what the owner told them.
+                return self._customer(
+                    event, case, "customer_progress", {**common, "text": event.text}
+                )
+            case CaseResolved():
+                payload = {**common, "result": event.result, "summary": event.summary}
+                return self._customer(event, case, "customer_result", payload)
             case OwnerAssigned():
                 payload = {
                     **common,

@@ -42,6 +42,7 @@ from prometheus_client import Counter
 from psycopg_pool import AsyncConnectionPool
 
 from contracts.events import DeadLetter
+from services.access.tokens import customer_token
 from services.common import deadletters
 from services.common.metrics import count_dead_letters
 from services.common.settings import Settings
@@ -190,7 +191,12 @@ class Sender:
 
     async def _deliver(self, row: Notification) -> None:
         try:
-            rendered = self.templates.render(row.template, row.language, row.payload)
+            payload = row.payload
+            if row.template == "customer_result":
+                # The customer's key to confirm: derived at send time, never stored or on the bus.
+                key = self.settings.auth_token_key_bytes
+                payload = {**payload, "customer_token": customer_token(key, row.feedback_number)}
+            rendered = self.templates.render(row.template, row.language, payload)
         except TemplateProblem as error:
             await self._failed(row, SendFailed(f"template: {error}", permanent=True))
             return

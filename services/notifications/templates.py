@@ -74,12 +74,23 @@ class TemplateProblem(ValueError):
 
 # Each kind rendered at start with these, so a template naming a variable its kind never
 # carries fails then (payload builders in `plan.py` always set every key they use).
+RESULT_LABELS = {
+    "resolved": ("已解决", "resolved"),
+    "partially_resolved": ("部分解决", "partially resolved"),
+    "unresolved": ("未能解决", "not resolved"),
+}
 SAMPLES: dict[str, dict[str, Any]] = {
     "customer_acknowledgement": {
         "first_response_due": "2026-05-20T09:00:00+00:00",
         "first_response_target": "4h",
     },
     "customer_information_request": {"missing": ["product_model"]},
+    "customer_progress": {"text": "已安排工程师上门检修"},
+    "customer_result": {
+        "result": "resolved",
+        "summary": "已退回多收的费用",
+        "customer_token": "sample-token",
+    },
     "staff_assignment": {"by": "routing", "reason": "least loaded", "previous_owner": None},
     "staff_clock_warning": {"clock": "first_response", "due_at": "2026-05-20T09:00:00+00:00"},
     "staff_clock_breach": {"clock": "resolution", "due_at": "2026-05-20T09:00:00+00:00"},
@@ -180,6 +191,8 @@ class Templates:
                 pair = FIELD_LABELS.get(code)
             elif kind == "role":
                 pair = ROLE_LABELS.get(code)
+            elif kind == "result":
+                pair = RESULT_LABELS.get(code)
             elif kind == "priority" and code in Priority.__members__:
                 pair = (PRIORITY_LABELS[Priority(code)], code)
             elif kind == "category" and code in self.categories:
