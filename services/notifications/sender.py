@@ -192,7 +192,7 @@ class Sender:
     async def _deliver(self, row: Notification) -> None:
         try:
             payload = row.payload
-            if row.template == "customer_result":
+            if row.template in ("customer_acknowledgement", "customer_result"):
                 # The customer's key to confirm: derived at send time, never stored or on the bus.
                 key = self.settings.auth_token_key_bytes
                 payload = {**payload, "customer_token": customer_token(key, row.feedback_number)}

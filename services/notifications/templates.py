@@ -83,6 +83,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "customer_acknowledgement": {
         "first_response_due": "2026-05-20T09:00:00+00:00",
         "first_response_target": "4h",
+        "customer_token": "sample-token",
     },
     "customer_information_request": {"missing": ["product_model"]},
     "customer_progress": {"text": "已安排工程师上门检修"},
