@@ -238,7 +238,12 @@ class CorrespondenceReceived(CaseEvent):
 
 
 ClockName = Literal[
-    "first_response", "progress_update", "co_handler_response", "resolution", "result_notice"
+    "registration",
+    "first_response",
+    "progress_update",
+    "co_handler_response",
+    "resolution",
+    "result_notice",
 ]
 
 

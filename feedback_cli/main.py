@@ -446,5 +446,50 @@ async def _list_users(url: str) -> Any:
         return await list_users(conn)
 
 
+archive_app = typer.Typer(help="The archive: retention of archived cases in the read side.")
+app.add_typer(archive_app, name="archive")
+
+
+@archive_app.command("purge")
+def archive_purge(
+    dry_run: Annotated[bool, typer.Option(help="print the counts, remove nothing")] = False,
+    older_than_days: Annotated[
+        int | None,
+        typer.Option(help="retention in days (default: retention_days of config/callbacks.yaml)"),
+    ] = None,
+    state_dir: Annotated[Path, typer.Option(help="the local default's data folder")] = Path(
+        ".feedback"
+    ),
+) -> None:
+    """Remove from the registration table and the callback tables what belongs to cases
+    archived longer ago than the retention (at least 3 years; never anything younger), in
+    DATABASE_URL or else the local default's database. The event store keeps its events;
+    personal data stays erasable (crypto-shredding) because the vault is separate."""
+    from datetime import UTC, datetime
+
+    from deploy.postgres_server import start_postgres
+    from services.handling.callbacks import MIN_RETENTION_DAYS, load_callback_rules, purge
+
+    if older_than_days is None:
+        older_than_days = load_callback_rules().retention_days
+    elif older_than_days < MIN_RETENTION_DAYS:
+        typer.echo(
+            f"--older-than-days {older_than_days} refused: the archive is kept at least "
+            f"{MIN_RETENTION_DAYS} days (3 years)",
+            err=True,
+        )
+        raise typer.Exit(2)
+    server = start_postgres(
+        None if os.environ.get("DATABASE_URL") else state_dir / "pgdata", keep_data=True
+    )
+    try:
+        counts = purge(server.url, older_than_days, datetime.now(UTC), dry_run=dry_run)
+    finally:
+        server.stop()
+    verb = "would remove" if dry_run else "removed"
+    for table, count in counts.items():
+        typer.echo(f"{table}: {verb} {count}")
+
+
 if __name__ == "__main__":
     app()

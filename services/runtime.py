@@ -38,6 +38,8 @@ from services.common.deadletters import SCHEMA as DEADLETTERS_SCHEMA
 from services.common.deadletters import configure_sealing
 from services.common.metrics import metrics_router
 from services.common.settings import Settings
+from services.handling import callbacks
+from services.handling.callbacks_http import callbacks_router
 from services.handling.http import handling_router
 from services.intake import deadletters as intake_deadletters
 from services.intake import numbering, pii_vault, registration
@@ -94,6 +96,7 @@ class Platform:
     vault: pii_vault.PiiVault | None = None
     smtp_server: asyncio.AbstractServer | None = None
     notifier: NotificationSender | None = None
+    callback_rules: callbacks.CallbackRules | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -113,12 +116,13 @@ class Platform:
                 + chat_social.SCHEMA
             )
         if "routing" in self.services:
-            # Routing keeps the feedback it cannot route in the dead-letter table.
-            statements += routing_worklist.SCHEMA + DEADLETTERS_SCHEMA
+            # Routing keeps the feedback it cannot route in the dead-letter table; it also
+            # serves the callback worklist that the projections process fills.
+            statements += routing_worklist.SCHEMA + DEADLETTERS_SCHEMA + callbacks.SCHEMA
         if "relay" in self.services:
             statements += RELAY_SCHEMA
         if "projections" in self.services:
-            statements += registrations.SCHEMA
+            statements += registrations.SCHEMA + callbacks.SCHEMA
         if "notifications" in self.services:
             statements += NOTIFICATIONS_SCHEMA
         if "sla" in self.services:
@@ -153,6 +157,10 @@ class Platform:
             register_routing(self.broker, settings, self.routing)
         if "projections" in self.services:
             registrations.register_projections(self.broker, settings, self.pool)
+            self.callback_rules = callbacks.load_callback_rules()
+            callbacks.register_callbacks(
+                self.broker, settings, self.pool, self.callback_rules, load_calendars().get(None)
+            )
         if "notifications" in self.services:
             self.notifier = build_notifications(self.broker, settings, self.pool, self.rulebook)
         if "sla" in self.services:
@@ -211,6 +219,15 @@ class Platform:
         if self.sla is not None:
             self._tasks.append(
                 asyncio.create_task(schedule_forever(self.sla), name="sla-scheduler")
+            )
+        if self.callback_rules is not None:
+            self._tasks.append(
+                asyncio.create_task(
+                    callbacks.sweep_forever(
+                        self.pool, self.callback_rules, load_calendars().get(None)
+                    ),
+                    name="callback-sweep",
+                )
             )
         if self.registrar is not None:
             self._tasks.append(asyncio.create_task(self.registrar.run(), name="intake-batches"))
@@ -411,6 +428,7 @@ def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> Fa
                 platform.routing.store, platform.routing.worklist, settings.auth_token_key_bytes
             )
         )
+        app.include_router(callbacks_router(platform.pool))
         app.include_router(
             routing_router(
                 platform.routing,

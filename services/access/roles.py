@@ -56,6 +56,9 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "metrics.read": frozenset({Q, ADMIN}),
     "inbox.read": frozenset({A, S, H, Q, ADMIN}),  # one's own in-app notifications
     "user.manage": frozenset({ADMIN}),
+    # Callbacks (回访): the worklist, and recording an attempt.
+    "callback.read": frozenset({A, S, H, Q}),
+    "callback.record": frozenset({A, S, H}),
 }
 SEES_EVERY_DEPARTMENT = frozenset({Q, ADMIN})
 

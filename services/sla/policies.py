@@ -15,7 +15,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from services.sla.calendar import Target, parse_target
 
 POLICY_FILE = Path(__file__).resolve().parents[2] / "config" / "sla.yaml"
-CLOCKS = ("first_response", "progress_update", "co_handler_response", "resolution", "result_notice")
+CLOCKS = (
+    "registration",
+    "first_response",
+    "progress_update",
+    "co_handler_response",
+    "resolution",
+    "result_notice",
+)
 
 
 class PolicyError(ValueError):

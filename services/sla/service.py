@@ -15,6 +15,7 @@ owner accepting the case is the first response):
 
 | clock | started by | met by | paused by / resumed by |
 |---|---|---|---|
+| registration (written and online channels, 2 h) | the first classification (from receipt) | CaseRegistered (at once, late or not) | - |
 | first_response | the first classification (from receipt) | OwnerAccepted | InformationRequested / InformationSupplied (complete) |
 | resolution (complaints; 5 wd once MarkedComplex) | the first classification (from receipt) | CaseResolved | as above |
 | co_handler_response | CoHandlerAdded (per department) | CoHandlerResponded | as above |
@@ -230,6 +231,12 @@ class SlaService:
     def _start_case_clocks(self, case: Case) -> None:
         received = datetime.fromisoformat(str(case.registration["received_at"]))
         facts = self._facts(case)
+        rule = self.policies.rule_for("registration", facts)
+        if rule is not None:
+            # Known at once: the case exists because it was registered; met, late or not.
+            registered = datetime.fromisoformat(str(case.registration["registered_at"]))
+            self._start(case, "registration", None, rule, received)
+            case.meet_clock("registration", registered, "CaseRegistered")
         for name in ("first_response", "resolution"):
             rule = self.policies.rule_for(name, facts)
             if rule is not None:

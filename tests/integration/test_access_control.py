@@ -53,6 +53,7 @@ SAMPLES = {
     "username": "nobody.x",
     "channel": "store",
     "item_id": str(uuid.UUID(int=2)),
+    "task_id": str(uuid.UUID(int=3)),
 }
 PHONE_OR_EMAIL = re.compile(r"1[3-9]\d{9}|[\w.+-]+@[\w-]+\.[\w.]+")
 
