@@ -39,6 +39,7 @@ from services.common.deadletters import configure_sealing
 from services.common.metrics import metrics_router
 from services.common.settings import Settings
 from services.handling import callbacks
+from services.handling.archiving import archive_forever
 from services.handling.callbacks_http import callbacks_router
 from services.handling.http import handling_router
 from services.intake import deadletters as intake_deadletters
@@ -209,6 +210,14 @@ class Platform:
             assert self.routing_pool is not None
             await asyncio.to_thread(self.routing_pool.open, True)
             await asyncio.to_thread(self.routing.worklist.seed, load_roster())
+            if "projections" in self.services and self.store is not None:
+                # The registration table says which cases closed when.
+                self._tasks.append(
+                    asyncio.create_task(
+                        archive_forever(self.store, self.pool, self.settings.archive_after_days),
+                        name="archiving",
+                    )
+                )
             self._tasks.append(
                 asyncio.create_task(self._reconcile_forever(), name="routing-reconcile")
             )

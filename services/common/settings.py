@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     auth_token_ttl_s: int = Field(default=8 * 3600, ge=60, le=7 * 24 * 3600)
     # Or an OIDC provider instead of local passwords: tokens it signs are accepted when
     # their issuer and audience match; keys from its JWKS URL or a PEM public key.
+    # Closed cases are archived (read-only) this long after closing.
+    archive_after_days: float = Field(default=30.0, ge=0)
     # Roles that may reveal a customer's contact details (with a reason, audited); quality
     # and BI never, whatever is configured here.
     pii_reveal_roles: tuple[str, ...] = ("supervisor", "head")

@@ -198,3 +198,47 @@ async def test_two_commands_at_once_never_overwrite_each_other(settings: Setting
         assert codes == [200, 409, 409, 409], [a.text for a in answers]
         timeline = (await client.get(f"{base}/timeline")).json()
         assert [e["what"] for e in timeline].count("Resolved") == 1
+
+
+async def test_closed_cases_are_archived_after_the_configured_delay(settings: Settings) -> None:
+    import psycopg
+
+    from services.handling.archiving import archive_closed
+
+    async with serve(settings) as running:
+        client = running.client
+        store, pool = running.platform.store, running.platform.pool
+        assert store is not None and pool is not None
+        numbers = []
+        for i in range(2):
+            answer = await client.post(
+                "/v1/feedback",
+                json=web_form(f"{COMPLAINT}（{i}）", customer={"phone": f"1370000{i:04d}"}),
+            )
+            numbers.append(answer.json()["feedback_number"])
+        for number in numbers:
+            row = await registered_row(client, number, status="assigned")
+            supervisor = running.as_staff("supervisor", (row["department"],), username="sup.a")
+            await client.post(
+                f"/v1/cases/{number}/accept",
+                headers=running.as_staff("agent", (row["department"],), row["owner"]),
+            )
+            closed = await client.post(
+                f"/v1/cases/{number}/close", json={"reason": "客户撤回"}, headers=supervisor
+            )
+            assert closed.json()["status"] == "closed"
+            await registered_row(client, number, status="closed")
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE registrations SET updated_at = now() - interval '31 days' "
+                "WHERE feedback_number = %s",
+                (numbers[0],),
+            )
+        assert await archive_closed(store, pool, after_days=30) == 1
+        assert await archive_closed(store, pool, after_days=30) == 0  # once only
+        assert (await client.get(f"/v1/cases/{numbers[0]}/timeline")).json()[-1][
+            "what"
+        ] == "Archived"
+        assert "Archived" not in [
+            e["what"] for e in (await client.get(f"/v1/cases/{numbers[1]}/timeline")).json()
+        ]
