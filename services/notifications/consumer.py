@@ -14,6 +14,7 @@ from the event make a replay of it write nothing new.
 | EscalationRequested | the department's supervisors | staff_escalation_request | staff |
 | NoteAdded (visible to the customer) | customer | customer_progress: the note | customer's contact |
 | CaseResolved | customer | customer_result: the result, and their confirmation key | customer's contact |
+| CaseReopened | the department's supervisors | staff_reopened: follow it up | staff |
 | callback appointment (customer) | - | - | when the callback events exist |
 
 Facts kept per case (`notification_cases`) fill in what an event does not carry: the
@@ -55,6 +56,7 @@ from contracts.events import (
     AssignmentDisputed,
     CaseEvent,
     CaseRegistered,
+    CaseReopened,
     CaseResolved,
     ClockBreached,
     ClockRecomputed,
@@ -107,6 +109,7 @@ NOTIFYING = (
     InformationRequested,
     NoteAdded,
     CaseResolved,
+    CaseReopened,
     OwnerAssigned,
     ClockWarned,
     ClockBreached,
@@ -182,6 +185,17 @@ class Planner:
             case CaseResolved():
                 payload = {**common, "result": event.result, "summary": event.summary}
                 return self._customer(event, case, "customer_result", payload)
+            case CaseReopened():
+                # The supervisors follow a reopened case up (the customer was not satisfied,
+                # or a supervisor reopened it).
+                payload = {**common, "priority": event.priority.value, "reason": event.reason}
+                return self._staff(
+                    event,
+                    self.directory.supervisors(department),
+                    "staff_reopened",
+                    payload,
+                    "supervisor",
+                )
             case OwnerAssigned():
                 payload = {
                     **common,

@@ -96,6 +96,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "staff_clock_warning": {"clock": "first_response", "due_at": "2026-05-20T09:00:00+00:00"},
     "staff_clock_breach": {"clock": "resolution", "due_at": "2026-05-20T09:00:00+00:00"},
     "staff_escalation": {"level": 1, "to_role": "supervisor", "reason": "超时", "clock": None},
+    "staff_reopened": {"reason": "客户不满意"},
     "staff_escalation_request": {"by": "cs-wang", "reason": "需要技术支持", "support_needed": None},
 }
 COMMON_SAMPLE: dict[str, Any] = {

@@ -64,3 +64,20 @@ def test_the_result_message_carries_the_customers_confirmation_key() -> None:
          "customer_token": token},
     )  # fmt: skip
     assert "部分解决" in shown.body and token in shown.body and "F20261128-0001" in shown.title
+
+
+def test_a_reopened_case_is_followed_up_by_the_departments_supervisors() -> None:
+    from contracts.events import CaseReopened
+    from services.notifications.directory import Ladder
+
+    directory = StaffDirectory(departments={"finance": Ladder(supervisors=("sup.zhou",))})
+    planner = Planner(SETTINGS, directory, enabled={"email"})
+    event = common(
+        CaseReopened,
+        reason="客户不满意",
+        by="customer",
+        previous_priority="medium",
+        priority="high",
+    )
+    rows = planner.plan(event, CASE)  # type: ignore[arg-type]
+    assert {(r.recipient, r.template) for r in rows} >= {("sup.zhou", "staff_reopened")}
