@@ -117,6 +117,12 @@ async def test_the_whole_life_of_a_complaint(settings: Settings) -> None:
                      "Rated", "Closed", "Archived"):  # fmt: skip
             assert kind in kinds, (kind, kinds)
         assert [e["version"] for e in timeline] == sorted(e["version"] for e in timeline)
+        # The sla service follows the case's events asynchronously: wait until it caught up.
+        await wait_for(
+            lambda: _clock_state(client, base, "result_notice", "met"),
+            timeout=30,
+            what="the clocks caught up",
+        )
         case = (await client.get(base)).json()
         clocks = {(c["clock"], c["subject"]): c for c in case["clocks"]}
         assert clocks[("first_response", None)]["state"] == "met"
@@ -165,6 +171,11 @@ async def test_supervisors_close_with_a_reason_and_reopen_and_mark_complex(
         await wait_for(
             lambda: _resolution_target(client, base, "5wd"), timeout=30, what="5 working days"
         )
+
+
+async def _clock_state(client: Any, base: str, name: str, state: str) -> bool:
+    clocks = (await client.get(base)).json()["clocks"]
+    return any(c["clock"] == name and c["state"] == state for c in clocks)
 
 
 async def _status(client: Any, base: str, status: str) -> bool:

@@ -186,7 +186,8 @@ async def test_poison_case_events_become_dead_letters_and_the_partition_moves_on
     assert "received_at" in rows[1]["reason"] and "after the year 9000" in rows[1]["reason"]
     assert "ValidationError" in rows[2]["reason"]
     assert all(r["metadata"]["topic"] == settings.topic(topics.FEEDBACK_EVENTS) for r in rows)
-    on_topic = await dead_letters_on_topic(settings)
+    # (Other consumers of feedback.events — callbacks — set the same poison aside too.)
+    on_topic = [d for d in await dead_letters_on_topic(settings) if d.source == PROJECTIONS]
     assert {d.dead_letter_id for d in on_topic} == {r["dead_letter_id"] for r in rows}
     assert {d.source_offset for d in on_topic} == {0, 1, 2}
     assert all(d.payload_encoding == "sealed" for d in on_topic)
@@ -211,7 +212,7 @@ async def test_poison_case_events_become_dead_letters_and_the_partition_moves_on
         assert await dead_letter_count(running.client, PROJECTIONS) == before  # none new
         assert await readable(running.client, "F20240520-0003")
     assert dead_letter_rows(settings, PROJECTIONS) == rows
-    again = await dead_letters_on_topic(settings)
+    again = [d for d in await dead_letters_on_topic(settings) if d.source == PROJECTIONS]
     assert {d.dead_letter_id for d in again} == {r["dead_letter_id"] for r in rows}
     with psycopg.connect(settings.database_url) as conn:
         assert conn.execute("SELECT count(*) FROM registrations").fetchone() == (1,)
@@ -308,7 +309,8 @@ async def test_routing_sets_aside_feedback_it_cannot_store(settings: Settings) -
     assert "UniqueViolation" in routed[1]["reason"]
     (mail,) = dead_letter_rows(settings, "routing-correspondence")
     assert "set aside" in mail["reason"] and mail["metadata"]["offset"] == "0"
-    on_topic = {d.dead_letter_id for d in await dead_letters_on_topic(settings)}
+    ours = {"routing", "routing-correspondence", PROJECTIONS}
+    on_topic = {d.dead_letter_id for d in await dead_letters_on_topic(settings) if d.source in ours}
     assert {r["dead_letter_id"] for r in [*routed, mail, projected]} == on_topic
 
 
