@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 from uuid import UUID
 
@@ -93,6 +94,21 @@ class CaseStore(Application[UUID]):
             except IntegrityError:
                 continue
         raise CaseConflict(f"case {case_id} kept changing meanwhile; try again")
+
+    def timeline(self, case_id: UUID) -> list[dict[str, Any]]:
+        """Every fact of the case in order: when, what, by whom, its version."""
+        facts = []
+        for event in self.repository.event_store.get(case_id):
+            data: Any = event
+            facts.append(
+                {
+                    "at": data.timestamp.astimezone(UTC),
+                    "what": type(event).__name__,
+                    "by": getattr(data, "by", None) or getattr(data, "owner", None),
+                    "version": data.originator_version,
+                }
+            )
+        return facts
 
     def get_case(self, case_id: UUID) -> Case:
         case: object = self.repository.get(case_id)

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
-from uuid import UUID
+from datetime import datetime
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, HTTPException, Path, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -134,10 +133,14 @@ def handling_router(store: CaseStore, worklist: Worklist, customer_key: bytes) -
     async def change(row: CaseRow, decide: Callable[[Case], None]) -> Handled:
         try:
             case = await asyncio.to_thread(store.change, row.feedback_id, decide)
-        except CaseError as error:
-            raise HTTPException(409, detail=str(error)) from error
-        except CaseConflict as error:
-            raise HTTPException(409, detail=str(error)) from error
+        except (CaseError, CaseConflict) as error:
+            # The reason, and the version the refusal was decided on, to reload from.
+            current = await asyncio.to_thread(store.get_case, row.feedback_id)
+            raise HTTPException(
+                409,
+                detail=f"{error} (case version {current.version})",
+                headers={"X-Case-Version": str(current.version)},
+            ) from error
         return Handled.of(case)
 
     @router.post("/v1/cases/{number}/notes", response_model=Handled)
@@ -286,21 +289,7 @@ def handling_router(store: CaseStore, worklist: Worklist, customer_key: bytes) -
     ) -> list[TimelineEntry]:
         """Every fact of the case: when, what, by whom (texts stay in the case's views)."""
         row = await row_of(number, actor)
-        return await asyncio.to_thread(_timeline, store, row.feedback_id)
+        facts = await asyncio.to_thread(store.timeline, row.feedback_id)
+        return [TimelineEntry(**fact) for fact in facts]
 
     return router
-
-
-def _timeline(store: CaseStore, case_id: UUID) -> list[TimelineEntry]:
-    entries = []
-    for event in store.repository.event_store.get(case_id):
-        data: Any = event
-        entries.append(
-            TimelineEntry(
-                at=data.timestamp.astimezone(UTC),
-                what=type(event).__name__,
-                by=getattr(data, "by", None) or getattr(data, "owner", None),
-                version=data.originator_version,
-            )
-        )
-    return entries

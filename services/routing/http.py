@@ -97,6 +97,7 @@ class CaseView(BaseModel):
     co_handlers: list[dict[str, Any]]
     clocks: list[dict[str, Any]] = []
     escalation_level: int = 0
+    timeline: list[dict[str, Any]] = []
     version: int
 
     @classmethod
@@ -264,13 +265,14 @@ def routing_router(
     async def get_case(number: Number, actor: Annotated[Actor, require("case.read")]) -> CaseView:
         await case_of(number, actor)
 
-        def load() -> Case:
+        def load() -> CaseView:
             row = routing.worklist.find(number)
             if row is None:
                 raise NotFound(f"no routed feedback {number}")
-            return routing.store.get_case(row.feedback_id)
+            view = CaseView.of(routing.store.get_case(row.feedback_id))
+            return view.model_copy(update={"timeline": routing.store.timeline(row.feedback_id)})
 
-        return CaseView.of(await _run(load))
+        return await _run(load)
 
     @router.get("/v1/cases/{number}/contact", response_model=ContactView)
     async def reveal_contact(

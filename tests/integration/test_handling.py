@@ -209,6 +209,12 @@ async def test_two_commands_at_once_never_overwrite_each_other(settings: Setting
         assert codes == [200, 409, 409, 409], [a.text for a in answers]
         timeline = (await client.get(f"{base}/timeline")).json()
         assert [e["what"] for e in timeline].count("Resolved") == 1
+        loser = next(a for a in answers if a.status_code == 409)
+        version = int(loser.headers["X-Case-Version"])
+        assert f"case version {version}" in loser.json()["detail"]
+        case = (await client.get(base)).json()
+        assert case["version"] >= version  # the loser knows what to reload
+        assert [e["what"] for e in case["timeline"]] == [e["what"] for e in timeline]
 
 
 async def test_closed_cases_are_archived_after_the_configured_delay(settings: Settings) -> None:
