@@ -210,8 +210,9 @@ class Platform:
             assert self.routing_pool is not None
             await asyncio.to_thread(self.routing_pool.open, True)
             await asyncio.to_thread(self.routing.worklist.seed, load_roster())
-            if "projections" in self.services and self.store is not None:
-                # The registration table says which cases closed when.
+            if self.store is not None:
+                # The registration table (the projections service's, in the same database)
+                # says which cases closed when; the store archives them.
                 self._tasks.append(
                     asyncio.create_task(
                         archive_forever(self.store, self.pool, self.settings.archive_after_days),

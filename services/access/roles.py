@@ -29,7 +29,7 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "case.escalate": frozenset({A, S}),
     "case.note": frozenset({A, S, H}),
     "case.plan": frozenset({A, S}),
-    "case.co_respond": frozenset({A, S, H, ADMIN}),
+    "case.co_respond": frozenset({A, S, H}),
     "case.resolve": frozenset({A, S}),
     "case.confirm": frozenset({A, S}),  # on the customer's behalf (customers use their token)
     "case.close": frozenset({A, S, H}),

@@ -73,6 +73,7 @@ class Case(Aggregate):
         self.plan: dict[str, Any] | None = None
         self.result: dict[str, Any] | None = None
         self.ratings: list[dict[str, Any]] = []
+        self.rated_result = False  # one rating per result
         self.complex = False
         self.reopened_count = 0
         self.resume_status: CaseStatus | None = None
@@ -642,7 +643,7 @@ class Case(Aggregate):
         by: str,
     ) -> None:
         self.notes.append({"text": text, "visible": visible_to_customer, "step": step, "by": by})
-        if self.status == CaseStatus.accepted:
+        if self.status in (CaseStatus.accepted, CaseStatus.reopened):
             self.status = CaseStatus.in_progress
 
     def set_plan(self, diagnosis: str, plan: str, expected_completion: datetime, by: str) -> None:
@@ -775,6 +776,7 @@ class Case(Aggregate):
     ) -> None:
         self.status = CaseStatus.reopened
         self.reopened_count += 1
+        self.rated_result = False  # the next result may be rated again
         if self.classification is not None:
             self.classification = {**self.classification, "priority": priority}
 
@@ -784,6 +786,8 @@ class Case(Aggregate):
         """Satisfaction (CSAT 1–5, NPS 0–10) once a result exists."""
         if self.status not in (CaseStatus.resolved, CaseStatus.confirmed, CaseStatus.closed):
             raise CaseError(f"{self.feedback_number} has no result to rate yet")
+        if getattr(self, "rated_result", False):
+            raise CaseError(f"{self.feedback_number}'s result is rated already")
         self._rated(self.feedback_number, self.department, csat, nps, aspects, comment, by)
 
     @event("Rated")
@@ -798,6 +802,7 @@ class Case(Aggregate):
         by: str,
     ) -> None:
         self.ratings.append({"csat": csat, "nps": nps, "aspects": aspects, "by": by})
+        self.rated_result = True
 
     def close(self, reason: str | None, by: str, supervisor: bool) -> None:
         """After the customer confirmed; or by a supervisor with a reason (nothing closes

@@ -22,6 +22,7 @@ from services.access.http import require
 from services.access.roles import Actor, Role, sees_department
 from services.cases.domain import Case
 from services.common.boundary import Checked, is_blank, text_flaw
+from services.common.masking import mask_contacts
 from services.intake.pii_vault import PiiVault
 from services.routing.assignment import Agent, AgentId
 from services.routing.service import NotFound, Refused, RoutingService
@@ -209,7 +210,12 @@ def routing_router(
         agent = agent_of(actor)
         return CaseView.of(
             await _run(
-                lambda: routing.request_escalation(number, agent, body.reason, body.support_needed)
+                lambda: routing.request_escalation(
+                    number,
+                    agent,
+                    mask_contacts(body.reason),
+                    mask_contacts(body.support_needed) if body.support_needed else None,
+                )
             )
         )
 

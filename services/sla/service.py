@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 from uuid import UUID
 
+from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
 from psycopg_pool import ConnectionPool
 from pydantic import ValidationError
@@ -148,7 +149,8 @@ class SlaService:
     def _case(self, case_id: UUID) -> Case | None:
         try:
             return self.store.get_case(case_id)
-        except Exception:
+        except AggregateNotFoundError:
+            # Other failures raise: the slice is redelivered, no decision is lost.
             log.warning("no case %s in the store", case_id)
             return None
 
@@ -181,7 +183,14 @@ class SlaService:
             case contract.CoHandlerResponded():
                 key = clock_key("co_handler_response", message.co_department)
                 case.meet_clock(key, at, "CoHandlerResponded")
-            case contract.MarkedComplex() | contract.CaseReopened():
+            case contract.MarkedComplex():
+                self._recompute(case, f"{message.event_type} by {message.by}")
+            case contract.CaseReopened():
+                # A new promise: resolve again, keeping the customer informed meanwhile.
+                rule = self.policies.rule_for("resolution", self._facts(case))
+                if rule is not None:
+                    self._start(case, "resolution", None, rule, at)
+                self._next_progress_period(case, at, "CaseReopened")
                 self._recompute(case, f"{message.event_type} by {message.by}")
             case contract.InformationRequested():
                 for clock in case.open_clocks():

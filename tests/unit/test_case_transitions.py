@@ -129,3 +129,16 @@ def test_a_dissatisfied_customer_reopens_the_case_one_priority_up() -> None:
     case.resolve("resolved", "third", None, None, None, "fin-ma")
     case.confirm(False, "仍不满意", "customer", on_behalf=False)
     assert case.priority == "urgent" and case.reopened_count == 3  # urgent stays urgent
+
+
+def test_a_result_is_rated_once_and_a_reopened_case_may_be_rated_again() -> None:
+    case = case_in(CaseStatus.resolved)
+    case.rate(4, 8, {}, None, "customer")
+    with pytest.raises(CaseError, match="rated already"):
+        case.rate(1, 0, {}, None, "customer")
+    case.reopen("客户再次来电", "sup")
+    case.add_note("再次处理", False, None, "fin-ma")
+    assert case.status == CaseStatus.in_progress  # a note after a reopening resumes handling
+    case.resolve("resolved", "again", None, None, None, "fin-ma")
+    case.rate(5, 10, {}, None, "customer")
+    assert len(case.ratings) == 2
