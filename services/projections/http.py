@@ -53,6 +53,9 @@ class RegistrationView(BaseModel):
     missing_information: list[str] = []
     correspondence_count: int = 0
     related_feedback: str | None = None
+    warned_clocks: list[str] = []
+    breached_clocks: list[str] = []
+    escalation_level: int = 0
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> RegistrationView:

@@ -25,10 +25,15 @@ from contracts.events import (
     CaseRegistered,
     CaseReopened,
     CaseResolved,
+    ClockBreached,
+    ClockMet,
+    ClockRecomputed,
+    ClockWarned,
     CoHandlerAdded,
     CorrespondenceReceived,
     CustomerConfirmed,
     DeadLetter,
+    EscalationRaised,
     FeedbackClassified,
     FeedbackRouted,
     InformationRequested,
@@ -96,6 +101,13 @@ SCHEMA = [
         ADD COLUMN IF NOT EXISTS missing_information text[] NOT NULL DEFAULT '{}',
         ADD COLUMN IF NOT EXISTS correspondence_count integer NOT NULL DEFAULT 0,
         ADD COLUMN IF NOT EXISTS related_feedback text
+    """,
+    # Deadlines: the tracker flags warned and breached clocks and the escalation level.
+    """
+    ALTER TABLE registrations
+        ADD COLUMN IF NOT EXISTS warned_clocks text[] NOT NULL DEFAULT '{}',
+        ADD COLUMN IF NOT EXISTS breached_clocks text[] NOT NULL DEFAULT '{}',
+        ADD COLUMN IF NOT EXISTS escalation_level integer NOT NULL DEFAULT 0
     """,
     "CREATE INDEX IF NOT EXISTS registrations_registered_at ON registrations (registered_at)",
     "CREATE INDEX IF NOT EXISTS registrations_department ON registrations (department, status)",
@@ -273,12 +285,39 @@ async def apply_event(conn: Any, event: CaseEvent) -> None:
             await _update(conn, event, "status = 'closed'", {})
         case CaseArchived():
             await _update(conn, event, "status = 'archived'", {})
+        case ClockWarned():
+            await _update(
+                conn, event,
+                "warned_clocks = ARRAY(SELECT DISTINCT unnest(warned_clocks || %(clock)s::text))",
+                {"clock": _clock_name(event.clock, event.subject)},
+            )  # fmt: skip
+        case ClockBreached():
+            await _update(
+                conn, event,
+                "breached_clocks = ARRAY(SELECT DISTINCT unnest(breached_clocks || %(clock)s::text))",
+                {"clock": _clock_name(event.clock, event.subject)},
+            )  # fmt: skip
+        case EscalationRaised():
+            await _update(
+                conn, event, "escalation_level = greatest(escalation_level, %(level)s)",
+                {"level": event.level},
+            )  # fmt: skip
+        case ClockMet() | ClockRecomputed():
+            # Met or given a new due time: no longer flagged as warned (a breach stays).
+            await _update(
+                conn, event, "warned_clocks = array_remove(warned_clocks, %(clock)s)",
+                {"clock": _clock_name(event.clock, event.subject)},
+            )  # fmt: skip
 
 
 async def apply_record(conn: Any, record: Any) -> None:
     """Apply one consumer record of `feedback.events`; raises why it cannot be applied
     (a newer producer's event we cannot read yet stays in the store for a rebuild)."""
     await apply_event(conn, case_event_adapter.validate_json(record.value or b""))
+
+
+def _clock_name(clock: str, subject: str | None) -> str:
+    return f"{clock}:{subject}" if subject else clock
 
 
 async def apply_batch(
@@ -312,7 +351,7 @@ COLUMNS = (
     "evidence, receiver, registration_late, status, last_version, updated_at, category, "
     "subcategory, priority, department, classified_emotion, flags, confidence, "
     "classification_rules, supervisor_attention, owner, co_handlers, missing_information, "
-    "correspondence_count, related_feedback"
+    "correspondence_count, related_feedback, warned_clocks, breached_clocks, escalation_level"
 )
 
 

@@ -127,6 +127,9 @@ async def test_a_complaint_is_warned_breached_escalated_once_and_met_late(
         assert breached.count("first_response:None") == 1, breached
         escalations = _clock_keys(settings, number, "EscalationRaised")
         assert escalations.count("first_response:None") == 2, escalations
+        # The tracker (the registration table) flags it.
+        tracked = await registered_row(client, number, escalation_level=2)
+        assert "first_response" in tracked["breached_clocks"]
 
         # The owner accepts: the first-response clock is met, late.
         owner = running.as_staff("agent", (row["department"],), row["owner"])
