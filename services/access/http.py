@@ -27,6 +27,22 @@ bearer = OAuth2PasswordBearer(
 )
 
 
+class NotSignedIn(Exception):
+    """Why a bearer token does not sign anyone in (the 401's reason)."""
+
+
+async def _actor_of(request: Request, token: str) -> Actor:
+    """The actor a bearer token signs in, if it verifies and its user has not changed since."""
+    tokens: Tokens = request.app.state.tokens
+    try:
+        actor = await tokens.verify_async(token)
+    except InvalidToken as error:
+        raise NotSignedIn(f"invalid token: {error}") from error
+    if not await request.app.state.staff.still_valid(actor):
+        raise NotSignedIn("the token was revoked (user changed); sign in again")
+    return actor
+
+
 def require(action: str) -> Any:
     """A FastAPI dependency giving the signed-in actor allowed to do `action`."""
     if action not in PERMISSIONS:  # a typo fails at import, not at request time
@@ -39,19 +55,10 @@ def require(action: str) -> Any:
             raise HTTPException(
                 401, "sign in first (POST /v1/auth/token)", {"WWW-Authenticate": "Bearer"}
             )
-        tokens: Tokens = request.app.state.tokens
         try:
-            actor = await tokens.verify_async(token)
-        except InvalidToken as error:
-            raise HTTPException(
-                401, f"invalid token: {error}", {"WWW-Authenticate": "Bearer"}
-            ) from error
-        if not await request.app.state.staff.still_valid(actor):
-            raise HTTPException(
-                401,
-                "the token was revoked (user changed); sign in again",
-                {"WWW-Authenticate": "Bearer"},
-            )
+            actor = await _actor_of(request, token)
+        except NotSignedIn as error:
+            raise HTTPException(401, str(error), {"WWW-Authenticate": "Bearer"}) from error
         if not allowed(actor, action):
             raise HTTPException(403, f"the role {actor.role.value} may not {action}")
         return actor
@@ -65,12 +72,9 @@ async def staff_of(request: Request, action: str) -> Actor | None:
     header = request.headers.get("authorization", "")
     if not header.lower().startswith("bearer "):
         return None
-    tokens: Tokens = request.app.state.tokens
     try:
-        actor = await tokens.verify_async(header[7:].strip())
-    except InvalidToken:
-        return None
-    if not await request.app.state.staff.still_valid(actor):
+        actor = await _actor_of(request, header[7:].strip())
+    except NotSignedIn:
         return None
     return actor if allowed(actor, action) else None
 
