@@ -547,13 +547,13 @@ class GuardMiddleware:
             return
         endpoint = self.limit_for(scope.get("path", ""))
         limit = endpoint.max_bytes
-        refusal = self._refusal(scope, limit) or self._unsigned(scope, endpoint)
+        headers = dict(scope.get("headers") or [])
+        refusal = self._refusal(scope, headers, limit) or self._unsigned(headers, endpoint)
         if refusal is not None:
             await _drain(receive, self.body_timeout_s)
             await refusal(scope, receive, send)
             return
         received = 0
-        headers = dict(scope.get("headers") or [])
         body_done = headers.get(b"content-length", b"0") == b"0" and (
             b"transfer-encoding" not in headers
         )
@@ -594,11 +594,11 @@ class GuardMiddleware:
                 answer.headers["Connection"] = "close"
             await answer(scope, receive, send)
 
-    def _unsigned(self, scope: Any, endpoint: BodyLimit) -> JSONResponse | None:
+    def _unsigned(self, headers: dict[bytes, bytes], endpoint: BodyLimit) -> JSONResponse | None:
         """A large staff upload from someone who is not signed in is refused unread."""
         if not endpoint.staff_only or self.tokens is None:
             return None
-        header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+        header = headers.get(b"authorization", b"").decode("latin-1")
         if header.lower().startswith("bearer "):
             try:
                 self.tokens.verify(header[7:].strip())
@@ -611,8 +611,8 @@ class GuardMiddleware:
             headers={"WWW-Authenticate": "Bearer", "Connection": "close"},
         )
 
-    def _refusal(self, scope: Any, limit: int) -> JSONResponse | None:
-        length = dict(scope.get("headers") or []).get(b"content-length")
+    def _refusal(self, scope: Any, headers: dict[bytes, bytes], limit: int) -> JSONResponse | None:
+        length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
             return JSONResponse(
                 {"detail": f"request body larger than {limit} bytes"},
