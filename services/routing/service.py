@@ -323,9 +323,7 @@ class RoutingService:
     # -- commands from agents and supervisors -----------------------------------------
 
     def _load(self, feedback_number: str) -> tuple[Case, CaseRow]:
-        row = self.worklist.find(feedback_number)
-        if row is None:
-            raise NotFound(f"no routed feedback {feedback_number}")
+        row = self._routed_row(feedback_number)
         return self.store.get_case(row.feedback_id), row
 
     def _change(self, case_id: UUID, decide: Callable[[Case], None]) -> Case:
