@@ -11,7 +11,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import httpx
@@ -111,6 +111,32 @@ async def serve(
     finally:
         server.should_exit = True
         await task
+
+
+@contextmanager
+def serve_in_thread(settings: Settings, services: tuple[str, ...] = ALL_SERVICES) -> Iterator[str]:
+    """The services on their own event loop in a thread (for synchronous tests such as
+    hypothesis properties); yields the base URL once healthy."""
+    import threading
+
+    port = free_port()
+    server = http_server.server(create_app(settings, services), settings, "127.0.0.1", port)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/health").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    try:
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
 
 
 async def _healthy(client: httpx.AsyncClient) -> bool:

@@ -5,11 +5,9 @@ feedback sent after all the garbage is readable too."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import secrets
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,11 +21,9 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from deploy.postgres_server import create_database
-from services.common import http_server
 from services.common.settings import Settings
 from services.intake.channels.chat_social import signed_push_headers, wechat_signature
-from services.runtime import create_app
-from tests.conftest import free_port, signed_in, web_form
+from tests.conftest import serve_in_thread, signed_in, web_form
 
 pytestmark = pytest.mark.integration
 TOKEN, WEIBO, DOUYIN = "wechat-token-fuzz", "weibo-secret-fuzz", "douyin-secret-fuzz"
@@ -87,23 +83,9 @@ def live(postgres, kafka, tmp_path_factory) -> Iterator[str]:
         web_chat_secret=SecretStr(WEB_CHAT),
         evidence_dir=tmp_path_factory.mktemp("evidence"),
     )
-    port = free_port()
-    server = http_server.server(create_app(settings), settings, "127.0.0.1", port)
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/health").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    STAFF.update(signed_in(settings, "admin"))
-    yield base
-    server.should_exit = True
-    thread.join(timeout=30)
+    with serve_in_thread(settings) as base:
+        STAFF.update(signed_in(settings, "admin"))
+        yield base
 
 
 ACCEPTED: list[str] = []

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from services.common.settings import Settings
-from services.runtime import create_app
-from tests.conftest import free_port
+from tests.conftest import serve_in_thread
 
 pytestmark = pytest.mark.integration
 
@@ -87,24 +82,8 @@ def live_intake(postgres, kafka) -> Iterator[str]:
         auth_token_key=base64.b64encode(secrets.token_bytes(32)).decode(),
         rate_limit_per_minute=100_000,
     )
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, ("intake",)), port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/health").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    yield base
-    server.should_exit = True
-    thread.join(timeout=30)
+    with serve_in_thread(settings, ("intake",)) as base:
+        yield base
 
 
 @hypothesis_settings(
