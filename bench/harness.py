@@ -41,8 +41,7 @@ class RunningServices:
             pii_key=self.env["FEEDBACK_PII_KEY"],
             auth_token_key=self.env["FEEDBACK_AUTH_TOKEN_KEY"],
         )
-        token = Tokens(settings).issue(Actor("bench", Role.admin))
-        return {"Authorization": f"Bearer {token}"}
+        return Tokens(settings).headers(Actor("bench", Role.admin))
 
 
 @contextmanager

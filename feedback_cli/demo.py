@@ -109,7 +109,7 @@ async def _run_pipeline(
 
 
 def _signed_in(settings: Settings, actor: Actor) -> dict[str, str]:
-    return {"Authorization": f"Bearer {Tokens(settings).issue(actor)}"}
+    return Tokens(settings).headers(actor)
 
 
 async def _wait_healthy(client: httpx.AsyncClient, timeout: float) -> None:

@@ -69,7 +69,7 @@ def signed_in(
 ) -> dict[str, str]:
     """Headers of a staff member with this role (a token signed with the platform's key)."""
     actor = Actor(username or agent_id or f"test-{role}", Role(role), departments, agent_id)
-    return {"Authorization": f"Bearer {Tokens(settings).issue(actor)}"}
+    return Tokens(settings).headers(actor)
 
 
 class RunningPlatform:
