@@ -19,12 +19,13 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from contracts.events import FEEDBACK_NUMBER_PATTERN
 from services.access.http import require, staff_of
-from services.access.roles import Actor, Role, sees_department
+from services.access.roles import Actor, Role
 from services.access.tokens import customer_token_valid
 from services.cases.domain import Case, CaseError
 from services.cases.store import CaseConflict, CaseStore
 from services.common.boundary import Checked
 from services.common.masking import mask_contacts
+from services.routing.http import visible_case
 from services.routing.worklist import CaseRow, Worklist
 
 Number = Annotated[str, Path(pattern=FEEDBACK_NUMBER_PATTERN)]
@@ -117,12 +118,7 @@ def handling_router(store: CaseStore, worklist: Worklist, customer_key: bytes) -
     router = APIRouter(tags=["handling"])
 
     async def row_of(number: str, actor: Actor | None) -> CaseRow:
-        row = await asyncio.to_thread(worklist.find, number)
-        if row is None:
-            raise HTTPException(404, detail=f"no routed feedback {number}")
-        if actor is not None and not sees_department(actor, row.department):
-            raise HTTPException(403, detail=f"{number} belongs to another department")
-        return row
+        return await visible_case(worklist, number, actor)
 
     def own(actor: Actor, row: CaseRow) -> None:
         """Agents act on their own cases; supervisors and heads on their departments'."""

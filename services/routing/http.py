@@ -26,7 +26,7 @@ from services.common.masking import mask_contacts
 from services.intake.pii_vault import PiiVault
 from services.routing.assignment import Agent, AgentId
 from services.routing.service import NotFound, Refused, RoutingService
-from services.routing.worklist import CaseRow
+from services.routing.worklist import CaseRow, Worklist
 
 Number = Annotated[str, Path(pattern=FEEDBACK_NUMBER_PATTERN)]
 Reason = Annotated[str, Field(min_length=1, max_length=2000)]
@@ -146,6 +146,19 @@ class QueueItem(BaseModel):
     state: str
 
 
+async def visible_case(worklist: Worklist, number: str, actor: Actor | None) -> CaseRow:
+    """The routed case, if it exists (404) and is in a department the actor works in
+    (403); without an actor (a customer's own token) only its existence is checked."""
+    row = await asyncio.to_thread(worklist.find, number)
+    if row is None:
+        raise HTTPException(404, detail=f"no routed feedback {number}")
+    # A case in triage belongs to no department yet: the triage department routes it.
+    department = None if row.state == "triage" else row.department
+    if actor is not None and not sees_department(actor, department):
+        raise HTTPException(403, detail=f"{number} belongs to another department")
+    return row
+
+
 async def _run(call: Callable[[], T]) -> T:
     try:
         return await asyncio.to_thread(call)
@@ -170,15 +183,7 @@ def routing_router(
     router = APIRouter(tags=["routing"])
 
     async def case_of(number: str, actor: Actor) -> CaseRow:
-        """The case, if it exists and is in a department the actor works in."""
-        row = await _run(lambda: routing.worklist.find(number))
-        if row is None:
-            raise HTTPException(404, detail=f"no routed feedback {number}")
-        # A case in triage belongs to no department yet: the triage department routes it.
-        department = None if row.state == "triage" else row.department
-        if not sees_department(actor, department):
-            raise HTTPException(403, detail=f"{number} belongs to another department")
-        return row
+        return await visible_case(routing.worklist, number, actor)
 
     def agent_of(actor: Actor) -> str:
         if not actor.agent_id:
