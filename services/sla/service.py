@@ -79,6 +79,25 @@ OWN_EVENTS = (
 )
 
 
+# The case events `_decide` acts on: for any other the case is not even loaded.
+DECIDES_ON = (
+    contract.FeedbackClassified,
+    contract.PriorityOverridden,
+    contract.OwnerAccepted,
+    contract.NoteAdded,
+    contract.CaseResolved,
+    contract.CustomerConfirmed,
+    contract.CaseClosed,
+    contract.CaseArchived,
+    contract.CoHandlerAdded,
+    contract.CoHandlerResponded,
+    contract.MarkedComplex,
+    contract.CaseReopened,
+    contract.InformationRequested,
+    contract.InformationSupplied,
+)
+
+
 class Clock(Protocol):
     """Where the time comes from: the system's, or a test's that it moves."""
 
@@ -129,8 +148,8 @@ class SlaService:
                 message = contract.case_event_adapter.validate_json(record.value or b"")
             except ValidationError:
                 continue  # the read side keeps unreadable case events as dead letters
-            if isinstance(message, OWN_EVENTS):
-                continue
+            if not isinstance(message, DECIDES_ON):
+                continue  # its own clock events, and facts no clock depends on
             case = work.cases.get(message.feedback_id) or self._case(message.feedback_id)
             if case is None:
                 continue
