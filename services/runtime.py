@@ -157,7 +157,9 @@ class Platform:
             )
             register_routing(self.broker, settings, self.routing)
         if "projections" in self.services:
-            registrations.register_projections(self.broker, settings, self.pool)
+            registrations.register_projections(
+                self.broker, settings, self.pool, load_calendars().get(None)
+            )
             self.callback_rules = callbacks.load_callback_rules()
             callbacks.register_callbacks(
                 self.broker, settings, self.pool, self.callback_rules, load_calendars().get(None)

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 # Applies one consumer record inside the slice's transaction.
 ApplyRecord = Callable[[AsyncConnection[Any], Any], Awaitable[None]]
+# Applies a whole slice's records at once (the fast path; `ApplyRecord` isolates failures).
+ApplyRecords = Callable[[AsyncConnection[Any], list[Any]], Awaitable[None]]
 # Puts a dead letter on the bus, raising unless Kafka acknowledged it.
 PublishDeadLetter = Callable[[DeadLetter], Awaitable[None]]
 
@@ -86,6 +88,8 @@ async def apply_slice(
     records: list[Any],
     apply: ApplyRecord,
     publish: PublishDeadLetter,
+    *,
+    apply_all: ApplyRecords | None = None,
 ) -> int:
     """Apply one partition slice exactly once; returns how many records were applied.
 
@@ -97,7 +101,9 @@ async def apply_slice(
     batch is redelivered.
     """
     try:
-        return await _apply(pool, consumer, records, apply, publish, isolate=False)
+        return await _apply(
+            pool, consumer, records, apply, publish, isolate=False, apply_all=apply_all
+        )
     except Exception as error:
         if not deadletters.is_permanent(error):
             raise
@@ -121,6 +127,7 @@ async def _apply(
     publish: PublishDeadLetter,
     *,
     isolate: bool,
+    apply_all: ApplyRecords | None = None,
 ) -> int:
     topic, partition = records[0].topic, records[0].partition
     applied = 0
@@ -130,6 +137,10 @@ async def _apply(
         unseen = await claim_unseen(conn, consumer, topic, partition, records)
         if not unseen:
             return 0
+        if not isolate and apply_all is not None:
+            await apply_all(conn, unseen)
+            await advance(conn, consumer, topic, partition, unseen[-1].offset + 1)
+            return len(unseen)
         for record in unseen:
             if not isolate:
                 await apply(conn, record)
