@@ -57,8 +57,11 @@ from services.notifications import Sender as NotificationSender
 from services.notifications import build as build_notifications
 from services.notifications.http import inbox_router
 from services.notifications.store import SCHEMA as NOTIFICATIONS_SCHEMA
+from services.projections import library as case_library
 from services.projections import registrations
+from services.projections import search as case_search
 from services.projections.http import projections_router
+from services.projections.search_http import library_router, search_router
 from services.routing import worklist as routing_worklist
 from services.routing.assignment import load_roster
 from services.routing.classifier import Classifier, RuleBook, load_rulebook
@@ -123,7 +126,9 @@ class Platform:
         if "relay" in self.services:
             statements += RELAY_SCHEMA
         if "projections" in self.services:
-            statements += registrations.SCHEMA + callbacks.SCHEMA
+            statements += (
+                registrations.SCHEMA + callbacks.SCHEMA + case_search.SCHEMA + case_library.SCHEMA
+            )
         if "notifications" in self.services:
             statements += NOTIFICATIONS_SCHEMA
         if "sla" in self.services:
@@ -451,6 +456,8 @@ def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> Fa
     if "projections" in platform.services:
         assert platform.pool is not None
         app.include_router(projections_router(platform.pool))
+        app.include_router(search_router(platform.pool, settings.zone))
+        app.include_router(library_router(platform.pool))
     if "notifications" in platform.services:
         assert platform.pool is not None
         app.include_router(inbox_router(platform.pool))

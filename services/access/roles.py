@@ -59,6 +59,10 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     # Callbacks (回访): the worklist, and recording an attempt.
     "callback.read": frozenset({A, S, H, Q}),
     "callback.record": frozenset({A, S, H}),
+    # Archive search (department-scoped) and the case library (知识库) of resolved cases.
+    "search.read": frozenset({A, S, H, Q, ADMIN}),
+    "library.read": frozenset({A, S, H, Q, ADMIN}),
+    "library.publish": frozenset({S, H}),
 }
 SEES_EVERY_DEPARTMENT = frozenset({Q, ADMIN})
 

@@ -1,0 +1,457 @@
+"""Archive search: a full-text document per case in `case_search`, kept by the projection
+(`index_cases`, in the transaction that writes the case's registration row).
+
+PostgreSQL's text parsers do not segment Chinese (and behave by locale), and `pg_trgm`
+cannot serve two-character words, so the lexemes are made here and stored without any
+PostgreSQL parser involved (a tsvector literal of quoted lexemes with positions):
+
+- every CJK bigram of each run of CJK characters, and the run's last character alone, so a
+  search for any two-character word (漏水, 退款) or for one character (水) finds every text
+  that has it;
+- `rjieba` (jieba-rs) search-mode words of three characters or more (洗衣机); the shorter
+  ones are bigrams already. They serve the similar-entry suggestions, whose query is
+  words, not bigrams;
+- lower-cased alphanumeric tokens after NFKC (full-width `Ｘ２００` is `x200`): `X200-Pro`
+  is `x200` then `pro` at the next position.
+
+Positions and weights (product model A, description B, the rest C) are kept because
+`ts_rank` needs them: a positionless tsvector ranks every AND query at 1e-16.
+
+A query (`query_terms`) ANDs the bigrams of each CJK run of two characters or more (so
+"洗衣机漏水" finds the texts with that run, "洗衣机 漏水" those with both words anywhere),
+matches a lone CJK character as a prefix (`水:*`: bigrams starting with it and run-final
+characters), and ANDs the alphanumeric tokens. Lexemes are quoted (`'` doubled, `\\`
+escaped) and the query is passed as a parameter cast to `tsquery`: no text of the user's
+ever becomes SQL or tsquery syntax.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from typing import Any, Literal
+from uuid import UUID
+
+from psycopg.rows import dict_row
+
+SCHEMA = [
+    """
+    CREATE TABLE IF NOT EXISTS case_search (
+        feedback_id uuid PRIMARY KEY,
+        feedback_number text NOT NULL,
+        document tsvector NOT NULL,
+        received_at timestamptz NOT NULL,
+        channel text NOT NULL,
+        feedback_type text,
+        category text,
+        department text,
+        customer_tier text,
+        product_model text,
+        status text NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS case_search_document ON case_search USING gin (document)",
+    "CREATE INDEX IF NOT EXISTS case_search_received ON case_search (received_at, feedback_id)",
+    "CREATE INDEX IF NOT EXISTS case_search_number ON case_search (feedback_number)",
+    *(
+        f"CREATE INDEX IF NOT EXISTS case_search_{column} ON case_search ({column}, received_at)"
+        for column in ("department", "channel", "status", "category", "feedback_type")
+    ),
+    "CREATE INDEX IF NOT EXISTS case_search_tier ON case_search (customer_tier, received_at)",
+    "CREATE INDEX IF NOT EXISTS case_search_model "
+    "ON case_search (lower(product_model), received_at)",
+]
+
+# Han (with extensions and compatibility ideographs), kana and hangul: no spaces between
+# words, so they are indexed by bigrams.
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0003134f"
+_TOKENS = re.compile(f"(?P<cjk>[{_CJK}]+)|(?P<word>(?:(?![{_CJK}])[^\\W_])+)")
+# Longer "words" are hashes, encoded blobs or keyboard mashing: never searched for.
+MAX_WORD_CHARS = 64
+# PostgreSQL keeps positions up to 16383 and at most 256 per lexeme.
+MAX_POSITION = 16383
+MAX_POSITIONS_PER_LEXEME = 64
+# A query ANDs at most this many lexemes (a pasted paragraph is not a search).
+MAX_QUERY_LEXEMES = 32
+MAX_SIMILAR_LEXEMES = 40
+
+Weight = Literal["A", "B", "C", "D"]
+
+
+@cache
+def _segmenter() -> Any:
+    """rjieba, loaded once on first use (its dictionary takes ~0.15 s; jieba's ~1.3 s)."""
+    import rjieba
+
+    rjieba.cut("预热")
+    return rjieba
+
+
+def normalized(text: str) -> str:
+    """NFKC (full-width letters and digits to ASCII) and case-folded."""
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
+def _positioned(text: str, start: int) -> tuple[list[tuple[str, int]], int]:
+    """The lexemes of a text with their positions from `start`, and the next position."""
+    found: list[tuple[str, int]] = []
+    position = start
+    segmenter = None
+    for match in _TOKENS.finditer(normalized(text)):
+        run = match.group("cjk")
+        if run:
+            size = len(run)
+            found.extend((run[i : i + 2], position + i) for i in range(size - 1))
+            found.append((run[-1], position + size - 1))
+            if size >= 3:
+                segmenter = segmenter or _segmenter()
+                found.extend(
+                    (word, position + begin)
+                    for word, begin, end in segmenter.tokenize(run, mode="search")
+                    if end - begin >= 3
+                )
+            position += size
+        else:
+            word = match.group("word")
+            if len(word) <= MAX_WORD_CHARS:
+                found.append((word, position))
+            position += 1
+    return found, position
+
+
+def document_terms(*texts: str | None) -> list[str]:
+    """The distinct lexemes of the texts, in order of first appearance."""
+    terms: dict[str, None] = {}
+    position = 1
+    for text in texts:
+        if text:
+            found, position = _positioned(text, position)
+            terms.update(dict.fromkeys(lexeme for lexeme, _ in found))
+    return list(terms)
+
+
+def quoted(lexeme: str) -> str:
+    """A lexeme as tsvector and tsquery input take it, whatever it holds."""
+    return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def document_vector(fields: Sequence[tuple[str | None, Weight]]) -> str:
+    """A tsvector literal (cast with `::tsvector`) of weighted texts, with positions."""
+    positions: dict[str, list[str]] = {}
+    position = 1
+    for text, weight in fields:
+        if not text:
+            continue
+        found, position = _positioned(text, position)
+        position += 1  # fields are not adjacent
+        for lexeme, at in found:
+            kept = positions.setdefault(lexeme, [])
+            if len(kept) < MAX_POSITIONS_PER_LEXEME:
+                kept.append(f"{min(at, MAX_POSITION)}{weight}")
+    return " ".join(f"{quoted(lexeme)}:{','.join(at)}" for lexeme, at in positions.items())
+
+
+def query_terms(q: str | None) -> str | None:
+    """A safe tsquery (pass it as a parameter cast to `::tsquery`) for what a person typed,
+    or None when it holds nothing searchable (empty, spaces, punctuation only)."""
+    operands: dict[str, None] = {}
+    for match in _TOKENS.finditer(normalized(q or "")):
+        run = match.group("cjk")
+        if run and len(run) == 1:
+            operands[quoted(run) + ":*"] = None
+        elif run:
+            operands.update(dict.fromkeys(quoted(run[i : i + 2]) for i in range(len(run) - 1)))
+        else:
+            operands[quoted(match.group("word")[:MAX_WORD_CHARS])] = None
+    chosen = list(operands)[:MAX_QUERY_LEXEMES]
+    return " & ".join(chosen) or None
+
+
+# Words in nearly every feedback: they would make every entry look similar.
+_COMMON_WORDS = (
+    "客户 问题 一直 没有 已经 我们 你们 他们 这个 那个 什么 可以 但是 因为 所以 还是 就是 现在 "
+    "时候 希望 需要 尽快 今天 昨天 然后 怎么 为什么 一个 自己 不是 如果 还有 非常 处理 反馈 "
+    "the and for with that this have not but are was"
+)
+_COMMON = frozenset(_COMMON_WORDS.split())
+
+
+def similar_query(*texts: str | None) -> str | None:
+    """A tsquery ORing the words of the texts (jieba words of two characters or more, each
+    as its bigrams ANDed, and alphanumeric tokens): for suggesting similar entries."""
+    operands: dict[str, None] = {}
+    for text in texts:
+        for match in _TOKENS.finditer(normalized(text or "")):
+            run = match.group("cjk")
+            if not run:
+                word = match.group("word")
+                if len(word) >= 2 and len(word) <= MAX_WORD_CHARS and word not in _COMMON:
+                    operands[quoted(word)] = None
+                continue
+            for word in _segmenter().cut(run):
+                if len(word) < 2 or word in _COMMON:
+                    continue
+                bigrams = [quoted(word[i : i + 2]) for i in range(len(word) - 1)]
+                operands[bigrams[0] if len(bigrams) == 1 else f"({' & '.join(bigrams)})"] = None
+    chosen = list(operands)[:MAX_SIMILAR_LEXEMES]
+    return " | ".join(chosen) or None
+
+
+def snippet(text: str | None, q: str | None, width: int = 120) -> str:
+    """About `width` characters of the text around the first thing the query matches
+    (the start when nothing does)."""
+    if not text:
+        return ""
+    folded = text.casefold()
+    needles: list[str] = []
+    for match in _TOKENS.finditer(normalized(q or "")):
+        run = match.group("cjk")
+        needles.append(run[:2] if run else match.group("word"))
+    hits = [at for at in (folded.find(needle) for needle in needles) if at >= 0]
+    begin = max(0, min(hits) - width // 4) if hits else 0
+    shown = text[begin : begin + width]
+    return ("…" if begin else "") + shown + ("…" if begin + width < len(text) else "")
+
+
+# --- the table, written by the projection -------------------------------------------------
+
+_COLUMNS = (
+    "feedback_id",
+    "feedback_number",
+    "document",
+    "received_at",
+    "channel",
+    "feedback_type",
+    "category",
+    "department",
+    "customer_tier",
+    "product_model",
+    "status",
+)
+_UPSERT = (
+    f"INSERT INTO case_search ({', '.join(_COLUMNS)}) "
+    "VALUES (%s, %s, %s::tsvector, %s, %s, %s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (feedback_id) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in _COLUMNS[1:])
+    # A case event that changes nothing searched (a clock, a note) writes nothing.
+    + f" WHERE ({', '.join(f'case_search.{c}' for c in _COLUMNS[1:])}) "
+    f"IS DISTINCT FROM ({', '.join(f'EXCLUDED.{c}' for c in _COLUMNS[1:])})"
+)
+
+
+def case_document(row: Mapping[str, Any]) -> str:
+    """The tsvector literal of one registration row."""
+    return document_vector(
+        [
+            (row.get("product_model"), "A"),
+            (row.get("description"), "B"),
+            (row.get("expectation"), "C"),
+            (row.get("customer_attempts"), "C"),
+        ]
+    )
+
+
+def _values(row: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (
+        row["feedback_id"],
+        row["feedback_number"],
+        case_document(row),
+        row["received_at"],
+        row["channel"],
+        row.get("feedback_type"),
+        row.get("category"),
+        row.get("department"),
+        row.get("customer_tier"),
+        row.get("product_model"),
+        row["status"],
+    )
+
+
+async def index_cases(conn: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Upsert the search rows of these cases (registration-shaped dicts: the keys of
+    `registrations.COLUMNS`), in the caller's transaction, in one `executemany`."""
+    if not rows:
+        return
+    async with conn.cursor() as cursor:
+        await cursor.executemany(_UPSERT, [_values(row) for row in rows])
+
+
+async def index_case(conn: Any, row: Mapping[str, Any]) -> None:
+    await index_cases(conn, [row])
+
+
+_REGISTRATION_COLUMNS = (
+    "feedback_id, feedback_number, received_at, channel, feedback_type, category, department, "
+    "customer_tier, product_model, status, description, expectation, customer_attempts"
+)
+
+
+async def reindex(conn: Any, feedback_ids: Sequence[UUID] | None = None, batch: int = 1000) -> int:
+    """Index cases from the registration table (all, or these): a backfill, and what a
+    rebuild of this table alone is. Returns how many were indexed."""
+    done = 0
+    after = UUID(int=0)
+    while True:
+        async with conn.cursor(row_factory=dict_row) as cursor:
+            await cursor.execute(
+                f"SELECT {_REGISTRATION_COLUMNS} FROM registrations WHERE feedback_id > %s "
+                "AND (%s::uuid[] IS NULL OR feedback_id = ANY(%s::uuid[])) "
+                "ORDER BY feedback_id LIMIT %s",
+                (after, feedback_ids, feedback_ids, batch),
+            )
+            rows = await cursor.fetchall()
+        if not rows:
+            return done
+        await index_cases(conn, rows)
+        done += len(rows)
+        after = rows[-1]["feedback_id"]
+
+
+# --- searching ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What a search is narrowed to, besides the text."""
+
+    received_from: datetime | None = None
+    received_to: datetime | None = None  # exclusive
+    channel: str | None = None
+    feedback_type: str | None = None
+    category: str | None = None
+    department: str | None = None
+    customer_tier: str | None = None
+    product_model: str | None = None
+    status: str | None = None
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Whose cases the actor sees: `departments` None for every department; cases not
+    routed yet (no department) only with `unrouted`."""
+
+    departments: tuple[str, ...] | None
+    unrouted: bool = False
+
+
+class BadCursor(ValueError):
+    """A cursor that is not one this search gave out."""
+
+
+def _fingerprint(tsquery: str | None, filters: Filters) -> str:
+    described = json.dumps([tsquery, [str(v) for v in vars(filters).values()]])
+    return hashlib.sha256(described.encode()).hexdigest()[:16]
+
+
+def encode_cursor(rank: float | None, received_at: datetime, feedback_id: UUID, of: str) -> str:
+    body = json.dumps({"r": rank, "t": received_at.isoformat(), "i": str(feedback_id), "s": of})
+    return base64.urlsafe_b64encode(body.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, of: str) -> tuple[float | None, datetime, UUID]:
+    try:
+        body = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        rank = body["r"]
+        if rank is not None and not isinstance(rank, int | float):
+            raise TypeError("rank")
+        position = (rank, datetime.fromisoformat(body["t"]), UUID(body["i"]))
+        same = body["s"] == of
+    except (ValueError, TypeError, KeyError, binascii.Error) as error:
+        raise BadCursor("not a cursor this search gave out") from error
+    if not same or position[1].tzinfo is None:
+        raise BadCursor("the cursor belongs to another search (other text or filters)")
+    return position
+
+
+SEARCH_COLUMNS = (
+    "feedback_id, feedback_number, received_at, channel, feedback_type, category, department, "
+    "customer_tier, product_model, status"
+)
+
+
+async def search(
+    conn: Any,
+    q: str | None,
+    filters: Filters,
+    scope: Scope,
+    limit: int,
+    cursor: str | None = None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of matching cases, best first when there is text (then newest first),
+    newest first otherwise; and the cursor of the next page (None on the last)."""
+    tsquery = query_terms(q)
+    of = _fingerprint(tsquery, filters)
+    conditions: list[str] = []
+    params: dict[str, Any] = {"limit": limit + 1, "tsquery": tsquery}
+    for column, key, value in (
+        ("received_at >=", "from", filters.received_from),
+        ("received_at <", "to", filters.received_to),
+        ("channel =", "channel", filters.channel),
+        ("feedback_type =", "type", filters.feedback_type),
+        ("category =", "category", filters.category),
+        ("department =", "department", filters.department),
+        ("customer_tier =", "tier", filters.customer_tier),
+        (
+            "lower(product_model) =",
+            "model",
+            filters.product_model and filters.product_model.lower(),
+        ),
+        ("status =", "status", filters.status),
+    ):
+        if value is not None:
+            conditions.append(f"{column} %({key})s")
+            params[key] = value
+    if scope.departments is not None:
+        shown = "department = ANY(%(departments)s)"
+        conditions.append(f"({shown} OR department IS NULL)" if scope.unrouted else shown)
+        params["departments"] = list(scope.departments)
+    rank = "ts_rank(document, %(tsquery)s::tsquery, 1)" if tsquery else "NULL::real"
+    if tsquery:
+        conditions.append("document @@ %(tsquery)s::tsquery")
+    if cursor:
+        after_rank, params["after_at"], params["after_id"] = decode_cursor(cursor, of)
+        if tsquery:
+            if after_rank is None:
+                raise BadCursor("the cursor belongs to another search")
+            params["after_rank"] = after_rank
+            conditions.append(
+                f"({rank}, received_at, feedback_id) < (%(after_rank)s::real, %(after_at)s, %(after_id)s)"
+            )
+        else:
+            conditions.append("(received_at, feedback_id) < (%(after_at)s, %(after_id)s)")
+    order = "rank DESC, received_at DESC, feedback_id DESC" if tsquery else (
+        "received_at DESC, feedback_id DESC"
+    )  # fmt: skip
+    where = " AND ".join(conditions) or "TRUE"
+    async with conn.cursor(row_factory=dict_row) as db:
+        await db.execute(
+            f"SELECT {SEARCH_COLUMNS}, {rank} AS rank FROM case_search WHERE {where} "
+            f"ORDER BY {order} LIMIT %(limit)s",
+            params,
+        )
+        rows: list[dict[str, Any]] = await db.fetchall()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        if rows:
+            await db.execute(
+                "SELECT feedback_id, description FROM registrations WHERE feedback_id = ANY(%s)",
+                ([row["feedback_id"] for row in rows],),
+            )
+            descriptions = {r["feedback_id"]: r["description"] for r in await db.fetchall()}
+            for row in rows:
+                row["snippet"] = snippet(descriptions.get(row["feedback_id"]), q)
+    last = rows[-1] if rows else None
+    following = (
+        encode_cursor(last["rank"], last["received_at"], last["feedback_id"], of)
+        if more and last is not None
+        else None
+    )
+    return rows, following
