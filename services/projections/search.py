@@ -81,7 +81,7 @@ MAX_POSITION = 16383
 MAX_POSITIONS_PER_LEXEME = 64
 # A query ANDs at most this many lexemes (a pasted paragraph is not a search).
 MAX_QUERY_LEXEMES = 32
-MAX_SIMILAR_LEXEMES = 40
+MAX_SIMILAR_LEXEMES = 64
 
 Weight = Literal["A", "B", "C", "D"]
 
@@ -185,23 +185,28 @@ _COMMON = frozenset(_COMMON_WORDS.split())
 
 
 def similar_query(*texts: str | None) -> str | None:
-    """A tsquery ORing the words of the texts (jieba words of two characters or more, each
-    as its bigrams ANDed, and alphanumeric tokens): for suggesting similar entries."""
-    operands: dict[str, None] = {}
+    """A tsquery ORing what the texts say, for suggesting similar entries: alphanumeric
+    tokens, rjieba search-mode words of three characters or more (each its bigrams ANDed),
+    then every CJK bigram (jieba may cut 漏水滴到 as 漏/水滴/到; the bigram 漏水 is still
+    there). Words in nearly every feedback are left out; ts_rank orders the rest."""
+    words: dict[str, None] = {}
+    bigrams: dict[str, None] = {}
     for text in texts:
         for match in _TOKENS.finditer(normalized(text or "")):
             run = match.group("cjk")
             if not run:
                 word = match.group("word")
-                if len(word) >= 2 and len(word) <= MAX_WORD_CHARS and word not in _COMMON:
-                    operands[quoted(word)] = None
+                if 2 <= len(word) <= MAX_WORD_CHARS and word not in _COMMON:
+                    words[quoted(word)] = None
                 continue
-            for word in _segmenter().cut(run):
-                if len(word) < 2 or word in _COMMON:
-                    continue
-                bigrams = [quoted(word[i : i + 2]) for i in range(len(word) - 1)]
-                operands[bigrams[0] if len(bigrams) == 1 else f"({' & '.join(bigrams)})"] = None
-    chosen = list(operands)[:MAX_SIMILAR_LEXEMES]
+            for word in _segmenter().cut_for_search(run):
+                if len(word) >= 3 and word not in _COMMON:
+                    parts = [quoted(word[i : i + 2]) for i in range(len(word) - 1)]
+                    words[f"({' & '.join(parts)})"] = None
+            for i in range(len(run) - 1):
+                if run[i : i + 2] not in _COMMON:
+                    bigrams[quoted(run[i : i + 2])] = None
+    chosen = [*words, *(b for b in bigrams if b not in words)][:MAX_SIMILAR_LEXEMES]
     return " | ".join(chosen) or None
 
 
