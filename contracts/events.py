@@ -500,6 +500,40 @@ CaseEventMessage = Annotated[
 case_event_adapter: TypeAdapter[CaseEventMessage] = TypeAdapter(CaseEventMessage)
 
 
+class ReportFile(Contract):
+    """One file of a written report."""
+
+    name: Annotated[str, Field(max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    format: Literal["xlsx", "html"]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    size_bytes: Annotated[int, Field(ge=0)]
+
+
+class ReportPublished(Contract):
+    """A scheduled report (客户反馈分析报告) was written to the reports folder.
+
+    `report_id` is derived from the kind and the period: the same report announced twice
+    (a crash between the announcement and its record) carries the same id."""
+
+    TOPIC: ClassVar[str] = topics.REPORTS
+
+    event_type: Literal["ReportPublished"] = "ReportPublished"
+    schema_version: Literal[1] = 1
+    report_id: UUID
+    kind: Literal["weekly", "monthly"]
+    period: Annotated[str, Field(pattern=r"^\d{4}-(W\d{2}|\d{2})$", examples=["2026-W07"])]
+    period_from: date
+    period_to: date
+    zone: ShortText
+    total: Annotated[int, Field(ge=0, description="feedback received in the period")]
+    folder: Annotated[str, Field(max_length=4096)]
+    files: tuple[ReportFile, ...]
+    generated_at: AwareDatetime
+
+    def key(self) -> bytes:
+        return f"{self.kind}:{self.period}".encode()
+
+
 class DeadLetter(Contract):
     """A message that could not be processed, kept with the reason so nothing is lost."""
 

@@ -7,20 +7,27 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from contracts.events import CASE_EVENTS, CustomerCorrespondence, DeadLetter, FeedbackReceived
+from contracts.events import (
+    CASE_EVENTS,
+    CustomerCorrespondence,
+    DeadLetter,
+    FeedbackReceived,
+    ReportPublished,
+)
 
 MESSAGES: tuple[type[BaseModel], ...] = (
     FeedbackReceived,
     CustomerCorrespondence,
     *CASE_EVENTS,
     DeadLetter,
+    ReportPublished,
 )
 
 
 def schema_of(model: type[BaseModel]) -> dict[str, object]:
     schema = model.model_json_schema()
     schema["x-topic"] = getattr(model, "TOPIC", None)
-    schema["x-key"] = "feedback_id"
+    schema["x-key"] = "kind:period" if model is ReportPublished else "feedback_id"
     return schema
 
 

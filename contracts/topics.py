@@ -12,6 +12,9 @@ FEEDBACK_EVENTS = "feedback.events"
 DEADLETTER = "feedback.deadletter"
 """What could not be processed, with the raw payload and the reason."""
 
+REPORTS = "feedback.reports"
+"""The weekly and monthly reports, announced once each is written (no personal data)."""
+
 DEPARTMENT_PREFIX = "dept."
 
 

@@ -48,6 +48,7 @@ def platform_topics(settings: Settings, departments: Iterable[str] = ()) -> list
         topics.CORRESPONDENCE,
         topics.FEEDBACK_EVENTS,
         topics.DEADLETTER,
+        topics.REPORTS,
     ]
     names += [topics.department_topic(d) for d in departments]
     return [settings.topic(n) for n in names]
