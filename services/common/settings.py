@@ -139,6 +139,17 @@ class Settings(BaseSettings):
     # customers must not be told about last year's cases).
     notify_max_event_age_s: float = Field(default=3 * 86400.0, gt=0)
 
+    # BI (`bi` schema, services/projections/bi.py): the read-only `bi_reader` role signs in
+    # with this password (stored as a SCRAM verifier); without one the role cannot sign in.
+    # There is no default password. Its statements stop after `bi_statement_timeout_s`.
+    bi_reader_password: SecretStr | None = None
+    bi_statement_timeout_s: int = Field(default=30, ge=1, le=3600)
+    # The weekly and monthly reports are written here (XLSX and HTML) by the projections
+    # process and announced on `feedback.reports`; unset: no scheduled reports. Checked
+    # every `reports_poll_s`.
+    reports_dir: Path | None = None
+    reports_poll_s: float = Field(default=300.0, gt=0)
+
     @field_validator("pii_key", "auth_token_key")
     @classmethod
     def _key_is_32_bytes(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
