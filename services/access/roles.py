@@ -59,6 +59,8 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     # Callbacks (回访): the worklist, and recording an attempt.
     "callback.read": frozenset({A, S, H, Q}),
     "callback.record": frozenset({A, S, H}),
+    # Reports (summary JSON, XLSX, CSV, HTML): supervisors and heads for their departments.
+    "report.read": frozenset({S, H, Q, ADMIN}),
     # Archive search (department-scoped) and the case library (知识库) of resolved cases.
     "search.read": frozenset({A, S, H, Q, ADMIN}),
     "library.read": frozenset({A, S, H, Q, ADMIN}),
