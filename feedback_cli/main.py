@@ -491,5 +491,41 @@ def archive_purge(
         typer.echo(f"{table}: {verb} {count}")
 
 
+projections_app = typer.Typer(help="Read models: rebuild one from the event store.")
+app.add_typer(projections_app, name="projections")
+
+
+@projections_app.command("rebuild")
+def projections_rebuild(
+    name: Annotated[str, typer.Argument(help="the projection: cases")],
+    state_dir: Annotated[Path, typer.Option(help="the local default's data folder")] = Path(
+        ".feedback"
+    ),
+) -> None:
+    """Build the projection's tables again from the event store while the live ones keep
+    serving, then switch to them in one transaction (DATABASE_URL or the local default)."""
+    import asyncio
+
+    from deploy.postgres_server import start_postgres
+    from services.projections.rebuild import projections, rebuild
+    from services.sla.calendar import load_calendars
+
+    if name not in projections():
+        typer.echo(f"no projection {name!r}; there is: {', '.join(projections())}", err=True)
+        raise typer.Exit(2)
+    server = start_postgres(
+        None if os.environ.get("DATABASE_URL") else state_dir / "pgdata", keep_data=True
+    )
+    try:
+        report = asyncio.run(rebuild(server.url, name, load_calendars().get(None)))
+    finally:
+        server.stop()
+    typer.echo(
+        f"{report.name}: version {report.version}, {report.events} events "
+        f"({report.caught_up} while switching), {report.cases} cases, "
+        f"{report.seconds:.1f} s ({report.events_per_second:,.0f} events/s)"
+    )
+
+
 if __name__ == "__main__":
     app()

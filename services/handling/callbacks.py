@@ -669,7 +669,13 @@ async def sweep_forever(
 
 # --- Retention --------------------------------------------------------------------------------
 
-PURGED_TABLES = ("registrations", "callback_cases", "callback_tasks", "callback_attempts")
+PURGED_TABLES = (
+    "registrations",
+    "case_clocks",
+    "callback_cases",
+    "callback_tasks",
+    "callback_attempts",
+)
 
 
 def purge(
@@ -724,12 +730,14 @@ def purge(
             "callback_tasks WHERE feedback_id IN (SELECT feedback_id FROM purged))",
             "callback_tasks": "callback_tasks WHERE feedback_id IN (SELECT feedback_id FROM purged)",
             "callback_cases": "callback_cases WHERE feedback_id IN (SELECT feedback_id FROM purged)",
+            "case_clocks": "case_clocks WHERE feedback_id IN (SELECT feedback_id FROM purged)",
             "registrations": "registrations WHERE feedback_id IN (SELECT feedback_id FROM purged)",
         }
         for table, where in statements.items():
-            if table == "registrations" and "registrations" not in present:
+            read_model = table in ("registrations", "case_clocks")
+            if read_model and "registrations" not in present:
                 continue
-            if table != "registrations" and "callback_cases" not in present:
+            if not read_model and "callback_cases" not in present:
                 continue
             verb = "SELECT count(*) FROM " if dry_run else "WITH gone AS (DELETE FROM "
             query = (

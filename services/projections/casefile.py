@@ -474,8 +474,9 @@ class CaseFiles:
             return False
         return existing.apply(event, self.calendar)
 
-    async def save(self, conn: Any) -> None:
-        """Write every file back: one upsert per table for the whole batch."""
+    async def save(self, conn: Any, *, bulk: bool = False) -> None:
+        """Write every file back: one upsert per table for the whole batch (`bulk`: through
+        COPY into a staging table, for the tens of thousands of rows of a rebuild)."""
         files = list(self.files.values())
         if not files:
             return
@@ -532,6 +533,31 @@ async def _upsert(
                 for row in rows
             ],
         )
+
+
+async def _copy_upsert(
+    conn: Any, table: str, key: str, columns: Sequence[str], rows: list[dict[str, Any]]
+) -> None:
+    if not rows:
+        return
+    stage = f"stage_{table}"
+    await conn.execute(
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (LIKE {table}) ON COMMIT DELETE ROWS"
+    )
+    names = ", ".join(columns)
+    async with conn.cursor() as cursor:
+        async with cursor.copy(f"COPY {stage} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                await copy.write_row(
+                    tuple(Jsonb(row[c]) if c in JSON_COLUMNS else row[c] for c in columns)
+                )
+        keys = {k.strip() for k in key.split(",")}
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in keys)
+        await cursor.execute(
+            f"INSERT INTO {table} ({names}) SELECT {names} FROM {stage} "
+            f"ON CONFLICT ({key}) DO UPDATE SET {updates}"
+        )
+        await cursor.execute(f"TRUNCATE {stage}")
 
 
 async def _mark_repeats(conn: Any, case_ids: list[UUID]) -> None:

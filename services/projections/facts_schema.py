@@ -9,6 +9,11 @@ out all the same.
 
 from __future__ import annotations
 
+TABLES = ("case_facts", "department_stints", "case_clocks")
+# Removed with the registration row by the retention purge (facts and stints, which hold no
+# personal data, stay for the reports of past years).
+PURGED_WITH_REGISTRATION = ("case_clocks",)
+
 SCHEMA = [
     """
     CREATE TABLE IF NOT EXISTS case_facts (

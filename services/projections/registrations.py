@@ -23,15 +23,14 @@ from contracts.events import DeadLetter, case_event_adapter
 from services.common import deadletters, kafka_positions
 from services.common.bus import batch_subscriber, partition_slices, publish
 from services.common.settings import Settings
-from services.projections import casefile, facts_schema
+from services.projections import casefile, facts_schema, rebuild
 from services.sla.calendar import BusinessCalendar
 
 GROUP = "projections"
 CONSUMER = "projections.registrations"
 
-SCHEMA = [
-    *kafka_positions.SCHEMA,
-    *deadletters.SCHEMA,
+# The projection's own tables (what `feedback projections rebuild cases` builds again).
+TABLE_SCHEMA = [
     """
     CREATE TABLE IF NOT EXISTS registrations (
         feedback_id uuid PRIMARY KEY,
@@ -90,6 +89,12 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS registrations_channel ON registrations (channel, registered_at)",
     *facts_schema.SCHEMA,
 ]
+SCHEMA = [*kafka_positions.SCHEMA, *deadletters.SCHEMA, *TABLE_SCHEMA, *rebuild.SCHEMA]
+
+
+def dependent_views() -> list[str]:
+    """Statements that make the views over these tables (recreated after a rebuild)."""
+    return []
 
 
 async def apply_records(conn: Any, records: list[Any], calendar: BusinessCalendar) -> int:

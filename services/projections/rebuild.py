@@ -1,0 +1,206 @@
+"""Rebuilding a read model from the event store, blue/green.
+
+`rebuild("cases")` creates the projection's tables afresh in a schema of their own
+(`rebuild_cases`), folds every stored case event into them in store order while the live
+tables keep serving and the live consumer keeps writing, then, in one transaction: locks
+the live tables (readers and the consumer wait for a moment), applies what was stored
+since, moves the live tables out (schema `retired_cases`) and the new ones in, recreates
+the views that read them, and records the new version. The consumer's Kafka position
+stays valid: the new tables hold every event stored up to the switch, and the consumer
+drops what it then receives again by each case's `last_version`.
+
+Cases the retention purge removed from the registration table (archived, absent from
+the live table) are left out again, so a rebuild never brings purged rows back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from services.cases.published import to_contract
+from services.cases.store import CaseStore
+from services.projections import casefile, facts_schema
+from services.sla.calendar import BusinessCalendar
+
+log = logging.getLogger(__name__)
+
+SCHEMA = [
+    """
+    CREATE TABLE IF NOT EXISTS projection_versions (
+        name text PRIMARY KEY,
+        version integer NOT NULL,
+        switched_at timestamptz NOT NULL,
+        last_position bigint NOT NULL,
+        events integer NOT NULL,
+        seconds double precision NOT NULL
+    )
+    """
+]
+PAGE = 5_000
+# Files held in memory before they are written to the new tables.
+FLUSH_FILES = 50_000
+
+
+@dataclass(frozen=True)
+class Projection:
+    name: str
+    tables: tuple[str, ...]
+    schema: tuple[str, ...]
+    # Statements that recreate what depends on the tables (views), run after the switch.
+    dependents: Callable[[], Sequence[str]] = lambda: ()
+
+
+def projections() -> dict[str, Projection]:
+    from services.projections import registrations
+
+    return {
+        "cases": Projection(
+            "cases",
+            ("registrations", *facts_schema.TABLES),
+            tuple(registrations.TABLE_SCHEMA),
+            registrations.dependent_views,
+        )
+    }
+
+
+@dataclass
+class RebuildReport:
+    name: str
+    version: int
+    events: int
+    cases: int
+    seconds: float
+    caught_up: int
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+
+def stored_pages(store: CaseStore, after: int) -> Iterator[tuple[int, list[Any]]]:
+    """The public case events stored after notification `after`, a page at a time, in
+    store order, each page with the last notification id it covers."""
+    while True:
+        page = store.process_recorder.select_notifications(after, PAGE, inclusive_of_start=False)
+        if not page:
+            return
+        events = []
+        for notification in page:
+            event = to_contract(store.mapper.to_domain_event(notification), notification.id)
+            if event is not None:
+                events.append(event)
+        after = page[-1].id
+        yield after, events
+
+
+async def rebuild(
+    database_url: str,
+    name: str,
+    calendar: BusinessCalendar,
+    *,
+    before_switch: Callable[[], Awaitable[None]] | None = None,
+) -> RebuildReport:
+    """Build `name` again from the store and switch to it; `before_switch` lets a test
+    store more events while the new version is being built."""
+    projection = projections().get(name)
+    if projection is None:
+        raise ValueError(f"no projection {name!r}; there is: {', '.join(projections())}")
+    started = time.perf_counter()
+    store = CaseStore(database_url)
+    build = sql.Identifier(f"rebuild_{name}")
+    retired = sql.Identifier(f"retired_{name}")
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        async with conn.transaction():
+            await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(build))
+            await conn.execute(sql.SQL("CREATE SCHEMA {}").format(build))
+            await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(build))
+            for statement in projection.schema:
+                await conn.execute(statement)
+        last = 0
+        events = 0
+        files = casefile.CaseFiles(calendar)
+        async with conn.transaction():
+            await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(build))
+            for through, page in stored_pages(store, 0):
+                last = through
+                # Cases written out by an earlier flush are read back when they appear again.
+                await files.load(conn, (e.feedback_id for e in page))
+                for event in page:
+                    files.apply(event)
+                events += len(page)
+                if len(files.files) >= FLUSH_FILES:
+                    await files.save(conn, bulk=True)
+                    files = casefile.CaseFiles(calendar)
+            await files.save(conn, bulk=True)
+        log.info("%s: %s events folded into %s; switching", name, events, build.as_string())
+        if before_switch is not None:
+            await before_switch()
+        async with conn.transaction():
+            live = ", ".join(f"public.{t}" for t in projection.tables)
+            await conn.execute(f"LOCK TABLE {live} IN ACCESS EXCLUSIVE MODE")
+            await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(build))
+            # What was stored while building: the last few, applied under the lock.
+            caught_up = 0
+            for through, page in stored_pages(store, last):
+                await casefile.apply_events(conn, page, calendar)
+                caught_up += len(page)
+                last = through
+            events += caught_up
+            await _drop_purged(conn)
+            await conn.execute("SET LOCAL search_path TO public")
+            await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(retired))
+            await conn.execute(sql.SQL("CREATE SCHEMA {}").format(retired))
+            for table in projection.tables:
+                await conn.execute(
+                    sql.SQL("ALTER TABLE public.{} SET SCHEMA {}").format(
+                        sql.Identifier(table), retired
+                    )
+                )
+                await conn.execute(
+                    sql.SQL("ALTER TABLE {}.{} SET SCHEMA public").format(
+                        build, sql.Identifier(table)
+                    )
+                )
+            # Views follow the table they were made on: make them on the new ones.
+            for statement in projection.dependents():
+                await conn.execute(statement)
+            await conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(retired))
+            await conn.execute(sql.SQL("DROP SCHEMA {}").format(build))
+            cursor = await conn.execute("SELECT count(*) FROM registrations")
+            row = await cursor.fetchone()
+            cases = int(row[0]) if row else 0
+            seconds = time.perf_counter() - started
+            cursor = await conn.execute(
+                """
+                INSERT INTO projection_versions AS v
+                    (name, version, switched_at, last_position, events, seconds)
+                VALUES (%s, 1, now(), %s, %s, %s)
+                ON CONFLICT (name) DO UPDATE SET version = v.version + 1,
+                    switched_at = now(), last_position = EXCLUDED.last_position,
+                    events = EXCLUDED.events, seconds = EXCLUDED.seconds
+                RETURNING version
+                """,
+                (name, last, events, seconds),
+            )
+            row = await cursor.fetchone()
+            version = int(row[0]) if row else 1
+    return RebuildReport(name, version, events, cases, seconds, caught_up)
+
+
+async def _drop_purged(conn: Any) -> None:
+    """Archived cases the retention purge removed from the live table stay removed."""
+    gone = """
+        SELECT n.feedback_id FROM registrations n
+        WHERE n.status = 'archived'
+          AND NOT EXISTS (SELECT 1 FROM public.registrations l WHERE l.feedback_id = n.feedback_id)
+    """
+    for table in facts_schema.PURGED_WITH_REGISTRATION:
+        await conn.execute(f"DELETE FROM {table} WHERE feedback_id IN ({gone})")
+    await conn.execute(f"DELETE FROM registrations WHERE feedback_id IN ({gone})")
