@@ -46,15 +46,14 @@ def settled(settings: Settings) -> bool:
     """Everything stored is relayed and applied by the projections consumer."""
     with psycopg.connect(settings.database_url) as conn:
         stored = conn.execute("SELECT coalesce(max(notification_id), 0) FROM cases_events")
-        relayed = conn.execute("SELECT coalesce(max(last_notification_id), 0) FROM outbox_positions")
+        relayed = conn.execute(
+            "SELECT coalesce(max(last_notification_id), 0) FROM outbox_positions"
+        )
         behind = conn.execute(
             "SELECT count(*) FROM cases_events e WHERE NOT EXISTS (SELECT 1 FROM registrations r "
             "WHERE r.feedback_id = e.originator_id)"
         )
-        return (
-            stored.fetchone() == relayed.fetchone()
-            and (behind.fetchone() or (1,))[0] == 0
-        )
+        return stored.fetchone() == relayed.fetchone() and (behind.fetchone() or (1,))[0] == 0
 
 
 async def quiet(settings: Settings) -> dict[str, list[tuple[Any, ...]]]:
