@@ -13,6 +13,7 @@ BENCHMARKS = [
     "intake_throughput",
     "batch_import",
     "sla_breaches",
+    "search",
 ]
 
 if __name__ == "__main__":
