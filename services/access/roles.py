@@ -42,6 +42,7 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "case.priority": frozenset({S, H}),
     "queue.read": frozenset({A, S, H, Q, ADMIN}),
     "triage.read": frozenset({S, H, Q, ADMIN}),
+    "sla.read": frozenset({S, H, Q, ADMIN}),  # the SLA board
     "registration.read": frozenset({A, S, H, Q, ADMIN}),
     "agent.read": frozenset({S, H, Q, ADMIN}),
     "agent.write": frozenset({ADMIN}),

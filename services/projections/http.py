@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query
 from psycopg_pool import AsyncConnectionPool
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from contracts.codes import Channel
 from contracts.events import FEEDBACK_NUMBER_PATTERN
 from services.access.http import require
 from services.access.roles import Actor, sees_department, visible_departments
-from services.projections import registrations
+from services.projections import queues, registrations
 
 
 class RegistrationView(BaseModel):
@@ -62,6 +62,61 @@ class RegistrationView(BaseModel):
         return cls.model_validate({**row, "feedback_id": str(row["feedback_id"])})
 
 
+class ClockLeft(BaseModel):
+    clock: str
+    subject: str | None
+    state: str
+    due_at: datetime
+    seconds_left: float = Field(description="negative when overdue; frozen while paused")
+    warned: bool
+    breached: bool
+
+
+class QueueCase(BaseModel):
+    feedback_number: str
+    department: str | None
+    owner: str | None
+    status: str
+    priority: str | None
+    feedback_type: str | None
+    category: str | None
+    channel: str
+    customer_tier: str
+    product_model: str | None
+    received_at: datetime
+    escalation_level: int
+    warned_clocks: list[str]
+    breached_clocks: list[str]
+    next_due_at: datetime | None
+    clocks: list[ClockLeft]
+
+
+class BoardRow(BaseModel):
+    department: str
+    owner: str | None
+    open: int
+    warned: int
+    breached: int
+    escalated: int
+    overdue: int
+
+
+class FlaggedCase(BaseModel):
+    feedback_number: str
+    department: str | None
+    owner: str | None
+    status: str
+    priority: str | None
+    warned_clocks: list[str]
+    breached_clocks: list[str]
+    escalation_level: int
+
+
+class SlaBoard(BaseModel):
+    rows: list[BoardRow]
+    flagged: list[FlaggedCase]
+
+
 class RegistrationPage(BaseModel):
     items: list[RegistrationView]
     count: int
@@ -93,5 +148,34 @@ def projections_router(pool: AsyncConnectionPool) -> APIRouter:
             pool, since, channel.value if channel else None, limit, visible_departments(actor)
         )
         return RegistrationPage(items=[RegistrationView.of(r) for r in rows], count=len(rows))
+
+    @router.get("/v1/worklist", response_model=list[QueueCase])
+    async def worklist(
+        actor: Annotated[Actor, require("queue.read")],
+        department: Annotated[str | None, Query(max_length=100)] = None,
+        owner: Annotated[str | None, Query(max_length=100)] = None,
+        status: Annotated[str | None, Query(max_length=40)] = None,
+        mine: bool = False,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    ) -> list[QueueCase]:
+        """Open cases of the departments the actor sees (`mine`: the actor's own), most
+        urgent first, then the nearest due clock, with the time left on every open clock."""
+        if department is not None and not sees_department(actor, department):
+            raise HTTPException(403, detail=f"the queue of {department} is not yours to see")
+        if mine:
+            if actor.agent_id is None:
+                raise HTTPException(422, detail="mine=true needs a signed-in agent")
+            owner = actor.agent_id
+        rows = await queues.open_cases(
+            pool, visible_departments(actor), department=department, owner=owner,
+            status=status, limit=limit, now=datetime.now(UTC),
+        )  # fmt: skip
+        return [QueueCase.model_validate(r) for r in rows]
+
+    @router.get("/v1/sla/board", response_model=SlaBoard)
+    async def board(actor: Annotated[Actor, require("sla.read")]) -> SlaBoard:
+        """Warned, breached, escalated and overdue cases by department and owner."""
+        found = await queues.sla_board(pool, visible_departments(actor), datetime.now(UTC))
+        return SlaBoard.model_validate(found)
 
     return router

@@ -130,6 +130,29 @@ async def test_a_complaint_is_warned_breached_escalated_once_and_met_late(
         # The tracker (the registration table) flags it.
         tracked = await registered_row(client, number, escalation_level=2)
         assert "first_response" in tracked["breached_clocks"]
+        # So do the department's work list and the SLA board.
+        supervisor = running.as_staff("supervisor", (row["department"],), username="sup.wu")
+        listed = await client.get("/v1/worklist", headers=supervisor)
+        mine = next(c for c in listed.json() if c["feedback_number"] == number)
+        assert mine["escalation_level"] == 2 and "first_response" in mine["breached_clocks"]
+        first_left = next(c for c in mine["clocks"] if c["clock"] == "first_response")
+        assert first_left["breached"] is True and first_left["state"] == "running"
+        board = (await client.get("/v1/sla/board", headers=supervisor)).json()
+        assert number in [c["feedback_number"] for c in board["flagged"]]
+        line = next(
+            r for r in board["rows"]
+            if r["department"] == row["department"] and r["owner"] == row["owner"]
+        )  # fmt: skip
+        assert line["breached"] >= 1 and line["escalated"] >= 1
+        agent = running.as_staff("agent", (row["department"],), row["owner"])
+        assert (await client.get("/v1/sla/board", headers=agent)).status_code == 403
+        with psycopg.connect(settings.database_url) as conn:
+            fact = conn.execute(
+                "SELECT breached_count > 0, escalation_level FROM case_facts "
+                "WHERE feedback_number = %s",
+                (number,),
+            ).fetchone()
+        assert fact == (True, 2)
 
         # The owner accepts: the first-response clock is met, late.
         owner = running.as_staff("agent", (row["department"],), row["owner"])
@@ -144,6 +167,22 @@ async def test_a_complaint_is_warned_breached_escalated_once_and_met_late(
         # The registration clock was known at once: web forms are registered within 2 h.
         assert clock_of(view, "registration")["state"] == "met"
         assert clock_of(view, "resolution")["state"] == "running"
+
+        def first_response_row() -> tuple[Any, ...] | None:
+            with psycopg.connect(settings.database_url) as conn:
+                return conn.execute(
+                    "SELECT c.state, c.late, c.breached, f.first_response_at IS NOT NULL "
+                    "FROM case_clocks c JOIN case_facts f USING (feedback_id) "
+                    "WHERE f.feedback_number = %s AND c.clock_key = 'first_response'",
+                    (number,),
+                ).fetchone()
+
+        # The read models follow: met late, still counted as breached, first response known.
+        await wait_for(
+            lambda: first_response_row() == ("met", True, True, True),
+            timeout=30,
+            what="the clock row met",
+        )
 
 
 async def test_waiting_for_the_customer_pauses_and_a_priority_change_recomputes(
