@@ -57,10 +57,12 @@ from services.notifications import Sender as NotificationSender
 from services.notifications import build as build_notifications
 from services.notifications.http import inbox_router
 from services.notifications.store import SCHEMA as NOTIFICATIONS_SCHEMA
+from services.projections import bi, registrations, report_schedule
 from services.projections import library as case_library
-from services.projections import registrations
 from services.projections import search as case_search
 from services.projections.http import projections_router
+from services.projections.report_files import Labels as ReportLabels
+from services.projections.reports_http import reports_router
 from services.projections.search_http import library_router, search_router
 from services.routing import worklist as routing_worklist
 from services.routing.assignment import load_roster
@@ -101,6 +103,7 @@ class Platform:
     smtp_server: asyncio.AbstractServer | None = None
     notifier: NotificationSender | None = None
     callback_rules: callbacks.CallbackRules | None = None
+    reports: report_schedule.ReportSchedule | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -128,6 +131,10 @@ class Platform:
         if "projections" in self.services:
             statements += (
                 registrations.SCHEMA + callbacks.SCHEMA + case_search.SCHEMA + case_library.SCHEMA
+            )
+            # The BI views read the tables above: they come after them.
+            statements += report_schedule.SCHEMA + bi.schema(
+                load_calendars().get(None).zone.key, self.settings.bi_statement_timeout_s
             )
         if "notifications" in self.services:
             statements += NOTIFICATIONS_SCHEMA
@@ -169,6 +176,16 @@ class Platform:
             callbacks.register_callbacks(
                 self.broker, settings, self.pool, self.callback_rules, load_calendars().get(None)
             )
+        if "projections" in self.services and settings.reports_dir is not None:
+            self.reports = report_schedule.ReportSchedule(
+                self.pool,
+                self.broker,
+                settings,
+                settings.reports_dir,
+                load_calendars().get(None).zone,
+                ReportLabels.of_rulebook(self.rulebook),
+                poll_s=settings.reports_poll_s,
+            )
         if "notifications" in self.services:
             self.notifier = build_notifications(self.broker, settings, self.pool, self.rulebook)
         if "sla" in self.services:
@@ -207,6 +224,12 @@ class Platform:
     async def start(self) -> None:
         assert self.pool is not None
         await asyncio.to_thread(apply_schema, self.settings.database_url, self.schema())
+        if "projections" in self.services and self.settings.bi_reader_password is not None:
+            await asyncio.to_thread(
+                bi.enable_login,
+                self.settings.database_url,
+                self.settings.bi_reader_password.get_secret_value(),
+            )
         await ensure_topics(
             self.settings, platform_topics(self.settings, self.rulebook.departments)
         )
@@ -236,6 +259,10 @@ class Platform:
         if self.sla is not None:
             self._tasks.append(
                 asyncio.create_task(schedule_forever(self.sla), name="sla-scheduler")
+            )
+        if self.reports is not None:
+            self._tasks.append(
+                asyncio.create_task(self.reports.run_forever(), name="scheduled-reports")
             )
         if self.callback_rules is not None:
             self._tasks.append(
@@ -456,6 +483,13 @@ def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> Fa
     if "projections" in platform.services:
         assert platform.pool is not None
         app.include_router(projections_router(platform.pool))
+        app.include_router(
+            reports_router(
+                platform.pool,
+                load_calendars().get(None).zone,
+                ReportLabels.of_rulebook(platform.rulebook),
+            )
+        )
         app.include_router(search_router(platform.pool, settings.zone))
         app.include_router(library_router(platform.pool))
     if "notifications" in platform.services:

@@ -23,8 +23,8 @@ from contracts.events import DeadLetter, case_event_adapter
 from services.common import deadletters, kafka_positions
 from services.common.bus import batch_subscriber, partition_slices, publish
 from services.common.settings import Settings
-from services.projections import casefile, facts_schema, rebuild
-from services.sla.calendar import BusinessCalendar
+from services.projections import bi, casefile, facts_schema, rebuild
+from services.sla.calendar import BusinessCalendar, load_calendars
 
 GROUP = "projections"
 CONSUMER = "projections.registrations"
@@ -93,8 +93,9 @@ SCHEMA = [*kafka_positions.SCHEMA, *deadletters.SCHEMA, *TABLE_SCHEMA, *rebuild.
 
 
 def dependent_views() -> list[str]:
-    """Statements that make the views over these tables (recreated after a rebuild)."""
-    return []
+    """Statements that make the views over these tables (recreated after a rebuild): the
+    `bi` schema, in the calendar's zone."""
+    return [bi.views_statement(load_calendars().get(None).zone.key)]
 
 
 async def apply_records(conn: Any, records: list[Any], calendar: BusinessCalendar) -> int:
