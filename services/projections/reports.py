@@ -141,7 +141,7 @@ class Durations(Model):
 class DepartmentHandling(Durations):
     department: str
     stints: int
-    # `cases` here: finished stints (moved out), the ones with a duration.
+    cases: int = Field(description="finished stints (moved out): the ones with a duration")
 
 
 class ClockRate(Model):

@@ -136,11 +136,11 @@ class Fixture:
             feedback_number=number,
             received_at=case.received,
             registered_at=case.received + timedelta(minutes=1),
-            channel=channel,  # type: ignore[arg-type]
+            channel=channel,
             customer_ref=customer,
             product_model=product_model,
             description="（测试）描述不进入任何报表",
-            emotion=emotion,  # type: ignore[arg-type]
+            emotion=emotion,
             receiver="test",
             related_feedback=related,
         )
@@ -161,12 +161,12 @@ class Fixture:
         emotion: str = "calm",
     ) -> None:
         classification = Classification(
-            type=kind,  # type: ignore[arg-type]
+            type=kind,
             category=category,
             subcategory=subcategory,
-            priority=priority,  # type: ignore[arg-type]
+            priority=priority,
             department=department,
-            emotion=emotion,  # type: ignore[arg-type]
+            emotion=emotion,
             confidence=0.9,
         )
         self._event(case, FeedbackClassified, case.received + timedelta(minutes=2),
