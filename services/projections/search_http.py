@@ -44,6 +44,10 @@ class SearchPage(BaseModel):
     items: list[SearchHit]
     count: int
     next_cursor: str | None = Field(description="pass as `cursor` for the next page")
+    order: search.Order = Field(
+        description="rank: best first (ts_rank); newest: newest first (no text, or text "
+        f"matching more than {search.RANKED_AT_MOST} cases)"
+    )
 
 
 class LibraryEntryIn(Checked):
@@ -158,15 +162,16 @@ def search_router(pool: AsyncConnectionPool, zone: ZoneInfo) -> APIRouter:
         text = _checked_text("q", q, MAX_QUERY_CHARS)
         try:
             async with pool.connection() as conn:
-                rows, following = await search.search(
+                page = await search.search(
                     conn, text, filters, _scope(actor), limit, _checked_text("cursor", cursor, 1000)
                 )
         except search.BadCursor as error:
             raise HTTPException(422, f"cursor: {error}") from error
         return SearchPage(
-            items=[SearchHit.model_validate(row) for row in rows],
-            count=len(rows),
-            next_cursor=following,
+            items=[SearchHit.model_validate(row) for row in page.rows],
+            count=len(page.rows),
+            next_cursor=page.next_cursor,
+            order=page.order,
         )
 
     return router

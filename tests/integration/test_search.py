@@ -129,7 +129,12 @@ async def test_search_finds_words_and_models_in_the_right_cases(settings: Settin
         assert (await client.get("/v1/search", params={"from": "yesterday"})).status_code == 422
 
 
-async def test_cursor_pages_give_every_row_exactly_once(settings: Settings) -> None:
+@pytest.mark.parametrize("ranked_at_most", [2000, 10])
+async def test_cursor_pages_give_every_row_exactly_once(
+    settings: Settings, ranked_at_most: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Text matching more than RANKED_AT_MOST cases is ordered newest first.
+    monkeypatch.setattr(search, "RANKED_AT_MOST", ranked_at_most)
     many = {
         f"F20260302-{100 + i:04d}": (
             ("漏水" * (1 + i % 3)) + f"第{i}号案例" + ("，退款" if i % 2 else ""),
@@ -158,12 +163,14 @@ async def test_cursor_pages_give_every_row_exactly_once(settings: Settings) -> N
                 assert page.status_code == 200, page.text
                 body = page.json()
                 seen += [i["feedback_number"] for i in body["items"]]
+                ranked = "q" in params and ranked_at_most > expected
+                assert body["order"] == ("rank" if ranked else "newest"), params
                 ranks += [(i["rank"] or 0.0, i["received_at"]) for i in body["items"]]
                 cursor = body["next_cursor"]
                 if cursor is None:
                     break
             assert len(seen) == expected == len(set(seen)), params
-            if "q" in params:
+            if "q" in params and ranked_at_most > expected:
                 assert [r[0] for r in ranks] == sorted((r[0] for r in ranks), reverse=True)
             else:
                 assert [r[1] for r in ranks] == sorted((r[1] for r in ranks), reverse=True)
