@@ -59,7 +59,6 @@ from services.notifications.http import inbox_router
 from services.notifications.store import SCHEMA as NOTIFICATIONS_SCHEMA
 from services.projections import bi, registrations, report_schedule
 from services.projections import library as case_library
-from services.projections import search as case_search
 from services.projections.http import projections_router
 from services.projections.report_files import Labels as ReportLabels
 from services.projections.reports_http import reports_router
@@ -129,9 +128,7 @@ class Platform:
         if "relay" in self.services:
             statements += RELAY_SCHEMA
         if "projections" in self.services:
-            statements += (
-                registrations.SCHEMA + callbacks.SCHEMA + case_search.SCHEMA + case_library.SCHEMA
-            )
+            statements += registrations.SCHEMA + callbacks.SCHEMA + case_library.SCHEMA
             # The BI views read the tables above: they come after them.
             statements += report_schedule.SCHEMA + bi.schema(
                 load_calendars().get(None).zone.key, self.settings.bi_statement_timeout_s

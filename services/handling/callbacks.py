@@ -672,6 +672,7 @@ async def sweep_forever(
 PURGED_TABLES = (
     "registrations",
     "case_clocks",
+    "case_search",
     "callback_cases",
     "callback_tasks",
     "callback_attempts",
@@ -731,10 +732,11 @@ def purge(
             "callback_tasks": "callback_tasks WHERE feedback_id IN (SELECT feedback_id FROM purged)",
             "callback_cases": "callback_cases WHERE feedback_id IN (SELECT feedback_id FROM purged)",
             "case_clocks": "case_clocks WHERE feedback_id IN (SELECT feedback_id FROM purged)",
+            "case_search": "case_search WHERE feedback_id IN (SELECT feedback_id FROM purged)",
             "registrations": "registrations WHERE feedback_id IN (SELECT feedback_id FROM purged)",
         }
         for table, where in statements.items():
-            read_model = table in ("registrations", "case_clocks")
+            read_model = table in ("registrations", "case_clocks", "case_search")
             if read_model and "registrations" not in present:
                 continue
             if not read_model and "callback_cases" not in present:

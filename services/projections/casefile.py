@@ -52,6 +52,7 @@ from contracts.events import (
     SentToTriage,
 )
 from services.common import deadletters
+from services.projections import bulk, search
 from services.sla.calendar import BusinessCalendar
 
 REGISTRATION_DEADLINE_S = 2 * 3600
@@ -88,6 +89,11 @@ CLOCK_COLUMNS = (
     "warn_at", "state", "paused_at", "warned", "breached", "met_at", "late",
 )  # fmt: skip
 JSON_COLUMNS = frozenset({"evidence", "co_handlers"})
+# What the archive search index holds of a case: it is indexed again when one changes.
+SEARCHED = (
+    "feedback_type", "category", "department", "customer_tier", "product_model", "status",
+    "description", "expectation", "customer_attempts",
+)  # fmt: skip
 
 
 def clock_key(clock: str, subject: str | None) -> str:
@@ -105,6 +111,14 @@ class CaseFile:
     changed_stints: set[int] = field(default_factory=set)
     changed_clocks: set[str] = field(default_factory=set)
     registered_now: bool = False
+    indexed: tuple[Any, ...] | None = None  # the searched fields as last indexed
+
+    def __post_init__(self) -> None:
+        if not self.registered_now:
+            self.indexed = self.searched()
+
+    def searched(self) -> tuple[Any, ...]:
+        return tuple(self.registration[name] for name in SEARCHED)
 
     @property
     def last_version(self) -> int:
@@ -489,6 +503,9 @@ class CaseFiles:
         await _upsert(conn, "department_stints", "feedback_id, seq", STINT_COLUMNS, stints)
         clocks = [f.clocks[k] for f in files for k in f.changed_clocks]
         await _upsert(conn, "case_clocks", "feedback_id, clock_key", CLOCK_COLUMNS, clocks)
+        await search.index_cases(
+            conn, [f.registration for f in files if f.indexed != f.searched()], bulk=bulk
+        )
         new = [f.registration for f in files if f.registered_now]
         if new:
             await _mark_repeats(conn, [r["feedback_id"] for r in new])
@@ -496,6 +513,7 @@ class CaseFiles:
             f.changed_stints.clear()
             f.changed_clocks.clear()
             f.registered_now = False
+            f.indexed = f.searched()
 
 
 def _facts_of(registration: dict[str, Any]) -> dict[str, Any]:
@@ -538,26 +556,10 @@ async def _upsert(
 async def _copy_upsert(
     conn: Any, table: str, key: str, columns: Sequence[str], rows: list[dict[str, Any]]
 ) -> None:
-    if not rows:
-        return
-    stage = f"stage_{table}"
-    await conn.execute(
-        f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (LIKE {table}) ON COMMIT DELETE ROWS"
-    )
-    names = ", ".join(columns)
-    async with conn.cursor() as cursor:
-        async with cursor.copy(f"COPY {stage} ({names}) FROM STDIN") as copy:
-            for row in rows:
-                await copy.write_row(
-                    tuple(Jsonb(row[c]) if c in JSON_COLUMNS else row[c] for c in columns)
-                )
-        keys = {k.strip() for k in key.split(",")}
-        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in keys)
-        await cursor.execute(
-            f"INSERT INTO {table} ({names}) SELECT {names} FROM {stage} "
-            f"ON CONFLICT ({key}) DO UPDATE SET {updates}"
-        )
-        await cursor.execute(f"TRUNCATE {stage}")
+    await bulk.copy_upsert(
+        conn, table, key, columns,
+        [tuple(Jsonb(row[c]) if c in JSON_COLUMNS else row[c] for c in columns) for row in rows],
+    )  # fmt: skip
 
 
 async def _mark_repeats(conn: Any, case_ids: list[UUID]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 TABLES = ("case_facts", "department_stints", "case_clocks")
 # Removed with the registration row by the retention purge (facts and stints, which hold no
 # personal data, stay for the reports of past years).
-PURGED_WITH_REGISTRATION = ("case_clocks",)
+PURGED_WITH_REGISTRATION = ("case_clocks", "case_search")
 
 SCHEMA = [
     """

@@ -63,7 +63,7 @@ def projections() -> dict[str, Projection]:
     return {
         "cases": Projection(
             "cases",
-            ("registrations", *facts_schema.TABLES),
+            ("registrations", *facts_schema.TABLES, "case_search"),
             tuple(registrations.TABLE_SCHEMA),
             registrations.dependent_views,
         )

@@ -23,7 +23,7 @@ from contracts.events import DeadLetter, case_event_adapter
 from services.common import deadletters, kafka_positions
 from services.common.bus import batch_subscriber, partition_slices, publish
 from services.common.settings import Settings
-from services.projections import bi, casefile, facts_schema, rebuild
+from services.projections import bi, casefile, facts_schema, rebuild, search
 from services.sla.calendar import BusinessCalendar, load_calendars
 
 GROUP = "projections"
@@ -88,6 +88,7 @@ TABLE_SCHEMA = [
     "CREATE INDEX IF NOT EXISTS registrations_department ON registrations (department, status)",
     "CREATE INDEX IF NOT EXISTS registrations_channel ON registrations (channel, registered_at)",
     *facts_schema.SCHEMA,
+    *search.SCHEMA,
 ]
 SCHEMA = [*kafka_positions.SCHEMA, *deadletters.SCHEMA, *TABLE_SCHEMA, *rebuild.SCHEMA]
 

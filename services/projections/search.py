@@ -280,10 +280,16 @@ def _values(row: Mapping[str, Any]) -> tuple[Any, ...]:
     )
 
 
-async def index_cases(conn: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+async def index_cases(conn: Any, rows: Sequence[Mapping[str, Any]], *, bulk: bool = False) -> None:
     """Upsert the search rows of these cases (registration-shaped dicts: the keys of
-    `registrations.COLUMNS`), in the caller's transaction, in one `executemany`."""
+    `registrations.COLUMNS`), in the caller's transaction, in one `executemany` (`bulk`:
+    through COPY, for a rebuild)."""
     if not rows:
+        return
+    if bulk:
+        from services.projections.bulk import copy_upsert
+
+        await copy_upsert(conn, "case_search", "feedback_id", _COLUMNS, [_values(r) for r in rows])
         return
     async with conn.cursor() as cursor:
         await cursor.executemany(_UPSERT, [_values(row) for row in rows])

@@ -31,6 +31,7 @@ KEYS = {
     "case_facts": "feedback_id",
     "department_stints": "feedback_id, seq",
     "case_clocks": "feedback_id, clock_key",
+    "case_search": "feedback_id",
 }
 
 
@@ -103,7 +104,7 @@ async def test_rebuilt_tables_equal_the_live_ones(settings: Settings) -> None:
                 done = await client.post(f"{base}{path}", json=body, headers=headers)
                 assert done.status_code == 200, (path, done.text)
         live = await quiet(settings)
-        assert len(live["registrations"]) == 18
+        assert len(live["registrations"]) == 18 and len(live["case_search"]) == 18
         assert any(r for r in live["case_clocks"])
         routed = {r[0] for r in live["case_facts"] if r[10] is not None}  # department
         assert routed and {r[0] for r in live["department_stints"]} == routed
