@@ -14,6 +14,7 @@ BENCHMARKS = [
     "batch_import",
     "sla_breaches",
     "search",
+    "projections",
 ]
 
 if __name__ == "__main__":

@@ -175,6 +175,9 @@ def batch_subscriber(
         group_id=group,
         batch=True,
         max_records=settings.consumer_batch_size,
+        # An empty poll is followed by a sleep this long (FastStream): short, so a quiet
+        # consumer answers the next event within tens of milliseconds.
+        batch_timeout_ms=50,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
         title=group,

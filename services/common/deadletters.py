@@ -16,7 +16,9 @@ import hmac
 import os
 import uuid
 from datetime import UTC, date, datetime
-from typing import Any
+from functools import cache
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import eventsourcing.persistence
 import psycopg
@@ -215,9 +217,38 @@ def keep_sync(conn: Connection[Any], letter: DeadLetter, payload: bytes) -> bool
     return conn.execute(_INSERT, _row(letter, payload)).fetchone() is not None
 
 
+@cache
+def _fields_with_times(model: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of a model that may hold a time: the rest are never looked at."""
+    plain = (str, int, float, type(None), uuid.UUID)  # enums too: they are str or int
+    return tuple(
+        name
+        for name, info in model.model_fields.items()
+        if not all(issubclass(kind, plain) for kind in _kinds(info.annotation))
+    )
+
+
+def _kinds(annotation: Any) -> set[Any]:
+    """The classes an annotation may hold (through Optional, Annotated, Literal, unions)."""
+    origin = get_origin(annotation)
+    if origin is None:
+        return {annotation} if isinstance(annotation, type) else {object}
+    if origin is type:
+        return {object}
+    if origin is Literal:
+        return {type(v) for v in get_args(annotation)}
+    if origin is Annotated:
+        return _kinds(get_args(annotation)[0])
+    if origin in (Union, UnionType):
+        return set().union(*(_kinds(a) for a in get_args(annotation)))
+    return {object}  # containers: look inside
+
+
 def unstorable_time(value: Any, path: str = "") -> str | None:
     """The first time in a message outside what the read side can store and show again
     (2000-01-01 up to the year 9000), as "path: why", or None."""
+    if value is None or isinstance(value, str | int | float):  # most fields: nothing to see
+        return None
     if isinstance(value, datetime):
         moment = value if value.tzinfo else value.replace(tzinfo=UTC)
         # Aware comparisons never build the UTC instant, so they cannot overflow.
@@ -229,8 +260,11 @@ def unstorable_time(value: Any, path: str = "") -> str | None:
     if isinstance(value, date):
         return None  # any date PostgreSQL holds, Python reads back
     if isinstance(value, BaseModel):
-        for name in type(value).model_fields:
-            found = unstorable_time(getattr(value, name), f"{path}.{name}" if path else name)
+        for name in _fields_with_times(type(value)):
+            item = getattr(value, name)
+            if item is None or isinstance(item, str | int | float):
+                continue
+            found = unstorable_time(item, f"{path}.{name}" if path else name)
             if found:
                 return found
     elif isinstance(value, dict):

@@ -494,15 +494,16 @@ class CaseFiles:
         files = list(self.files.values())
         if not files:
             return
-        await _upsert(
+        upsert = _copy_upsert if bulk else _upsert
+        await upsert(
             conn, "registrations", "feedback_id", REGISTRATION_COLUMNS,
             [f.registration for f in files],
         )  # fmt: skip
-        await _upsert(conn, "case_facts", "feedback_id", FACT_COLUMNS, [f.facts for f in files])
+        await upsert(conn, "case_facts", "feedback_id", FACT_COLUMNS, [f.facts for f in files])
         stints = [s for f in files for s in f.stints if s["seq"] in f.changed_stints]
-        await _upsert(conn, "department_stints", "feedback_id, seq", STINT_COLUMNS, stints)
+        await upsert(conn, "department_stints", "feedback_id, seq", STINT_COLUMNS, stints)
         clocks = [f.clocks[k] for f in files for k in f.changed_clocks]
-        await _upsert(conn, "case_clocks", "feedback_id, clock_key", CLOCK_COLUMNS, clocks)
+        await upsert(conn, "case_clocks", "feedback_id, clock_key", CLOCK_COLUMNS, clocks)
         await search.index_cases(
             conn, [f.registration for f in files if f.indexed != f.searched()], bulk=bulk
         )
