@@ -508,7 +508,7 @@ class CaseFiles:
             conn, [f.registration for f in files if f.indexed != f.searched()], bulk=bulk
         )
         new = [f.registration for f in files if f.registered_now]
-        if new:
+        if new and not bulk:  # a rebuild marks every repeat once at the end
             await _mark_repeats(conn, [r["feedback_id"] for r in new])
         for f in files:
             f.changed_stints.clear()
@@ -561,6 +561,22 @@ async def _copy_upsert(
         conn, table, key, columns,
         [tuple(Jsonb(row[c]) if c in JSON_COLUMNS else row[c] for c in columns) for row in rows],
     )  # fmt: skip
+
+
+async def mark_all_repeats(conn: Any) -> None:
+    """Every repeat at once (a rebuild, whose workers cannot see each other's cases)."""
+    await conn.execute(
+        """
+        UPDATE case_facts later SET repeat = true
+        FROM case_facts earlier
+        WHERE later.customer_ref = earlier.customer_ref
+          AND later.feedback_id <> earlier.feedback_id
+          AND earlier.received_at < later.received_at
+          AND earlier.received_at >= later.received_at - %(window)s
+          AND NOT later.repeat
+        """,
+        {"window": REPEAT_WINDOW},
+    )
 
 
 async def _mark_repeats(conn: Any, case_ids: list[UUID]) -> None:

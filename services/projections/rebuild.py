@@ -15,17 +15,22 @@ the live table) are left out again, so a rebuild never brings purged rows back.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import get_context
 from typing import Any
 
 import psycopg
+from eventsourcing.persistence import Notification
 from psycopg import sql
 
 from services.cases.published import to_contract
 from services.cases.store import CaseStore
+from services.common import deadletters
 from services.projections import casefile, facts_schema
 from services.sla.calendar import BusinessCalendar
 
@@ -78,26 +83,97 @@ class RebuildReport:
     cases: int
     seconds: float
     caught_up: int
+    skipped: int = 0
 
     @property
     def events_per_second(self) -> float:
         return self.events / self.seconds if self.seconds else 0.0
 
 
-def stored_pages(store: CaseStore, after: int) -> Iterator[tuple[int, list[Any]]]:
-    """The public case events stored after notification `after`, a page at a time, in
-    store order, each page with the last notification id it covers."""
+def stored_pages(
+    store: CaseStore, after: int, *, upto: int | None = None, share: tuple[int, int] = (0, 1)
+) -> Iterator[tuple[int, list[Any]]]:
+    """The public case events stored after notification `after` (up to `upto`), a page at
+    a time, in store order, each page with the last notification id it covers. With
+    `share` (k, n): only the cases whose id falls in share k of n (read in SQL, so a worker
+    decodes only its own cases' events)."""
+    recorder: Any = store.process_recorder
+    table = sql.Identifier(recorder.events_table_name)
+    k, n = share
+    statement = sql.SQL(
+        "SELECT notification_id, originator_id, originator_version, topic, state FROM {} "
+        "WHERE notification_id > %s AND notification_id <= %s "
+        "AND (hashtext(originator_id::text) & 2147483647) %% %s = %s "
+        "ORDER BY notification_id LIMIT %s"
+    ).format(table)
+    last = upto if upto is not None else (recorder.max_notification_id() or 0)
     while True:
-        page = store.process_recorder.select_notifications(after, PAGE, inclusive_of_start=False)
-        if not page:
+        with recorder.datastore.get_connection() as conn, conn.cursor() as cursor:
+            cursor.execute(statement, (after, last, n, k, PAGE), prepare=True)
+            rows = cursor.fetchall()
+        if not rows:
             return
         events = []
-        for notification in page:
+        for row in rows:
+            notification = Notification(
+                id=row["notification_id"],
+                originator_id=row["originator_id"],
+                originator_version=row["originator_version"],
+                topic=row["topic"],
+                state=bytes(row["state"]),
+            )
             event = to_contract(store.mapper.to_domain_event(notification), notification.id)
             if event is not None:
                 events.append(event)
-        after = page[-1].id
+        after = rows[-1]["notification_id"]
         yield after, events
+
+
+def _fold_share(
+    database_url: str, schema: str, calendar: BusinessCalendar, upto: int, share: tuple[int, int]
+) -> tuple[int, int]:
+    """Fold one share of the cases' events (up to `upto`) into the build schema's tables;
+    returns (events, skipped). Runs in a worker process of its own."""
+    return asyncio.run(_fold_share_async(database_url, schema, calendar, upto, share))
+
+
+async def _fold_share_async(
+    database_url: str, schema: str, calendar: BusinessCalendar, upto: int, share: tuple[int, int]
+) -> tuple[int, int]:
+    store = CaseStore(database_url)
+    events = skipped = 0
+    files = casefile.CaseFiles(calendar)
+    try:
+        async with (
+            await psycopg.AsyncConnection.connect(database_url) as conn,
+            conn.transaction(),
+        ):
+            await conn.execute(
+                sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema))
+            )
+            for _, page in stored_pages(store, 0, upto=upto, share=share):
+                # Cases written out by an earlier flush are read back when they return.
+                await files.load(conn, (e.feedback_id for e in page))
+                for event in page:
+                    try:
+                        files.apply(event)
+                    except deadletters.Unapplicable as why:
+                        # The live consumer made it a dead letter: it is not applied here either.
+                        log.warning(
+                            "rebuild skips %s v%s: %s",
+                            event.feedback_number,
+                            event.version,
+                            why,
+                        )
+                        skipped += 1
+                events += len(page)
+                if len(files.files) >= FLUSH_FILES:
+                    await files.save(conn, bulk=True)
+                    files = casefile.CaseFiles(calendar)
+            await files.save(conn, bulk=True)
+    finally:
+        store.close()
+    return events, skipped
 
 
 async def rebuild(
@@ -105,16 +181,19 @@ async def rebuild(
     name: str,
     calendar: BusinessCalendar,
     *,
+    workers: int = 2,
     before_switch: Callable[[], Awaitable[None]] | None = None,
 ) -> RebuildReport:
-    """Build `name` again from the store and switch to it; `before_switch` lets a test
-    store more events while the new version is being built."""
+    """Build `name` again from the store and switch to it. `workers` processes fold a
+    share of the cases each (1: in this process); `before_switch` lets a test store more
+    events while the new version is being built."""
     projection = projections().get(name)
     if projection is None:
         raise ValueError(f"no projection {name!r}; there is: {', '.join(projections())}")
     started = time.perf_counter()
     store = CaseStore(database_url)
-    build = sql.Identifier(f"rebuild_{name}")
+    schema = f"rebuild_{name}"
+    build = sql.Identifier(schema)
     retired = sql.Identifier(f"retired_{name}")
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
         async with conn.transaction():
@@ -123,23 +202,29 @@ async def rebuild(
             await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(build))
             for statement in projection.schema:
                 await conn.execute(statement)
-        last = 0
-        events = 0
-        files = casefile.CaseFiles(calendar)
+        last = store.process_recorder.max_notification_id() or 0
+        shares = [(k, max(1, workers)) for k in range(max(1, workers))]
+        if len(shares) == 1:
+            folded = [await _fold_share_async(database_url, schema, calendar, last, shares[0])]
+        else:
+            loop = asyncio.get_running_loop()
+            with ProcessPoolExecutor(len(shares), mp_context=get_context("spawn")) as pool:
+                folded = await asyncio.gather(
+                    *(
+                        loop.run_in_executor(
+                            pool, _fold_share, database_url, schema, calendar, last, share
+                        )
+                        for share in shares
+                    )
+                )
+        events = sum(e for e, _ in folded)
+        skipped = sum(s for _, s in folded)
+        log.info("%s: folded %s events in %.1f s", name, events, time.perf_counter() - started)
         async with conn.transaction():
             await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(build))
-            for through, page in stored_pages(store, 0):
-                last = through
-                # Cases written out by an earlier flush are read back when they appear again.
-                await files.load(conn, (e.feedback_id for e in page))
-                for event in page:
-                    files.apply(event)
-                events += len(page)
-                if len(files.files) >= FLUSH_FILES:
-                    await files.save(conn, bulk=True)
-                    files = casefile.CaseFiles(calendar)
-            await files.save(conn, bulk=True)
-        log.info("%s: %s events folded into %s; switching", name, events, build.as_string())
+            # Shares folded side by side could not see each other's cases.
+            await casefile.mark_all_repeats(conn)
+        log.info("%s: repeats marked at %.1f s; switching", name, time.perf_counter() - started)
         if before_switch is not None:
             await before_switch()
         async with conn.transaction():
@@ -191,7 +276,8 @@ async def rebuild(
             )
             row = await cursor.fetchone()
             version = int(row[0]) if row else 1
-    return RebuildReport(name, version, events, cases, seconds, caught_up)
+    store.close()
+    return RebuildReport(name, version, events, cases, seconds, caught_up, skipped)
 
 
 async def _drop_purged(conn: Any) -> None:
