@@ -68,8 +68,12 @@ REGISTRATION_COLUMNS = (
     "department", "classified_emotion", "flags", "confidence", "classification_rules",
     "supervisor_attention", "owner", "co_handlers", "missing_information",
     "correspondence_count", "related_feedback", "warned_clocks", "breached_clocks",
-    "escalation_level",
+    "escalation_level", "assigned_at", "accepted_at", "diagnosis", "plan",
+    "expected_completion", "progress", "result", "result_summary", "result_reason",
+    "measures", "resources", "resolved_at", "satisfied", "customer_comment", "confirmed_at",
+    "csat", "nps", "closed_at",
 )  # fmt: skip
+TRACKING_COLUMNS = REGISTRATION_COLUMNS[REGISTRATION_COLUMNS.index("assigned_at") :]
 FACT_COLUMNS = (
     "feedback_id", "feedback_number", "customer_ref", "received_at", "registered_at",
     "channel", "feedback_type", "category", "subcategory", "priority", "department", "owner",
@@ -88,7 +92,7 @@ CLOCK_COLUMNS = (
     "feedback_id", "clock_key", "clock", "subject", "time", "target", "started_at", "due_at",
     "warn_at", "state", "paused_at", "warned", "breached", "met_at", "late",
 )  # fmt: skip
-JSON_COLUMNS = frozenset({"evidence", "co_handlers"})
+JSON_COLUMNS = frozenset({"evidence", "co_handlers", "progress"})
 # What the archive search index holds of a case: it is indexed again when one changes.
 SEARCHED = (
     "feedback_type", "category", "department", "customer_tier", "product_model", "status",
@@ -172,6 +176,8 @@ class CaseFile:
             "warned_clocks": [],
             "breached_clocks": [],
             "escalation_level": 0,
+            **dict.fromkeys(TRACKING_COLUMNS),
+            "progress": [],
         }
         facts: dict[str, Any] = dict.fromkeys(FACT_COLUMNS)
         facts.update(
@@ -220,9 +226,9 @@ class CaseFile:
                 reg.update(status="queued", department=event.department, owner=None)
                 self._move_to(event.department, at, event.reason, calendar)
             case OwnerAssigned():
-                reg.update(status="assigned", owner=event.owner)
+                reg.update(status="assigned", owner=event.owner, assigned_at=at)
             case OwnerAccepted():
-                reg["status"] = "accepted"
+                reg.update(status="accepted", accepted_at=at)
             case AssignmentDisputed():
                 reg.update(status="disputed", owner=None)
             case CoHandlerAdded():
@@ -254,8 +260,32 @@ class CaseFile:
             case NoteAdded() | PlanSet():
                 if reg["status"] in ("accepted", "reopened"):
                     reg["status"] = "in_progress"
+                if isinstance(event, PlanSet):
+                    reg.update(
+                        diagnosis=event.diagnosis,
+                        plan=event.plan,
+                        expected_completion=event.expected_completion,
+                    )
+                    step: str | None = "plan"
+                    text = event.plan
+                else:
+                    step, text = event.step, event.text
+                # 处理进度记录: time, step, who, remark (texts are masked by handling).
+                reg["progress"] = [
+                    *reg["progress"],
+                    {"at": at.isoformat(), "step": step, "by": event.by, "text": text[:2000],
+                     "visible_to_customer": getattr(event, "visible_to_customer", False)},
+                ]  # fmt: skip
             case CaseResolved():
-                reg["status"] = "resolved"
+                reg.update(
+                    status="resolved",
+                    result=event.result,
+                    result_summary=event.summary,
+                    result_reason=event.reason,
+                    measures=event.measures,
+                    resources=event.resources,
+                    resolved_at=at,
+                )
                 facts.update(
                     resolved_at=at,
                     result=event.result,
@@ -265,17 +295,21 @@ class CaseFile:
                 self._leave(at, "resolved", calendar)
             case CustomerConfirmed():
                 facts.update(confirmed_at=at, satisfied=event.satisfied)
+                reg.update(
+                    confirmed_at=at, satisfied=event.satisfied, customer_comment=event.comment
+                )
                 if event.satisfied:
                     reg["status"] = "confirmed"
             case CaseRated():
                 facts.update(csat=event.csat, nps=event.nps)
+                reg.update(csat=event.csat, nps=event.nps)
             case CaseReopened():
                 reg.update(status="reopened", priority=event.priority.value)
                 facts["reopened_count"] += 1
                 if reg["department"]:
                     self._move_to(reg["department"], at, "reopened", calendar, again=True)
             case CaseClosed():
-                reg["status"] = "closed"
+                reg.update(status="closed", closed_at=at)
                 facts["closed_at"] = at
                 self._leave(at, "closed", calendar)
             case CaseArchived():

@@ -56,6 +56,25 @@ class RegistrationView(BaseModel):
     warned_clocks: list[str] = []
     breached_clocks: list[str] = []
     escalation_level: int = 0
+    # The tracking table (问题处理跟踪表): assignment, plan, progress, result, verdict.
+    assigned_at: datetime | None = None
+    accepted_at: datetime | None = None
+    diagnosis: str | None = None
+    plan: str | None = None
+    expected_completion: datetime | None = None
+    progress: list[dict[str, Any]] = []
+    result: str | None = None
+    result_summary: str | None = None
+    result_reason: str | None = None
+    measures: str | None = None
+    resources: str | None = None
+    resolved_at: datetime | None = None
+    satisfied: bool | None = None
+    customer_comment: str | None = None
+    confirmed_at: datetime | None = None
+    csat: int | None = None
+    nps: int | None = None
+    closed_at: datetime | None = None
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> RegistrationView:

@@ -84,6 +84,29 @@ TABLE_SCHEMA = [
         ADD COLUMN IF NOT EXISTS breached_clocks text[] NOT NULL DEFAULT '{}',
         ADD COLUMN IF NOT EXISTS escalation_level integer NOT NULL DEFAULT 0
     """,
+    # The tracking table (问题处理跟踪表, 售后记录表): assignment, plan, progress, result and
+    # the customer's verdict.
+    """
+    ALTER TABLE registrations
+        ADD COLUMN IF NOT EXISTS assigned_at timestamptz,
+        ADD COLUMN IF NOT EXISTS accepted_at timestamptz,
+        ADD COLUMN IF NOT EXISTS diagnosis text,
+        ADD COLUMN IF NOT EXISTS plan text,
+        ADD COLUMN IF NOT EXISTS expected_completion timestamptz,
+        ADD COLUMN IF NOT EXISTS progress jsonb NOT NULL DEFAULT '[]',
+        ADD COLUMN IF NOT EXISTS result text,
+        ADD COLUMN IF NOT EXISTS result_summary text,
+        ADD COLUMN IF NOT EXISTS result_reason text,
+        ADD COLUMN IF NOT EXISTS measures text,
+        ADD COLUMN IF NOT EXISTS resources text,
+        ADD COLUMN IF NOT EXISTS resolved_at timestamptz,
+        ADD COLUMN IF NOT EXISTS satisfied boolean,
+        ADD COLUMN IF NOT EXISTS customer_comment text,
+        ADD COLUMN IF NOT EXISTS confirmed_at timestamptz,
+        ADD COLUMN IF NOT EXISTS csat integer,
+        ADD COLUMN IF NOT EXISTS nps integer,
+        ADD COLUMN IF NOT EXISTS closed_at timestamptz
+    """,
     "CREATE INDEX IF NOT EXISTS registrations_registered_at ON registrations (registered_at)",
     "CREATE INDEX IF NOT EXISTS registrations_department ON registrations (department, status)",
     "CREATE INDEX IF NOT EXISTS registrations_channel ON registrations (channel, registered_at)",
@@ -149,7 +172,10 @@ COLUMNS = (
     "evidence, receiver, registration_late, status, last_version, updated_at, category, "
     "subcategory, priority, department, classified_emotion, flags, confidence, "
     "classification_rules, supervisor_attention, owner, co_handlers, missing_information, "
-    "correspondence_count, related_feedback, warned_clocks, breached_clocks, escalation_level"
+    "correspondence_count, related_feedback, warned_clocks, breached_clocks, escalation_level, "
+    "assigned_at, accepted_at, diagnosis, plan, expected_completion, progress, result, "
+    "result_summary, result_reason, measures, resources, resolved_at, satisfied, "
+    "customer_comment, confirmed_at, csat, nps, closed_at"
 )
 
 

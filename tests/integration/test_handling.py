@@ -109,7 +109,18 @@ async def test_the_whole_life_of_a_complaint(settings: Settings) -> None:
         late = await post("/notes", {"text": "补充"}, headers=agent)
         assert late.status_code == 409 and "archived" in late.json()["detail"]
         # The read model and the timeline follow; contacts in notes are masked.
-        await registered_row(client, number, status="archived")
+        tracked = await registered_row(client, number, status="archived")
+        # The tracking table (问题处理跟踪表) has the whole handling on one row.
+        assert tracked["owner"] == owner and tracked["assigned_at"] and tracked["accepted_at"]
+        assert tracked["diagnosis"] == "收费系统重复扣款" and tracked["expected_completion"]
+        assert tracked["result"] == "resolved" and tracked["result_summary"] == "已退回39元"
+        assert tracked["measures"] == "修复计费规则" and tracked["resolved_at"]
+        assert tracked["satisfied"] is True and tracked["confirmed_at"]
+        assert (tracked["csat"], tracked["nps"]) == (5, 9) and tracked["closed_at"]
+        steps = [p["step"] for p in tracked["progress"]]
+        assert "plan" in steps and "沟通" in steps, steps
+        progress_text = " ".join(p["text"] for p in tracked["progress"])
+        assert "13812345678" not in progress_text and "138****5678" in progress_text
         timeline = (await client.get(f"{base}/timeline")).json()
         kinds = [entry["what"] for entry in timeline]
         for kind in ("OwnerAccepted", "PlanSet", "NoteAdded", "CoHandlerResponded",
