@@ -53,7 +53,7 @@ from services.intake.channels.web import web_router
 from services.intake.channels.wechat_crypto import WeChatCrypto
 from services.intake.evidence import Blobs, EvidenceStore, FolderBlobs, S3Blobs
 from services.intake.operations import operations_router
-from services.notifications import Sender as NotificationSender
+from services.notifications import Notifications
 from services.notifications import build as build_notifications
 from services.notifications.http import inbox_router
 from services.notifications.store import SCHEMA as NOTIFICATIONS_SCHEMA
@@ -100,7 +100,7 @@ class Platform:
     email: EmailIntake | None = None
     vault: pii_vault.PiiVault | None = None
     smtp_server: asyncio.AbstractServer | None = None
-    notifier: NotificationSender | None = None
+    notifier: Notifications | None = None
     callback_rules: callbacks.CallbackRules | None = None
     reports: report_schedule.ReportSchedule | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -134,7 +134,8 @@ class Platform:
                 load_calendars().get(None).zone.key, self.settings.bi_statement_timeout_s
             )
         if "notifications" in self.services:
-            statements += NOTIFICATIONS_SCHEMA
+            # The callback watch reads the callback tasks (whoever else runs, they exist).
+            statements += NOTIFICATIONS_SCHEMA + callbacks.SCHEMA
         if "sla" in self.services:
             statements += kafka_positions.SCHEMA + sla_service.SCHEMA + DEADLETTERS_SCHEMA
         # Shared tables (the dead letters) are listed by each service that writes them.
@@ -184,7 +185,10 @@ class Platform:
                 poll_s=settings.reports_poll_s,
             )
         if "notifications" in self.services:
-            self.notifier = build_notifications(self.broker, settings, self.pool, self.rulebook)
+            self.notifier = build_notifications(
+                self.broker, settings, self.pool, self.rulebook,
+                load_calendars().get(None), load_policies(),
+            )  # fmt: skip
         if "sla" in self.services:
             assert self.store is not None
             self.sla_pool = ConnectionPool(
@@ -289,6 +293,9 @@ class Platform:
         if self.notifier is not None:
             self._tasks.append(
                 asyncio.create_task(self.notifier.run(), name="notifications-sender")
+            )
+            self._tasks.append(
+                asyncio.create_task(self.notifier.watch.run(), name="callback-watch")
             )
         self.ready.set()
         log.info("services ready: %s", ", ".join(self.services))

@@ -288,6 +288,14 @@ SCHEMA = [
     )
     """,
     "CREATE INDEX IF NOT EXISTS callback_tasks_worklist ON callback_tasks (state, due_at)",
+    # A callback is a promise too: overdue ones are escalated (supervisor, then head), and a
+    # customer is told each new appointment (services/notifications/callback_watch.py).
+    """
+    ALTER TABLE callback_tasks
+        ADD COLUMN IF NOT EXISTS overdue_level smallint NOT NULL DEFAULT 0,
+        ADD COLUMN IF NOT EXISTS overdue_at timestamptz,
+        ADD COLUMN IF NOT EXISTS appointments_told integer NOT NULL DEFAULT 0
+    """,
     "CREATE INDEX IF NOT EXISTS callback_tasks_feedback ON callback_tasks (feedback_id)",
     """
     CREATE TABLE IF NOT EXISTS callback_attempts (

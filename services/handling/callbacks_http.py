@@ -79,12 +79,16 @@ class CallbackTask(BaseModel):
     created_at: datetime
     updated_at: datetime
     done_at: datetime | None
+    overdue_level: int = Field(
+        0, description="1: the supervisor was told it is overdue; 2: the head"
+    )
+    overdue_at: datetime | None = None
 
 
 COLUMNS = (
     "id, type, feedback_number, customer_ref, department, goal, script, priority, window_from, "
     "due_at, state, attempts, outcome, satisfaction, new_feedback_number, created_at, "
-    "updated_at, done_at"
+    "updated_at, done_at, overdue_level, overdue_at"
 )
 
 
@@ -198,12 +202,15 @@ def callbacks_router(pool: AsyncConnectionPool) -> APIRouter:
                 UPDATE callback_tasks SET attempts = attempts + 1, state = %s,
                     due_at = coalesce(%s, due_at), done_at = %s, updated_at = %s,
                     outcome = %s, satisfaction = coalesce(%s, satisfaction),
-                    new_feedback_number = coalesce(%s, new_feedback_number)
+                    new_feedback_number = coalesce(%s, new_feedback_number),
+                    -- A new appointment is a new promise: missing it escalates again.
+                    overdue_level = CASE WHEN %s::timestamptz IS NULL THEN overdue_level ELSE 0 END,
+                    overdue_at = CASE WHEN %s::timestamptz IS NULL THEN overdue_at END
                 WHERE id = %s RETURNING {COLUMNS}
                 """,
                 (
                     state.value, due, done_at, now, outcome, body.satisfaction,
-                    body.new_feedback_number, task_id,
+                    body.new_feedback_number, due, due, task_id,
                 ),
             )  # fmt: skip
             updated = await cursor.fetchone()

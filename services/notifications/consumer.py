@@ -41,8 +41,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -120,6 +122,29 @@ CASE_FACTS = (
     "feedback_number, customer_ref, channel, category, priority, department, owner, "
     "first_response_due, first_response_target"
 )
+
+
+@dataclass(frozen=True)
+class Told:
+    """What a notification is about: the case (or callback task), and which of its facts
+    (the version), so that telling it again writes nothing new."""
+
+    feedback_id: UUID
+    feedback_number: str
+    version: int
+    event_type: str
+
+    @classmethod
+    def of(cls, event: CaseEvent) -> Told:
+        return cls(event.feedback_id, event.feedback_number, event.version, type(event).__name__)
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "feedback_id": self.feedback_id,
+            "feedback_number": self.feedback_number,
+            "event_version": self.version,
+            "event_type": self.event_type,
+        }
 
 
 class Planner:
@@ -281,16 +306,28 @@ class Planner:
                 f"{type(event).__name__}: the case's registration was never seen here, "
                 "so its customer is unknown"
             )
-        preferred = ROUTES.get(str(case.get("channel")), DEFAULT_ROUTES)
+        return self.customer_rows(
+            Told.of(event), customer, case.get("channel"), template, payload, hold_s
+        )
+
+    def customer_rows(
+        self,
+        told: Told,
+        customer: str,
+        channel: str | None,
+        template: str,
+        payload: dict[str, Any],
+        hold_s: float = 0.0,
+    ) -> list[Planned]:
+        """The row telling a customer (by pseudonym), over the first configured route of
+        the channel they wrote in by."""
+        preferred = ROUTES.get(str(channel), DEFAULT_ROUTES)
         routes = [r for r in preferred if r in self.enabled]
         if not routes:
             return []  # said once at start
         return [
             Planned(
-                feedback_id=event.feedback_id,
-                feedback_number=event.feedback_number,
-                event_version=event.version,
-                event_type=type(event).__name__,
+                **told.fields(),
                 audience="customer",
                 recipient=customer,
                 channel=routes[0],
@@ -309,6 +346,17 @@ class Planner:
         payload: dict[str, Any],
         role: str,
     ) -> list[Planned]:
+        return self.staff_rows(Told.of(event), recipients, template, payload, role)
+
+    def staff_rows(
+        self,
+        told: Told,
+        recipients: Iterable[str],
+        template: str,
+        payload: dict[str, Any],
+        role: str,
+    ) -> list[Planned]:
+        """Rows telling staff: the inbox, and each configured channel they have an address on."""
         rows: list[Planned] = []
         for recipient in dict.fromkeys(recipients):
             channels = ["inbox"] + [
@@ -318,10 +366,7 @@ class Planner:
             ]
             rows += [
                 Planned(
-                    feedback_id=event.feedback_id,
-                    feedback_number=event.feedback_number,
-                    event_version=event.version,
-                    event_type=type(event).__name__,
+                    **told.fields(),
                     audience="staff",
                     recipient=recipient,
                     channel=channel,

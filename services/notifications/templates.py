@@ -49,6 +49,13 @@ FIELD_LABELS: dict[str, tuple[str, str]] = {
     "description": ("问题描述", "description of the problem"),
     "contact": ("联系方式", "how to reach you"),
 }
+CALLBACK_LABELS: dict[str, tuple[str, str]] = {
+    "post_complaint": ("投诉处理后回访", "after a complaint"),
+    "after_sales": ("售后回访", "after-sales"),
+    "product_in_use": ("产品使用回访", "product in use"),
+    "churn_warning": ("流失预警回访", "churn warning"),
+    "quarterly_survey": ("季度满意度调查", "quarterly survey"),
+}
 ROLE_LABELS: dict[str, tuple[str, str]] = {
     "supervisor": ("主管", "supervisor"),
     "head": ("部门负责人", "department head"),
@@ -97,6 +104,12 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "staff_clock_breach": {"clock": "resolution", "due_at": "2026-05-20T09:00:00+00:00"},
     "staff_escalation": {"level": 1, "to_role": "supervisor", "reason": "超时", "clock": None},
     "staff_reopened": {"reason": "客户不满意"},
+    "staff_callback_overdue": {
+        "task_type": "post_complaint",
+        "due_at": "2026-05-20T09:00:00+00:00",
+        "attempts": 1,
+    },
+    "customer_callback_appointment": {"due_at": "2026-05-20T09:00:00+00:00"},
     "staff_escalation_request": {"by": "cs-wang", "reason": "需要技术支持", "support_needed": None},
 }
 COMMON_SAMPLE: dict[str, Any] = {
@@ -193,6 +206,8 @@ class Templates:
                 pair = FIELD_LABELS.get(code)
             elif kind == "role":
                 pair = ROLE_LABELS.get(code)
+            elif kind == "callback":
+                pair = CALLBACK_LABELS.get(code)
             elif kind == "result":
                 pair = RESULT_LABELS.get(code)
             elif kind == "priority" and code in Priority.__members__:
