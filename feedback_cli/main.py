@@ -38,6 +38,9 @@ def _serve(services: tuple[str, ...], host: str, port: int, state_dir: Path | No
     from services.runtime import create_app
 
     os.environ.update(local_keys(state_dir))
+    if state_dir is not None:
+        # The local default writes its weekly and monthly reports beside its data.
+        os.environ.setdefault("FEEDBACK_REPORTS_DIR", str(state_dir / "reports"))
     with local_infrastructure(state_dir) as infrastructure:
         os.environ.update(infrastructure.environment())
         settings = Settings()
