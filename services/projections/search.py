@@ -23,6 +23,15 @@ matches a lone CJK character as a prefix (`水:*`: bigrams starting with it and 
 characters), and ANDs the alphanumeric tokens. Lexemes are quoted (`'` doubled, `\\`
 escaped) and the query is passed as a parameter cast to `tsquery`: no text of the user's
 ever becomes SQL or tsquery syntax.
+
+The document also holds the case's filter values as positionless lexemes (`filter_terms`:
+`@status:queued`, `@dept:after_sales`, `@dept` for a case not routed yet, `@month:2026-11`
+of the received time in UTC...), so a text search narrowed by filters or by the actor's
+departments is one intersection in the GIN index, without reading the heap row of every
+text match. They begin with `@` and hold `:`; text lexemes are made of letters and digits
+only (`_TOKENS`), and a query's text becomes text lexemes only, so no customer's or
+searcher's text can make or match one. Being positionless, they are left out of ranking
+(`ts_filter` keeps the positioned, text lexemes).
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any, Literal
 from uuid import UUID
@@ -252,8 +261,55 @@ _UPSERT = (
 )
 
 
-def case_document(row: Mapping[str, Any]) -> str:
-    """The tsvector literal of one registration row."""
+# The registration fields the text lexemes are made of; the document's other lexemes are
+# the filter values (`filter_terms`), which `index_filters` replaces without these.
+TEXT_FIELDS = ("product_model", "description", "expectation", "customer_attempts")
+# Filter values are cut to this many characters in their lexeme (codes are far shorter; a
+# lexeme holds at most 2046 bytes). Values cut alike share a lexeme, so the search checks
+# the column too for a filter value this long.
+MAX_FILTER_CHARS = 200
+
+
+def filter_term(key: str, value: str | None) -> str:
+    """The lexeme of one filter value: `@key:value`, or `@key` for none. `@` and `:` are
+    never in a text lexeme (letters and digits only), so no text can make or match one."""
+    return f"@{key}" if value is None else f"@{key}:{value[:MAX_FILTER_CHARS]}"
+
+
+def month_term(at: datetime) -> str:
+    """The lexeme of the month (UTC) a case was received in: `@month:2026-11`."""
+    utc = (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC)
+    return filter_term("month", f"{utc.year:04d}-{utc.month:02d}")
+
+
+def filter_terms(row: Mapping[str, Any]) -> list[str]:
+    """The filter lexemes of one registration row. The product model is case-folded as
+    its filter is; the department is there when none (unrouted cases, for scopes)."""
+    model = row.get("product_model")
+    terms = [
+        filter_term("dept", row.get("department")),
+        filter_term("status", row["status"]),
+        filter_term("channel", row["channel"]),
+        month_term(row["received_at"]),
+    ]
+    for key, value in (
+        ("type", row.get("feedback_type")),
+        ("category", row.get("category")),
+        ("tier", row.get("customer_tier")),
+        ("model", model and normalized(model)),
+    ):
+        if value is not None:
+            terms.append(filter_term(key, value))
+    return terms
+
+
+def filter_vector(row: Mapping[str, Any]) -> str:
+    """A tsvector literal of the filter lexemes of one registration row (positionless)."""
+    return " ".join(quoted(term) for term in filter_terms(row))
+
+
+def text_document(row: Mapping[str, Any]) -> str:
+    """The tsvector literal of the text lexemes of one registration row (`TEXT_FIELDS`)."""
     return document_vector(
         [
             (row.get("product_model"), "A"),
@@ -262,6 +318,12 @@ def case_document(row: Mapping[str, Any]) -> str:
             (row.get("customer_attempts"), "C"),
         ]
     )
+
+
+def case_document(row: Mapping[str, Any]) -> str:
+    """The tsvector literal of one registration row: text and filter lexemes."""
+    text = text_document(row)
+    return f"{text} {filter_vector(row)}" if text else filter_vector(row)
 
 
 def _values(row: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -297,6 +359,35 @@ async def index_cases(conn: Any, rows: Sequence[Mapping[str, Any]], *, bulk: boo
 
 async def index_case(conn: Any, row: Mapping[str, Any]) -> None:
     await index_cases(conn, [row])
+
+
+# The filter columns; `index_filters` sets them and the document's filter lexemes.
+_FILTER_COLUMNS = _COLUMNS[3:]
+_FILTER_TYPES = ("timestamptz", *("text",) * (len(_FILTER_COLUMNS) - 1))
+_REFILE = (
+    "UPDATE case_search AS s SET "
+    + ", ".join(f"{c} = v.{c}" for c in _FILTER_COLUMNS)
+    # Text lexemes have positions, filter lexemes none: ts_filter keeps the text ones.
+    + ", document = ts_filter(s.document, '{a,b,c,d}') || v.filters::tsvector "
+    "FROM unnest(%s::uuid[], %s::text[], "
+    + ", ".join(f"%s::{t}[]" for t in _FILTER_TYPES)
+    + f") AS v(feedback_id, filters, {', '.join(_FILTER_COLUMNS)}) "
+    "WHERE s.feedback_id = v.feedback_id "
+    f"AND ({', '.join(f's.{c}' for c in _FILTER_COLUMNS)}) "
+    f"IS DISTINCT FROM ({', '.join(f'v.{c}' for c in _FILTER_COLUMNS)})"
+)
+
+
+async def index_filters(conn: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+    """For cases whose `TEXT_FIELDS` are as last indexed (a status change, a transfer): set
+    the filter columns and the document's filter lexemes, keeping its text lexemes, in one
+    statement and without segmenting any text (what `index_cases` would write, cheaper).
+    Cases without a search row are left alone."""
+    if not rows:
+        return
+    columns: list[list[Any]] = [[r["feedback_id"] for r in rows], [filter_vector(r) for r in rows]]
+    columns += [[r.get(c) for r in rows] for c in _FILTER_COLUMNS]
+    await conn.execute(_REFILE, columns)
 
 
 _REGISTRATION_COLUMNS = (
@@ -391,6 +482,57 @@ SEARCH_COLUMNS = (
 # received-time index serves at once, where ranking would read and rank every match
 # (~75,000 rows for 漏水 in 1,000,000 cases, several hundred ms).
 RANKED_AT_MOST = 2000
+# A received-time range spanning at most this many months (UTC) is narrowed by their
+# lexemes too; a longer one by the column alone.
+MONTH_TERMS_AT_MOST = 6
+# Ranking leaves the filter lexemes out (positionless: ts_filter drops them), so a case
+# ranks as its text alone does.
+_RANK = "ts_rank(ts_filter(document, '{a,b,c,d}'), %(tsquery)s::tsquery, 1)"
+
+
+def _months(begin: datetime, end: datetime) -> list[str] | None:
+    """The month lexemes of received times in [begin, end), or None for too many."""
+    first = begin.astimezone(UTC)
+    last = (end - timedelta(microseconds=1)).astimezone(UTC)
+    year, month = first.year, first.month
+    months: list[str] = []
+    while (year, month) <= (last.year, last.month):
+        if len(months) == MONTH_TERMS_AT_MOST:
+            return None
+        months.append(filter_term("month", f"{year:04d}-{month:02d}"))
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return months or None
+
+
+def filter_query(filters: Filters, scope: Scope) -> str | None:
+    """A tsquery ANDing the filter lexemes of the filters and the scope (ORing the
+    departments it sees), for ANDing with a text query: the GIN index then finds what
+    matches both at once. None when nothing narrows. The search still checks the
+    columns (a range's months are coarser than it, a cut value may be shared)."""
+    operands = [
+        quoted(filter_term(key, value))
+        for key, value in (
+            ("channel", filters.channel),
+            ("type", filters.feedback_type),
+            ("category", filters.category),
+            ("dept", filters.department),
+            ("tier", filters.customer_tier),
+            ("model", filters.product_model and normalized(filters.product_model)),
+            ("status", filters.status),
+        )
+        if value is not None
+    ]
+    if scope.departments:
+        shown = [quoted(filter_term("dept", d)) for d in scope.departments]
+        if scope.unrouted:
+            shown.append(quoted(filter_term("dept", None)))
+        operands.append(f"({' | '.join(shown)})")
+    if filters.received_from and filters.received_to:
+        months = _months(filters.received_from, filters.received_to)
+        if months:
+            operands.append(f"({' | '.join(quoted(m) for m in months)})")
+    return " & ".join(operands) or None
+
 
 Order = Literal["rank", "newest"]
 
@@ -411,37 +553,61 @@ async def search(
     cursor: str | None = None,
 ) -> Page:
     """One page of matching cases, best first (`ts_rank`, then newest) when the text
-    matches at most RANKED_AT_MOST cases, else newest first; and the next page's cursor
-    (None on the last). Later pages keep the order of the first."""
+    with the filters and the scope matches at most RANKED_AT_MOST cases, else newest
+    first; and the next page's cursor (None on the last). Later pages keep the order of
+    the first."""
     tsquery = query_terms(q)
     of = _fingerprint(tsquery, filters)
-    conditions: list[str] = []
+    # Each condition on the columns, and whether the filter lexemes say exactly the same
+    # (a ranked text search then leaves it to the GIN index: checking the column too would
+    # only make the planner AND a btree bitmap of ~100,000 rows with it).
+    conditions: list[tuple[str, bool]] = []
     params: dict[str, Any] = {"limit": limit + 1, "tsquery": tsquery}
-    for column, key, value in (
-        ("received_at >=", "from", filters.received_from),
-        ("received_at <", "to", filters.received_to),
-        ("channel =", "channel", filters.channel),
-        ("feedback_type =", "type", filters.feedback_type),
-        ("category =", "category", filters.category),
-        ("department =", "department", filters.department),
-        ("customer_tier =", "tier", filters.customer_tier),
+    for column, key, value, lexeme in (
+        ("received_at >=", "from", filters.received_from, False),
+        ("received_at <", "to", filters.received_to, False),
+        ("channel =", "channel", filters.channel, True),
+        ("feedback_type =", "type", filters.feedback_type, True),
+        ("category =", "category", filters.category, True),
+        ("department =", "department", filters.department, True),
+        ("customer_tier =", "tier", filters.customer_tier, True),
         (
             "lower(product_model) =",
             "model",
             filters.product_model and filters.product_model.lower(),
+            False,  # the lexeme is NFKC and case-folded, PostgreSQL's lower() not
         ),
-        ("status =", "status", filters.status),
+        ("status =", "status", filters.status, True),
     ):
         if value is not None:
-            conditions.append(f"{column} %({key})s")
+            exact = lexeme and isinstance(value, str) and len(value) < MAX_FILTER_CHARS
+            conditions.append((f"{column} %({key})s", exact))
             params[key] = value
     if scope.departments is not None:
         shown = "department = ANY(%(departments)s)"
-        conditions.append(f"({shown} OR department IS NULL)" if scope.unrouted else shown)
+        if len(scope.departments) == 1:
+            # One department (an agent's): its (department, received_at) index can walk
+            # newest first; `= ANY` of one cannot.
+            shown = "department = %(department_seen)s"
+            params["department_seen"] = scope.departments[0]
+        exact = bool(scope.departments) and all(
+            len(d) < MAX_FILTER_CHARS for d in scope.departments
+        )
+        conditions.append((f"({shown} OR department IS NULL)" if scope.unrouted else shown, exact))
         params["departments"] = list(scope.departments)
+    every = [condition for condition, _ in conditions]
+    # A text search: the text and the filter lexemes in one GIN condition, and only the
+    # conditions the lexemes do not say exactly besides.
+    indexed = list(every)
     if tsquery:
-        conditions.append("document @@ %(tsquery)s::tsquery")
-    rank = "ts_rank(document, %(tsquery)s::tsquery, 1)" if tsquery else "NULL::real"
+        narrowed = filter_query(filters, scope)
+        params["match"] = f"({tsquery}) & {narrowed}" if narrowed else tsquery
+        every.append("document @@ %(match)s::tsquery")
+        indexed = [condition for condition, exact in conditions if not exact]
+        indexed.append("document @@ %(match)s::tsquery")
+    rank = _RANK if tsquery else "NULL::real"
+    order = "rank DESC, received_at DESC, feedback_id DESC"
+    rows: list[dict[str, Any]] | None = None
     async with conn.cursor(row_factory=dict_row) as db:
         if cursor:
             after_rank, params["after_at"], params["after_id"] = decode_cursor(cursor, of)
@@ -450,43 +616,54 @@ async def search(
                 raise BadCursor("the cursor belongs to another search")
             params["after_rank"] = after_rank
         elif tsquery:
+            # The first page of a text search: at most RANKED_AT_MOST + 1 matches read
+            # once, counted and ranked together; ranked when that is all of them.
             await db.execute(
-                "SELECT count(*) AS n FROM (SELECT FROM case_search "
-                f"WHERE {' AND '.join(conditions)} LIMIT %(most)s) hits",
+                f"SELECT {SEARCH_COLUMNS}, {rank} AS rank, count(*) OVER () AS hits FROM "
+                f"(SELECT {SEARCH_COLUMNS}, document FROM case_search "
+                f"WHERE {' AND '.join(indexed)} LIMIT %(most)s) matched "
+                f"ORDER BY {order} LIMIT %(limit)s",
                 {**params, "most": RANKED_AT_MOST + 1},
             )
-            counted = await db.fetchone()
-            ranked = counted is not None and counted["n"] <= RANKED_AT_MOST
+            rows = await db.fetchall()
+            ranked = not rows or rows[0]["hits"] <= RANKED_AT_MOST
+            for row in rows:
+                del row["hits"]
+            if not ranked:
+                rows = None
         else:
             ranked = False
-        if cursor and ranked:
-            conditions.append(
-                f"({rank}, received_at, feedback_id) "
-                "< (%(after_rank)s::real, %(after_at)s, %(after_id)s)"
-            )
-        elif cursor:
-            conditions.append("(received_at, feedback_id) < (%(after_at)s, %(after_id)s)")
-        order = "rank DESC, received_at DESC, feedback_id DESC" if ranked else (
-            "received_at DESC, feedback_id DESC"
-        )  # fmt: skip
-        where = " AND ".join(conditions) or "TRUE"
-        # More than RANKED_AT_MOST matches: walking the received-time index newest first
-        # finds a page after at most about limit * rows / RANKED_AT_MOST rows. The planner
-        # underestimates ANDed bigrams (电池 & 池鼓 & 鼓包 are one word) and would read and
-        # sort every match from the GIN index, or scan the table: not in this transaction.
-        walk = bool(tsquery) and not ranked
-        async with conn.transaction():
-            if walk:
+        if rows is None:
+            if cursor and ranked:
+                where = [
+                    *indexed,
+                    f"({rank}, received_at, feedback_id) "
+                    "< (%(after_rank)s::real, %(after_at)s, %(after_id)s)",
+                ]
+            elif cursor:
+                where = [*every, "(received_at, feedback_id) < (%(after_at)s, %(after_id)s)"]
+            else:
+                where = every
+            # More than RANKED_AT_MOST matches: walking the received-time index (or a
+            # filter's) newest first finds a page after at most about
+            # limit * rows / RANKED_AT_MOST rows. The planner underestimates ANDed bigrams
+            # (电池 & 池鼓 & 鼓包 are one word) and would read and sort every match from the
+            # GIN index, or scan the table: not in this transaction.
+            walk = bool(tsquery) and not ranked
+            async with conn.transaction():
+                if walk:
+                    await db.execute(
+                        "SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off; "
+                        "SET LOCAL enable_sort = off"
+                    )
                 await db.execute(
-                    "SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off; "
-                    "SET LOCAL enable_sort = off"
+                    f"SELECT {SEARCH_COLUMNS}, {rank} AS rank FROM case_search "
+                    f"WHERE {' AND '.join(where) or 'TRUE'} "
+                    f"ORDER BY {order if ranked else order.removeprefix('rank DESC, ')} "
+                    "LIMIT %(limit)s",
+                    params,
                 )
-            await db.execute(
-                f"SELECT {SEARCH_COLUMNS}, {rank} AS rank FROM case_search WHERE {where} "
-                f"ORDER BY {order} LIMIT %(limit)s",
-                params,
-            )
-            rows: list[dict[str, Any]] = await db.fetchall()
+                rows = await db.fetchall()
         more = len(rows) > limit
         rows = rows[:limit]
         if rows:

@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 from services.common.settings import Settings
 from services.projections import search
@@ -313,3 +314,84 @@ async def test_a_case_from_intake_is_found(settings: Settings) -> None:
             page = (await client.get("/v1/search", params={"q": q})).json()
             assert [i["feedback_number"] for i in page["items"]] == [number], q
             assert "13812345678" not in page["items"][0]["snippet"]
+
+
+async def test_text_never_passes_for_a_filter_or_a_department(settings: Settings) -> None:
+    # Filter values are lexemes in the document (`@dept:finance`): text that spells one is
+    # only words, whoever writes it.
+    spelled = {
+        "F20260302-0201": ("退款 @dept:finance dept:finance @status:resolved ＠dept：finance @dept",
+                           None, "after_sales", "queued", "phone", "billing", 0),
+        "F20260302-0202": ("退款没有到账", None, "finance", "resolved", "phone", "billing", 0),
+    }  # fmt: skip
+    async with serve(settings, ("projections",)) as running:
+        client = running.client
+        insert_cases(settings.database_url, spelled)
+        await index_all(settings.database_url)
+
+        async def found(headers: dict[str, str] | None = None, **params: Any) -> set[str]:
+            return numbers(await client.get("/v1/search", params=params, headers=headers))
+
+        assert await found(q="退款") == {"F20260302-0201", "F20260302-0202"}
+        assert await found(q="退款", department="finance") == {"F20260302-0202"}
+        assert await found(q="退款", status="resolved") == {"F20260302-0202"}
+        finance = running.as_staff("agent", ("finance",), agent_id="fin-ma")
+        assert await found(finance, q="退款") == {"F20260302-0202"}
+        assert await found(finance, q="@dept:finance") == set()
+        # Those who see unrouted cases do not see a routed one that says `@dept`.
+        triage = running.as_staff("supervisor", ("customer_service",))
+        assert await found(triage, q="退款") == set()
+        # Searching for the spelling finds the text, not the department.
+        assert await found(q="@dept:finance") == {"F20260302-0201"}
+        assert await found(q="dept finance", department="finance") == set()
+
+
+async def test_filter_changes_keep_the_text_and_ranges_narrow_text(settings: Settings) -> None:
+    async with serve(settings, ("projections",)) as running:
+        client = running.client
+        ids = insert_cases(settings.database_url, CASES)
+        await index_all(settings.database_url)
+
+        async def found(**params: Any) -> set[str]:
+            return numbers(await client.get("/v1/search", params=params))
+
+        async with await psycopg.AsyncConnection.connect(
+            settings.database_url, autocommit=True
+        ) as conn:
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(
+                "SELECT * FROM registrations WHERE feedback_id = %s", (ids["F20260302-0007"],)
+            )
+            moved = await cursor.fetchone()
+            assert moved is not None
+            moved |= {"department": "logistics", "status": "resolved", "customer_tier": "vip"}
+            # What a status change or a transfer writes: the filters only, text kept.
+            await search.index_filters(conn, [moved])
+            await cursor.execute(
+                "SELECT document = %s::tsvector AS same, "
+                "document @@ '''@dept:logistics'' & ''@status:resolved'''::tsquery AS moved "
+                "FROM case_search WHERE feedback_id = %s",
+                (search.case_document(moved), ids["F20260302-0007"]),
+            )
+            assert await cursor.fetchone() == {"same": True, "moved": True}
+
+        assert await found(q="漏水", department="after_sales") == {"F20260302-0001"}
+        assert await found(q="漏水", department="logistics", status="resolved", tier="vip") == {
+            "F20260302-0007"
+        }  # fmt: skip
+        page = (await client.get("/v1/search", params={"q": "漏水 楼下", "tier": "vip"})).json()
+        assert [i["feedback_number"] for i in page["items"]] == ["F20260302-0007"]
+        assert page["items"][0]["rank"] > 0
+        # Ranges with text: within a month, across months, open-ended, longer than months.
+        assert await found(q="漏水", **{"from": "2026-03-02", "to": "2026-03-02"}) == {
+            "F20260302-0001"
+        }  # fmt: skip
+        assert await found(q="漏水", **{"from": "2026-02-20", "to": "2026-03-03"}) == {
+            "F20260302-0001"
+        }  # fmt: skip
+        assert await found(q="漏", **{"from": "2026-03-05T09:00:00+08:00"}) == {
+            "F20260302-0007", "F20260302-0008"
+        }  # fmt: skip
+        assert await found(q="漏水", **{"from": "2025-01-01", "to": "2026-12-31"}) == {
+            "F20260302-0001", "F20260302-0007", "F20260302-0008"
+        }  # fmt: skip

@@ -5,12 +5,18 @@ them against it)."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
 from services.projections.search import (
+    Filters,
+    Scope,
+    case_document,
     document_terms,
     document_vector,
+    filter_query,
+    filter_terms,
     query_terms,
     quoted,
     similar_query,
@@ -126,3 +132,69 @@ def test_snippet_shows_the_match() -> None:
     assert "漏水" in shown and shown.startswith("…") and shown.endswith("…")
     assert snippet("短文本", None) == "短文本"
     assert snippet(None, "x") == ""
+
+
+ROW = {
+    "feedback_id": None,
+    "product_model": "X200-Pro",
+    "description": "洗衣机漏水",
+    "status": "queued",
+    "channel": "web_form",
+    "received_at": datetime(2026, 12, 1, 7, tzinfo=timezone(timedelta(hours=8))),
+    "department": "after_sales",
+    "feedback_type": "complaint",
+    "category": "product_quality",
+    "customer_tier": "vip",
+}
+
+
+def test_filter_values_are_lexemes_of_their_own() -> None:
+    assert filter_terms(ROW) == [
+        "@dept:after_sales", "@status:queued", "@channel:web_form",
+        "@month:2026-11",  # in UTC
+        "@type:complaint", "@category:product_quality", "@tier:vip", "@model:x200-pro",
+    ]  # fmt: skip
+    assert filter_terms(ROW | {"department": None, "category": None})[0] == "@dept"
+    document = case_document(ROW)
+    assert document.startswith("'x200':1A 'pro':2A '洗衣':4B")
+    assert document.endswith("'@tier:vip' '@model:x200-pro'")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["@dept:finance", "dept:finance", "＠dept：finance", "@status:resolved '@tier:vip'", "@dept",
+     "@month:2026-11", "@model:x200-pro"],
+)  # fmt: skip
+def test_no_text_makes_or_asks_for_a_filter_lexeme(text: str) -> None:
+    # Text lexemes are letters and digits (CJK included) only; filter lexemes hold @ and :.
+    assert all(re.fullmatch(r"\w+", t) for t in document_terms(text))
+    query = query_terms(text)
+    assert query is not None and "@" not in query and ":" not in query.replace(":*", "")
+    assert not set(document_terms(text)) & set(filter_terms(ROW))
+
+
+def test_filters_and_scope_as_a_query() -> None:
+    assert filter_query(Filters(), Scope(None)) is None
+    assert (
+        filter_query(
+            Filters(status="queued", product_model="X200-PRO", customer_tier="vip"), Scope(None)
+        )
+        == "'@tier:vip' & '@model:x200-pro' & '@status:queued'"
+    )
+    # An agent's departments, and the unrouted cases for those who see them.
+    assert filter_query(Filters(department="tech"), Scope(("tech", "it's"), unrouted=True)) == (
+        "'@dept:tech' & ('@dept:tech' | '@dept:it''s' | '@dept')"
+    )
+    assert filter_query(Filters(), Scope(())) is None  # sees nothing: the column says so
+
+
+def test_a_short_time_range_is_its_months() -> None:
+    def months(begin: datetime, end: datetime) -> str | None:
+        return filter_query(Filters(received_from=begin, received_to=end), Scope(None))
+
+    day = datetime(2025, 12, 30, tzinfo=UTC)
+    assert months(day, day + timedelta(days=1)) == "('@month:2025-12')"
+    assert months(day, day + timedelta(days=7)) == "('@month:2025-12' | '@month:2026-01')"
+    assert months(day, datetime(2026, 6, 1, tzinfo=UTC)) is not None  # six months
+    assert months(day, datetime(2026, 6, 1, 0, 0, 1, tzinfo=UTC)) is None  # seven
+    assert filter_query(Filters(received_from=day), Scope(None)) is None  # open-ended
