@@ -41,8 +41,8 @@ class KafkaPosition:
 class CaseStore(Application[UUID]):
     name = "cases"
 
-    def __init__(self, database_url: str) -> None:
-        super().__init__(env=eventsourcing_env(database_url))
+    def __init__(self, database_url: str, *, create_table: bool = True) -> None:
+        super().__init__(env=eventsourcing_env(database_url, create_table=create_table))
 
     def construct_recorder(self) -> ProcessRecorder:
         return self.factory.process_recorder()

@@ -9,8 +9,11 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 
-def eventsourcing_env(database_url: str, *, pool_size: int = 5) -> dict[str, str]:
-    """The eventsourcing library reads its PostgreSQL settings from an env mapping."""
+def eventsourcing_env(
+    database_url: str, *, pool_size: int = 5, create_table: bool = True
+) -> dict[str, str]:
+    """The eventsourcing library reads its PostgreSQL settings from an env mapping
+    (`create_table=False` for a reader that must not race others creating the tables)."""
     params = conninfo_to_dict(database_url)
     return {
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
@@ -21,7 +24,7 @@ def eventsourcing_env(database_url: str, *, pool_size: int = 5) -> dict[str, str
         "POSTGRES_PASSWORD": str(params.get("password", "")),
         "POSTGRES_POOL_SIZE": str(pool_size),
         "POSTGRES_LOCK_TIMEOUT": "5",
-        "CREATE_TABLE": "y",
+        "CREATE_TABLE": "y" if create_table else "n",
     }
 
 

@@ -124,6 +124,14 @@ class CaseFile:
     def searched(self) -> tuple[Any, ...]:
         return tuple(self.registration[name] for name in SEARCHED)
 
+    def text_indexed(self) -> bool:
+        """The texts of the search document are as last indexed (only filter fields, such
+        as the status or the department, may have changed): `search.index_filters`."""
+        return self.indexed is not None and all(
+            self.indexed[SEARCHED.index(name)] == self.registration[name]
+            for name in search.TEXT_FIELDS
+        )
+
     @property
     def last_version(self) -> int:
         return int(self.registration["last_version"])
@@ -538,9 +546,11 @@ class CaseFiles:
         await upsert(conn, "department_stints", "feedback_id, seq", STINT_COLUMNS, stints)
         clocks = [f.clocks[k] for f in files for k in f.changed_clocks]
         await upsert(conn, "case_clocks", "feedback_id, clock_key", CLOCK_COLUMNS, clocks)
+        changed = [f for f in files if f.indexed != f.searched()]
         await search.index_cases(
-            conn, [f.registration for f in files if f.indexed != f.searched()], bulk=bulk
+            conn, [f.registration for f in changed if not f.text_indexed()], bulk=bulk
         )
+        await search.index_filters(conn, [f.registration for f in changed if f.text_indexed()])
         new = [f.registration for f in files if f.registered_now]
         if new and not bulk:  # a rebuild marks every repeat once at the end
             await _mark_repeats(conn, [r["feedback_id"] for r in new])

@@ -140,7 +140,9 @@ def _fold_share(
 async def _fold_share_async(
     database_url: str, schema: str, calendar: BusinessCalendar, upto: int, share: tuple[int, int]
 ) -> tuple[int, int]:
-    store = CaseStore(database_url)
+    # The tables exist (the rebuild's own store made sure): two workers creating them at
+    # once would collide in the catalogue.
+    store = CaseStore(database_url, create_table=False)
     events = skipped = 0
     files = casefile.CaseFiles(calendar)
     try:
