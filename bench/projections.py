@@ -189,7 +189,7 @@ def rebuild_run(lines: list[str], total: int) -> None:
         lines.append(
             f"rebuild: {report.events:,} events, {report.cases:,} cases in "
             f"{report.seconds:.1f} s = {report.events_per_second:,.0f} events/s "
-            f"(two worker processes; machine CPU, PostgreSQL included: "
+            f"(three worker processes; machine CPU, PostgreSQL included: "
             f"{busy / report.events * 1e6:.0f} µs per event)"
         )
     finally:

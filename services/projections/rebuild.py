@@ -16,6 +16,7 @@ the live table) are left out again, so a rebuild never brings purged rows back.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -133,7 +134,10 @@ def _fold_share(
     database_url: str, schema: str, calendar: BusinessCalendar, upto: int, share: tuple[int, int]
 ) -> tuple[int, int]:
     """Fold one share of the cases' events (up to `upto`) into the build schema's tables;
-    returns (events, skipped). Runs in a worker process of its own."""
+    returns (events, skipped). Runs in a worker process of its own, without the cyclic
+    garbage collector: the tens of thousands of case files held between flushes made its
+    full passes the slowest part (they hold no cycles; the process ends afterwards)."""
+    gc.disable()
     return asyncio.run(_fold_share_async(database_url, schema, calendar, upto, share))
 
 
@@ -183,11 +187,12 @@ async def rebuild(
     name: str,
     calendar: BusinessCalendar,
     *,
-    workers: int = 2,
+    workers: int = 3,
     before_switch: Callable[[], Awaitable[None]] | None = None,
 ) -> RebuildReport:
     """Build `name` again from the store and switch to it. `workers` processes fold a
-    share of the cases each (1: in this process); `before_switch` lets a test store more
+    share of the cases each (1: in this process; three on two cores measured fastest, as
+    PostgreSQL works while a worker waits for it); `before_switch` lets a test store more
     events while the new version is being built."""
     projection = projections().get(name)
     if projection is None:
