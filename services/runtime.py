@@ -162,7 +162,7 @@ class Platform:
             self.routing = RoutingService(
                 self.store,
                 routing_worklist.Worklist(self.routing_pool),
-                Classifier(self.rulebook),
+                Classifier.trained(self.rulebook),
                 load_roster(),
             )
             register_routing(self.broker, settings, self.routing)

@@ -185,12 +185,8 @@ async def test_callbacks_from_resolution_to_purge(settings: Settings) -> None:
     assert counts == {"registrations": 1, "case_clocks": 5, "case_search": 1,
                       "callback_cases": 1, "callback_tasks": 3, "callback_attempts": 2}  # fmt: skip
     # The search index and clocks of the purged case go with it; facts stay for reports.
-    assert _rows(settings, "SELECT count(*) FROM case_search WHERE feedback_id = %s", old) == [
-        (0,)
-    ]
-    assert _rows(settings, "SELECT count(*) FROM case_facts WHERE feedback_id = %s", old) == [
-        (1,)
-    ]
+    assert _rows(settings, "SELECT count(*) FROM case_search WHERE feedback_id = %s", old) == [(0,)]
+    assert _rows(settings, "SELECT count(*) FROM case_facts WHERE feedback_id = %s", old) == [(1,)]
     assert _rows(settings, "SELECT feedback_id FROM registrations") == [(young,)]
     assert _rows(settings, "SELECT feedback_id FROM callback_cases") == [(young,)]
     assert _rows(settings, "SELECT count(*) FROM callback_tasks WHERE feedback_id = %s", old) == [

@@ -182,7 +182,14 @@ async def test_a_reply_joins_a_case_only_when_it_proves_it(mail_settings: Settin
     async with serve(mail_settings) as running:
         client = running.client
         original_id = make_msgid(domain="example.com")
-        code, case = await send(mail_settings, raw_mail(Message_ID=original_id))
+        # A product fault without the model: the case waits for it (a leak that wets the
+        # floor would be urgent property damage, which never waits).
+        complaint = raw_mail(
+            "洗衣机脱水的时候噪音特别大，像拖拉机一样",
+            subject="投诉：洗衣机噪音大",
+            Message_ID=original_id,
+        )
+        code, case = await send(mail_settings, complaint)
         assert code == 250
         await registered_row(client, case, status="pending_info")
 

@@ -216,3 +216,22 @@ def test_classify_cli_contract() -> None:
     assert outputs[0]["priority"] == "urgent" and outputs[0]["flags"] == ["safety"]
     assert outputs[1]["priority"] == "high"  # VIP
     assert "repeat" in outputs[2]["flags"]  # same customer, same category, earlier in the stream
+
+
+@pytest.mark.parametrize(
+    ("text", "not_fired"),
+    [
+        ("I have an issue with my order number", "sue"),
+        ("The tap is leaking slowly under the sink", "leak"),
+        ("I'm confident the parcel will come", "dent"),
+        ("So frustrated with the waiting", "rust"),
+    ],
+)
+def test_english_terms_match_whole_words_only(classifier, text, not_fired) -> None:
+    decision = decide(classifier, text)
+    assert not any(rule.endswith(f":{not_fired}") for rule in decision.rules), decision.rules
+
+
+def test_chinese_terms_still_match_inside_a_sentence(classifier) -> None:
+    decision = decide(classifier, "客服态度很差，直接挂断了我的电话")
+    assert decision.category == "service_experience"

@@ -10,11 +10,13 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import ahocorasick
 
 from contracts.codes import Emotion, FeedbackType, Priority
+from services.routing.classifier.model import TRAINING, TextModel, trained
 from services.routing.classifier.rules import Flag, Rule, RuleBook
 
 PRIORITY_ORDER: tuple[Priority, ...] = (
@@ -93,7 +95,39 @@ class _RuleRef:
     negatable: bool
 
 
+# Which flag a danger concept of the lexicon stands for, when the model finds a case urgent
+# that no rule flagged.
+CONCEPT_FLAGS: dict[str, Flag] = {
+    "fire": "safety",
+    "shock": "safety",
+    "injury": "safety",
+    "choking": "safety",
+    "gas": "safety",
+    "flood": "property",
+    "outage": "business_outage",
+    "media": "public_opinion",
+    "fraud": "fraud",
+    "leak": "data_leak",
+}
+
+
 class Classifier:
+    """The rules, and, when trained (`Classifier.trained`), the statistical model that reads
+    the text and the rules' findings together and decides."""
+
+    model: TextModel | None = None
+
+    @classmethod
+    def trained(cls, rulebook: RuleBook, folder: Path = TRAINING) -> Classifier:
+        """Rules plus the model trained on `folder` (rules alone when the rule book turns the
+        model off or there is no training data)."""
+        classifier = cls(rulebook)
+        if rulebook.model.enabled:
+            classifier.model = trained(
+                folder, classifier.rule_tokens, rulebook.model_dump_json().encode()
+            )
+        return classifier
+
     def __init__(self, rulebook: RuleBook) -> None:
         self.book = rulebook
         self._automaton = ahocorasick.Automaton()
@@ -165,6 +199,8 @@ class Classifier:
 
         for end, (length, refs) in self._automaton.iter(lowered):
             start = end - length + 1
+            if not _on_word_boundaries(lowered, start, end):
+                continue  # "issue" is not "sue", "leaking" not "leak"
             for ref, term in refs:
                 hit(ref, start, term)
         for ref, pattern in self._patterns:
@@ -186,7 +222,78 @@ class Classifier:
         second = ranked[1][1] if len(ranked) > 1 else 0.0
         return (top / (top + second)) * min(1.0, top / self.book.confidence_saturation)
 
+    def rule_tokens(self, text: str, tier: str) -> list[str]:
+        """What the rules found, as tokens for the model."""
+        decision = self._by_rules(FeedbackText(text, customer_tier=tier), None)
+        tokens = [
+            f"r.type:{decision.type.value}",
+            f"r.sub:{decision.subcategory}",
+            f"r.dept:{decision.department}",
+            f"r.prio:{decision.priority.value}",
+            f"r.emotion:{decision.emotion.value}",
+        ]
+        tokens += [f"r.flag:{flag}" for flag in decision.flags]
+        tokens += sorted({f"r.{rule.partition(':')[0]}" for rule in decision.rules})
+        return tokens
+
     def classify(self, feedback: FeedbackText, history: History | None = None) -> Decision:
+        ruled = self._by_rules(feedback, history)
+        if self.model is None:
+            return ruled
+        return self._with_model(self.model, feedback, history, ruled)
+
+    def _with_model(
+        self, model: TextModel, feedback: FeedbackText, history: History | None, ruled: Decision
+    ) -> Decision:
+        book = self.book
+        tier = feedback.customer_tier
+        tokens = model.tokens(feedback.text, tier)
+        found = model.predict(feedback.text, tier, tokens=tokens)
+        category, _, subcategory = found["subcategory"].label.partition("/")
+        feedback_type = FeedbackType(found["type"].label)
+        priority = Priority(found["priority"].label)
+        flags: set[Flag] = set(ruled.flags)
+        rules = [
+            f"model.{name}:{found[name].label} p={found[name].probability:.2f}"
+            + (f" ({', '.join(found[name].because)})" if found[name].because else "")
+            for name in ("type", "subcategory", "department", "priority")
+        ]
+        urgent_yes = found["urgent_yes"].probability
+        if flags & set(book.priority.urgent_flags):
+            priority = Priority.urgent  # a rule's danger flag stands
+        elif urgent_yes >= book.model.urgent_threshold:
+            priority = Priority.urgent
+            concepts = {t.removeprefix("lex:") for t in tokens if t.startswith("lex:")}
+            flags |= {CONCEPT_FLAGS[c] for c in concepts if c in CONCEPT_FLAGS}
+            rules.append(f"model.urgent:p={urgent_yes:.2f}")
+        if tier == "vip":
+            flags.add("vip")
+        if (
+            history
+            and category in history.recent_categories
+            and feedback_type == FeedbackType.complaint
+        ):
+            flags.add("repeat")
+            priority = _raise(priority)
+            rules.append(f"adjust.repeat:{category}+1")
+        emotion = Emotion(found["emotion"].label)
+        confidence = min(found["type"].probability, found["subcategory"].probability)
+        return Decision(
+            type=feedback_type,
+            category=category,
+            subcategory=subcategory,
+            priority=priority,
+            department=found["department"].label,
+            emotion=emotion,
+            flags=tuple(sorted(flags)),
+            confidence=confidence,
+            rules=(*rules, *ruled.rules),
+            needs_triage=confidence < book.model.triage_below and priority != Priority.urgent,
+            supervisor_attention=emotion == Emotion.angry,
+            first_response_hours=book.priority.first_response_hours[priority],
+        )
+
+    def _by_rules(self, feedback: FeedbackText, history: History | None) -> Decision:
         book = self.book
         groups = self._match(feedback.text)
         rules: list[str] = []
@@ -282,6 +389,18 @@ class Classifier:
             supervisor_attention=emotion == Emotion.angry,
             first_response_hours=book.priority.first_response_hours[priority],
         )
+
+
+def _is_word_char(character: str) -> bool:
+    return character.isascii() and character.isalnum()
+
+
+def _on_word_boundaries(text: str, start: int, end: int) -> bool:
+    """An English term matches whole words only: a term starting (ending) with a letter or
+    digit needs no letter or digit just before (after) it. Chinese has no such boundary."""
+    if _is_word_char(text[start]) and start > 0 and _is_word_char(text[start - 1]):
+        return False
+    return not (_is_word_char(text[end]) and end + 1 < len(text) and _is_word_char(text[end + 1]))
 
 
 def _rank(priority: Priority) -> int:

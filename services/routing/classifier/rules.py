@@ -92,8 +92,20 @@ class PriorityRules(Strict):
     repeat_window_days: int = Field(default=30, ge=1)
 
 
+class ModelSettings(Strict):
+    """How the statistical model (model.py) joins the rules."""
+
+    enabled: bool = True
+    # P(urgent) at or above this makes a case urgent: chosen on the training set by
+    # cross-validation for recall first (a missed danger costs far more than a false alarm).
+    urgent_threshold: float = Field(default=0.3, gt=0, lt=1)
+    # Below this probability for type or subcategory, a person triages.
+    triage_below: float = Field(default=0.3, ge=0, le=1)
+
+
 class RuleBook(Strict):
     version: int
+    model: ModelSettings = ModelSettings()
     confidence_threshold: float = Field(ge=0, le=1)
     confidence_saturation: float = Field(gt=0)
     plain_matter_min_score: float = Field(ge=0)

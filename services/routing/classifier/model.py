@@ -1,0 +1,291 @@
+"""A statistical model beside the rules: linear models over character n-grams and words,
+trained on the labelled training set (`config/training/*.psv`), one per field.
+
+Why: the rules know the words someone wrote into `config/classification.yaml`; customers
+use others (paraphrase, slang, typos, formal letters, agents' summaries). Character
+n-grams carry Chinese without a dictionary and survive typos; rjieba words and English
+words (on word boundaries) carry meaning across phrasing. Logistic regression gives
+probabilities (the confidence) and per-feature weights (the explanation: the features that
+pushed the decision, named in `rules` as `model.<field>:<feature>`).
+
+Trained once per process (a second or two for a few thousand texts) and cached on disk by
+the hash of the training data and this module's version, so services start fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+
+log = logging.getLogger(__name__)
+
+CONFIG = Path(__file__).resolve().parents[3] / "config"
+TRAINING = CONFIG / "training"
+LEXICON = CONFIG / "lexicon.yaml"
+VERSION = "2"
+FIELDS = ("type", "subcategory", "department", "priority", "emotion", "urgent")
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    tier: str
+    labels: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    probability: float
+    because: tuple[str, ...]  # the features that weighed most for the label
+
+
+def normalized(text: str) -> str:
+    return unicodedata.normalize("NFKC", text).lower()
+
+
+@cache
+def _segmenter() -> Any:
+    import rjieba
+
+    return rjieba
+
+
+@dataclass(frozen=True)
+class Lexicon:
+    """Concepts and their terms (config/lexicon.yaml): Chinese by substring, English on
+    word boundaries."""
+
+    chinese: Any  # an Aho-Corasick automaton: term -> concepts
+    english: tuple[tuple[str, re.Pattern[str]], ...]
+
+    def concepts(self, norm: str) -> set[str]:
+        found: set[str] = set()
+        for _, names in self.chinese.iter(norm):
+            found.update(names)
+        for name, pattern in self.english:
+            if name not in found and pattern.search(norm):
+                found.add(name)
+        return found
+
+
+@cache
+def lexicon(path: Path = LEXICON) -> Lexicon:
+    import ahocorasick
+    import yaml
+
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else {}
+    automaton = ahocorasick.Automaton()
+    chinese: dict[str, set[str]] = {}
+    english = []
+    for name, groups in (raw or {}).items():
+        for term in groups.get("zh", []):
+            chinese.setdefault(normalized(str(term)), set()).add(name)
+        terms = [re.escape(normalized(str(t))) for t in groups.get("en", [])]
+        if terms:
+            english.append(
+                (name, re.compile(r"(?<![a-z0-9])(?:" + "|".join(terms) + r")(?![a-z0-9])"))
+            )
+    for term, names in chinese.items():
+        automaton.add_word(term, tuple(sorted(names)))
+    if chinese:
+        automaton.make_automaton()
+    return Lexicon(automaton if chinese else _Nothing(), tuple(english))
+
+
+class _Nothing:
+    def iter(self, _: str) -> list[Any]:
+        return []
+
+
+def features(text: str, tier: str = "normal") -> list[str]:
+    """Tokens a model sees: CJK character uni-, bi- and trigrams, rjieba words, English
+    words and word pairs, the lexicon's concepts (and pairs of them: a child and a small
+    part together mean more than either), and the customer tier."""
+    norm = normalized(text)
+    tokens: list[str] = [f"tier={tier}"]
+    concepts = sorted(lexicon().concepts(norm))
+    tokens += [f"lex:{c}" for c in concepts]
+    tokens += [f"lex:{a}&{b}" for i, a in enumerate(concepts) for b in concepts[i + 1 :]]
+    for run in _CJK.findall(norm):
+        tokens += list(run)
+        tokens += [run[i : i + 2] for i in range(len(run) - 1)]
+        tokens += [run[i : i + 3] for i in range(len(run) - 2)]
+        tokens += [f"w:{w}" for w in _segmenter().cut(run) if len(w) > 1]
+    words = _WORD.findall(norm)
+    tokens += [f"e:{w}" for w in words]
+    tokens += [f"e:{a}_{b}" for a, b in pairwise(words)]
+    return tokens
+
+
+def _identity(tokens: list[str]) -> list[str]:
+    return tokens
+
+
+class TextModel:
+    """One vectorizer, one logistic regression per field. `rule_tokens` adds tokens of its own
+    to each text's (the rules' findings: the model learns how far to trust each rule)."""
+
+    def __init__(
+        self,
+        examples: Sequence[Example],
+        rule_tokens: Callable[[str, str], list[str]] | None = None,
+    ) -> None:
+        self.rule_tokens = rule_tokens
+        self.vectorizer = TfidfVectorizer(
+            analyzer=_identity, sublinear_tf=True, min_df=1, dtype=np.float32
+        )
+        matrix = self.vectorizer.fit_transform([self.tokens(e.text, e.tier) for e in examples])
+        self.names = np.asarray(self.vectorizer.get_feature_names_out())
+        self.vocabulary: dict[str, int] = dict(self.vectorizer.vocabulary_)
+        self.idf = self.vectorizer.idf_.astype(np.float32)
+        # Every field's weights side by side (features x classes), so one text is scored
+        # for all fields by one small product instead of a library call per field; a
+        # two-class model becomes two columns (-w/2, w/2), whose softmax is its sigmoid.
+        columns: list[np.ndarray] = []
+        biases: list[np.ndarray] = []
+        self.fields: dict[str, tuple[int, int, tuple[str, ...]]] = {}
+        at = 0
+        for name in FIELDS:
+            labels = [e.labels[name] for e in examples]
+            model = LogisticRegression(C=8.0, max_iter=2000, class_weight="balanced")
+            model.fit(matrix, labels)
+            coef, bias = model.coef_, model.intercept_
+            if coef.shape[0] == 1:
+                coef = np.vstack([-coef[0] / 2, coef[0] / 2])
+                bias = np.array([-bias[0] / 2, bias[0] / 2])
+            columns.append(coef.T.astype(np.float32))
+            biases.append(bias.astype(np.float32))
+            classes = tuple(str(c) for c in model.classes_)
+            self.fields[name] = (at, at + len(classes), classes)
+            at += len(classes)
+        self.weights = np.hstack(columns)
+        self.bias = np.concatenate(biases)
+
+    def tokens(self, text: str, tier: str) -> list[str]:
+        return features(text, tier) + (self.rule_tokens(text, tier) if self.rule_tokens else [])
+
+    def predict(
+        self, text: str, tier: str = "normal", explain: int = 3, tokens: list[str] | None = None
+    ) -> dict[str, Prediction]:
+        counts: dict[int, int] = {}
+        for token in tokens if tokens is not None else self.tokens(text, tier):
+            column = self.vocabulary.get(token)
+            if column is not None:
+                counts[column] = counts.get(column, 0) + 1
+        cols = np.fromiter(counts, dtype=np.int64, count=len(counts))
+        values = (1.0 + np.log(np.fromiter(counts.values(), dtype=np.float32))) * self.idf[cols]
+        norm = float(np.linalg.norm(values))
+        if norm:
+            values /= norm
+        rows = self.weights[cols]  # the features' weights for every class
+        scores = values @ rows + self.bias
+        found: dict[str, Prediction] = {}
+        for name, (start, end, classes) in self.fields.items():
+            field_scores = scores[start:end]
+            exp = np.exp(field_scores - field_scores.max())
+            probabilities = exp / exp.sum()
+            best = int(np.argmax(probabilities))
+            because: tuple[str, ...] = ()
+            if explain > 0 and len(cols):
+                weighed = values * rows[:, start + best]
+                order = np.argsort(-weighed)[:explain]
+                because = tuple(str(self.names[cols[i]]) for i in order if weighed[i] > 0)
+            found[name] = Prediction(classes[best], float(probabilities[best]), because)
+            if name == "urgent":
+                # The probability of "yes", whichever won: the threshold is the config's.
+                yes = classes.index("yes") if "yes" in classes else None
+                found["urgent_yes"] = Prediction(
+                    "yes", float(probabilities[yes]) if yes is not None else 0.0, ()
+                )
+        return found
+
+
+def examples_from(lines: Iterable[tuple[str, dict[str, str], str]]) -> list[Example]:
+    """(text, expected labels, tier) as `evaluation.load_labelled` reads them."""
+    out = []
+    for text, expected, tier in lines:
+        labels = {
+            "type": expected["type"],
+            "subcategory": f"{expected['category']}/{expected['subcategory']}",
+            "department": expected["department"],
+            "priority": expected["priority"],
+            "emotion": expected["emotion"],
+            "urgent": "yes" if expected["priority"] == "urgent" else "no",
+        }
+        out.append(Example(text, tier, labels))
+    return out
+
+
+def training_files(folder: Path = TRAINING) -> list[Path]:
+    return sorted(folder.glob("*.psv"))
+
+
+# Models this process has loaded or trained, by the hash of what they were trained on.
+_LOADED: dict[str, TextModel] = {}
+
+
+def trained(
+    folder: Path,
+    rule_tokens: Callable[[str, str], list[str]] | None,
+    fingerprint: bytes = b"",
+) -> TextModel | None:
+    """The model trained on `folder` (None when it holds no data), from the disk cache
+    when the data, `fingerprint` (what `rule_tokens` depends on: the rule book) and this
+    module's version are unchanged."""
+    from services.routing.classifier.evaluation import load_labelled
+
+    files = training_files(folder)
+    if not files:
+        log.warning("no training data in %s: the classifier uses its rules alone", folder)
+        return None
+    digest = hashlib.sha256(VERSION.encode() + fingerprint)
+    digest.update(LEXICON.read_bytes() if LEXICON.exists() else b"")
+    for path in files:
+        digest.update(path.read_bytes())
+    cache_dir = Path(
+        os.environ.get("FEEDBACK_CACHE_DIR") or Path.home() / ".cache" / "feedback-platform"
+    )
+    key = digest.hexdigest()[:16]
+    if key in _LOADED:
+        _LOADED[key].rule_tokens = rule_tokens
+        return _LOADED[key]
+    cached = cache_dir / f"classifier-{key}.joblib"
+    if cached.exists():
+        try:
+            model: TextModel = joblib.load(cached)
+            model.rule_tokens = rule_tokens  # not stored: the live rules
+            _LOADED[key] = model
+            return model
+        except Exception:  # a cache from another library version: train again
+            log.info("classifier cache %s unreadable; training again", cached)
+    items = [item for path in files for item in load_labelled(path)]
+    model = TextModel(examples_from((i.text, i.expected, i.tier) for i in items), rule_tokens)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(f".{os.getpid()}.tmp")
+        model.rule_tokens = None  # the rules are not pickled with it
+        joblib.dump(model, partial)
+        partial.replace(cached)
+    except OSError as error:
+        log.info("classifier cache not written (%s)", error)
+    finally:
+        model.rule_tokens = rule_tokens
+    _LOADED[key] = model
+    return model

@@ -1,0 +1,67 @@
+"""The rules with the statistical model (issue #12): dangerous cases told in everyday words
+are urgent, look-alikes are not, decisions explain themselves, and the frozen evaluation
+set's aggregate figures stay above stated minimums (its items are never shown)."""
+
+from __future__ import annotations
+
+import pytest
+
+from contracts.codes import Priority
+from services.routing.classifier import Classifier, FeedbackText, load_rulebook
+from services.routing.classifier.evaluation import FROZEN_EVAL, evaluate, load_labelled
+
+
+@pytest.fixture(scope="module")
+def hybrid() -> Classifier:
+    classifier = Classifier.trained(load_rulebook())
+    assert classifier.model is not None
+    return classifier
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "插座那里有股焦糊味，还一直噼啪响",
+        "The charger got so hot it melted the cable and there was smoke",
+        "有人在外地登录了我的账号，还把绑定手机改了",
+        "Someone in another city used my card five times on your site",
+    ],
+)
+def test_dangers_in_everyday_words_are_urgent(hybrid: Classifier, text: str) -> None:
+    decision = hybrid.classify(FeedbackText(text))
+    assert decision.priority == Priority.urgent, decision.rules[:3]
+    assert not decision.needs_triage
+
+
+@pytest.mark.parametrize("text", ["这款太火爆了，抢了三次才买到，好评", "建议App增加夜间模式"])
+def test_look_alikes_and_plain_matters_are_not_urgent(hybrid: Classifier, text: str) -> None:
+    assert hybrid.classify(FeedbackText(text)).priority != Priority.urgent
+
+
+def test_a_decision_names_the_model_and_the_rules(hybrid: Classifier) -> None:
+    decision = hybrid.classify(FeedbackText("账单里多扣了一笔39元的服务费，要求退款"))
+    assert decision.rules[0].startswith("model.type:complaint p=")
+    assert any(rule.startswith("model.subcategory:billing/") for rule in decision.rules)
+    assert decision.department == "finance"
+
+
+# Stated minimums on the frozen set (measured once at 88.8 / 71.0 / 80.3 / 76.8 %, urgent
+# recall 96.4 %, 11.6 % of non-urgent made urgent): a regression fails here.
+MINIMUM = {"type": 0.85, "subcategory": 0.67, "priority": 0.77, "department": 0.73}
+
+
+def test_the_frozen_set_stays_above_its_minimums(hybrid: Classifier) -> None:
+    items = load_labelled(FROZEN_EVAL)
+    assert len(items) >= 400
+    report = evaluate(hybrid, items, "frozen")
+    below = {f: round(report.accuracy(f), 3) for f, m in MINIMUM.items() if report.accuracy(f) < m}
+    assert not below, f"accuracy below the stated minimum: {below}"
+    urgent = [i for i in items if i.expected["priority"] == "urgent"]
+    others = [i for i in items if i.expected["priority"] != "urgent"]
+
+    def urgent_share(group: list) -> float:
+        decided = [hybrid.classify(FeedbackText(i.text, customer_tier=i.tier)) for i in group]
+        return sum(d.priority == Priority.urgent for d in decided) / len(group)
+
+    assert urgent_share(urgent) >= 0.95
+    assert urgent_share(others) <= 0.15
