@@ -294,7 +294,9 @@ SCHEMA = [
     ALTER TABLE callback_tasks
         ADD COLUMN IF NOT EXISTS overdue_level smallint NOT NULL DEFAULT 0,
         ADD COLUMN IF NOT EXISTS overdue_at timestamptz,
-        ADD COLUMN IF NOT EXISTS appointments_told integer NOT NULL DEFAULT 0
+        ADD COLUMN IF NOT EXISTS appointments_told integer NOT NULL DEFAULT 0,
+        ADD COLUMN IF NOT EXISTS head_due_at timestamptz,
+        ADD COLUMN IF NOT EXISTS appointment_told_for timestamptz
     """,
     "CREATE INDEX IF NOT EXISTS callback_tasks_feedback ON callback_tasks (feedback_id)",
     """

@@ -205,12 +205,13 @@ def callbacks_router(pool: AsyncConnectionPool) -> APIRouter:
                     new_feedback_number = coalesce(%s, new_feedback_number),
                     -- A new appointment is a new promise: missing it escalates again.
                     overdue_level = CASE WHEN %s::timestamptz IS NULL THEN overdue_level ELSE 0 END,
-                    overdue_at = CASE WHEN %s::timestamptz IS NULL THEN overdue_at END
+                    overdue_at = CASE WHEN %s::timestamptz IS NULL THEN overdue_at END,
+                    head_due_at = CASE WHEN %s::timestamptz IS NULL THEN head_due_at END
                 WHERE id = %s RETURNING {COLUMNS}
                 """,
                 (
                     state.value, due, done_at, now, outcome, body.satisfaction,
-                    body.new_feedback_number, due, due, task_id,
+                    body.new_feedback_number, due, due, due, task_id,
                 ),
             )  # fmt: skip
             updated = await cursor.fetchone()

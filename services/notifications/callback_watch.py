@@ -5,7 +5,9 @@ is overdue: the department's supervisors are told at once, its heads when it is 
 the escalation ladder's `to_head_after` later (config/sla.yaml, business time). A task
 rescheduled to a time the customer chose (不方便, call me later) tells the customer the new
 appointment. Each is planned once: the task row is locked, the notification rows written
-and the task marked in one transaction (`overdue_level`, `appointments_told`), so two
+and the task marked in one transaction (`overdue_level`, `head_due_at`,
+`appointment_told_for`: the appointment told, so an attempt that sets no new time tells
+nothing), so two
 watchers or a restart never tell anything twice; the rows' ids are derived from the task.
 """
 
@@ -74,44 +76,56 @@ class CallbackWatch:
         told = {"supervisor": 0, "head": 0, "appointment": 0}
         async with self.pool.connection() as conn, conn.transaction():
             cursor = conn.cursor(row_factory=dict_row)
-            # The channel the customer wrote in by chooses how they are told.
+            # The channel the customer wrote in by chooses how they are told. Only what is
+            # due now is picked: tasks told the supervisor wait for their head time.
             await cursor.execute(
                 "SELECT t.id, t.type, t.feedback_id, t.feedback_number, t.customer_ref, "
-                "t.department, t.due_at, t.state, t.attempts, t.overdue_level, t.overdue_at, "
-                "t.appointments_told, c.channel FROM callback_tasks t "
+                "t.department, t.due_at, t.state, t.attempts, t.overdue_level, t.head_due_at, "
+                "t.appointment_told_for, c.channel FROM callback_tasks t "
                 "LEFT JOIN notification_cases c ON c.feedback_id = t.feedback_id "
                 "WHERE t.state IN ('open', 'rescheduled') AND ("
-                "(t.due_at <= %(now)s AND t.overdue_level < 2) "
-                "OR (t.state = 'rescheduled' AND t.attempts > t.appointments_told)) "
+                "(t.overdue_level = 0 AND t.due_at <= %(now)s) "
+                "OR (t.overdue_level = 1 AND t.head_due_at <= %(now)s) "
+                "OR (t.state = 'rescheduled' AND t.due_at > %(now)s "
+                "AND t.appointment_told_for IS DISTINCT FROM t.due_at)) "
                 "ORDER BY t.due_at LIMIT %(batch)s FOR UPDATE OF t SKIP LOCKED",
                 {"now": now, "batch": BATCH},
             )
             for task in await cursor.fetchall():
-                level = self._overdue_level(task, now)
-                if level > task["overdue_level"]:
+                if task["due_at"] <= now and task["overdue_level"] < 2:
+                    level = task["overdue_level"] + 1
                     role = "supervisor" if level == 1 else "head"
-                    await store.insert(conn, self._overdue_rows(task, level, role))
+                    rows = self._overdue_rows(task, level, role)
+                    if not rows:
+                        log.warning(
+                            "callback %s overdue: no %s of %s in the staff directory",
+                            task["id"], role, task["department"],
+                        )  # fmt: skip
+                    await store.insert(conn, rows)
                     told[role] += 1
+                    # The head's turn counts from the due time (a late watcher does not
+                    # push it back).
+                    to_head = self.calendar.due(
+                        task["due_at"], self.to_head_after.parsed, self.to_head_after.time
+                    )
                     await conn.execute(
                         "UPDATE callback_tasks SET overdue_level = %s, "
-                        "overdue_at = coalesce(overdue_at, %s) WHERE id = %s",
-                        (level, now, task["id"]),
+                        "overdue_at = coalesce(overdue_at, %s), head_due_at = %s WHERE id = %s",
+                        (level, now, to_head if level == 1 else None, task["id"]),
                     )
-                if task["state"] == "rescheduled" and task["attempts"] > task["appointments_told"]:
+                if (
+                    task["state"] == "rescheduled"
+                    and task["due_at"] > now
+                    and (task["appointment_told_for"] != task["due_at"])
+                ):
                     await store.insert(conn, self._appointment_rows(task))
                     told["appointment"] += 1
                     await conn.execute(
-                        "UPDATE callback_tasks SET appointments_told = attempts WHERE id = %s",
+                        "UPDATE callback_tasks SET appointments_told = attempts, "
+                        "appointment_told_for = due_at WHERE id = %s",
                         (task["id"],),
                     )
         return told
-
-    def _overdue_level(self, task: dict[str, Any], now: datetime) -> int:
-        if task["due_at"] > now:
-            return task["overdue_level"]  # type: ignore[no-any-return]
-        since = task["overdue_at"] or task["due_at"]
-        to_head = self.calendar.due(since, self.to_head_after.parsed, self.to_head_after.time)
-        return 2 if task["overdue_level"] >= 1 and now >= to_head else 1
 
     def _told(self, task: dict[str, Any], version: int, kind: str) -> Told:
         # The task's own id: its rows never meet the case's event rows.

@@ -5,6 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+# Columns another writer may set between our read and our write: an upsert keeps theirs.
+# (`repeat` is marked on an earlier case by the transaction registering a later one.)
+MERGED = {("case_facts", "repeat"): "case_facts.repeat OR EXCLUDED.repeat"}
+
+
+def update_list(table: str, key: str, columns: Sequence[str]) -> str:
+    """The SET list of an upsert: every non-key column from the new row (merged ones kept)."""
+    keys = {k.strip() for k in key.split(",")}
+    return ", ".join(
+        f"{c} = {MERGED.get((table, c), f'EXCLUDED.{c}')}" for c in columns if c not in keys
+    )
+
 
 async def copy_upsert(
     conn: Any, table: str, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
@@ -18,8 +30,7 @@ async def copy_upsert(
         f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (LIKE {table}) ON COMMIT DELETE ROWS"
     )
     names = ", ".join(columns)
-    keys = {k.strip() for k in key.split(",")}
-    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in keys)
+    updates = update_list(table, key, columns)
     async with conn.cursor() as cursor:
         async with cursor.copy(f"COPY {stage} ({names}) FROM STDIN") as copy:
             for row in rows:

@@ -581,8 +581,7 @@ async def _upsert(
 ) -> None:
     if not rows:
         return
-    keys = {k.strip() for k in key.split(",")}
-    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in keys)
+    updates = bulk.update_list(table, key, columns)
     placeholders = ", ".join(["%s"] * len(columns))
     statement = (
         f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders}) "

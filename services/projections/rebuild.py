@@ -26,6 +26,7 @@ from multiprocessing import get_context
 from typing import Any
 
 import psycopg
+import psycopg.errors
 from eventsourcing.persistence import Notification
 from psycopg import sql
 
@@ -50,6 +51,9 @@ SCHEMA = [
     """
 ]
 PAGE = 5_000
+# The switch waits this long for readers of the live tables, then tries again.
+LOCK_TIMEOUT = "5s"
+SWITCH_ATTEMPTS = 10
 # Files held in memory before they are written to the new tables.
 FLUSH_FILES = 50_000
 
@@ -234,57 +238,94 @@ async def rebuild(
         log.info("%s: repeats marked at %.1f s; switching", name, time.perf_counter() - started)
         if before_switch is not None:
             await before_switch()
-        async with conn.transaction():
-            live = ", ".join(f"public.{t}" for t in projection.tables)
-            await conn.execute(f"LOCK TABLE {live} IN ACCESS EXCLUSIVE MODE")
-            await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(build))
-            # What was stored while building: the last few, applied under the lock.
-            caught_up = 0
-            for through, page in stored_pages(store, last):
-                await casefile.apply_events(conn, page, calendar)
-                caught_up += len(page)
-                last = through
-            events += caught_up
-            await _drop_purged(conn)
-            await conn.execute("SET LOCAL search_path TO public")
-            await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(retired))
-            await conn.execute(sql.SQL("CREATE SCHEMA {}").format(retired))
-            for table in projection.tables:
-                await conn.execute(
-                    sql.SQL("ALTER TABLE public.{} SET SCHEMA {}").format(
-                        sql.Identifier(table), retired
+        caught_up = 0
+        for attempt in range(1, SWITCH_ATTEMPTS + 1):
+            # What was stored while building, first without the lock (it may be many), ...
+            async with conn.transaction():
+                await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(build))
+                for through, page in stored_pages(store, last):
+                    await casefile.apply_events(conn, page, calendar)
+                    caught_up += len(page)
+                    last = through
+            try:
+                async with conn.transaction():
+                    tail, through, cases = await _switch(
+                        conn, projection, store, calendar, build, retired, last
                     )
-                )
-                await conn.execute(
-                    sql.SQL("ALTER TABLE {}.{} SET SCHEMA public").format(
-                        build, sql.Identifier(table)
-                    )
-                )
-            # Views follow the table they were made on: make them on the new ones.
-            for statement in projection.dependents():
-                await conn.execute(statement)
-            await conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(retired))
-            await conn.execute(sql.SQL("DROP SCHEMA {}").format(build))
-            cursor = await conn.execute("SELECT count(*) FROM registrations")
-            row = await cursor.fetchone()
-            cases = int(row[0]) if row else 0
-            seconds = time.perf_counter() - started
-            cursor = await conn.execute(
-                """
-                INSERT INTO projection_versions AS v
-                    (name, version, switched_at, last_position, events, seconds)
-                VALUES (%s, 1, now(), %s, %s, %s)
-                ON CONFLICT (name) DO UPDATE SET version = v.version + 1,
-                    switched_at = now(), last_position = EXCLUDED.last_position,
-                    events = EXCLUDED.events, seconds = EXCLUDED.seconds
-                RETURNING version
-                """,
-                (name, last, events, seconds),
-            )
-            row = await cursor.fetchone()
-            version = int(row[0]) if row else 1
+                    seconds = time.perf_counter() - started
+                    total = events + caught_up + tail
+                    version = await _record_version(conn, name, through, total, seconds)
+                break
+            except psycopg.errors.LockNotAvailable:
+                # Long readers (a BI query) hold the live tables: let them finish, try again.
+                log.warning("%s: live tables busy (attempt %s); trying again", name, attempt)
+                if attempt == SWITCH_ATTEMPTS:
+                    raise
+                await asyncio.sleep(1.0)
+        caught_up += tail
+        events = total
     store.close()
     return RebuildReport(name, version, events, cases, seconds, caught_up, skipped)
+
+
+async def _record_version(conn: Any, name: str, last: int, events: int, seconds: float) -> int:
+    cursor = await conn.execute(
+        """
+        INSERT INTO projection_versions AS v
+            (name, version, switched_at, last_position, events, seconds)
+        VALUES (%s, 1, now(), %s, %s, %s)
+        ON CONFLICT (name) DO UPDATE SET version = v.version + 1,
+            switched_at = now(), last_position = EXCLUDED.last_position,
+            events = EXCLUDED.events, seconds = EXCLUDED.seconds
+        RETURNING version
+        """,
+        (name, last, events, seconds),
+    )
+    row = await cursor.fetchone()
+    return int(row[0]) if row else 1
+
+
+async def _switch(
+    conn: Any,
+    projection: Projection,
+    store: CaseStore,
+    calendar: BusinessCalendar,
+    build: sql.Identifier,
+    retired: sql.Identifier,
+    last: int,
+) -> tuple[int, int, int]:
+    """In the caller's transaction: lock the live tables (waiting at most LOCK_TIMEOUT),
+    apply the last events, swap the tables and recreate the views; returns (events applied
+    here, last position, cases)."""
+    await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+    live = ", ".join(f"public.{t}" for t in projection.tables)
+    await conn.execute(f"LOCK TABLE {live} IN ACCESS EXCLUSIVE MODE")
+    await conn.execute("SET LOCAL lock_timeout = 0")
+    await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(build))
+    tail = 0
+    for through, page in stored_pages(store, last):
+        await casefile.apply_events(conn, page, calendar)
+        tail += len(page)
+        last = through
+    await _drop_purged(conn)
+    await conn.execute("SET LOCAL search_path TO public")
+    await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(retired))
+    await conn.execute(sql.SQL("CREATE SCHEMA {}").format(retired))
+    for table in projection.tables:
+        await conn.execute(
+            sql.SQL("ALTER TABLE public.{} SET SCHEMA {}").format(sql.Identifier(table), retired)
+        )
+        await conn.execute(
+            sql.SQL("ALTER TABLE {}.{} SET SCHEMA public").format(build, sql.Identifier(table))
+        )
+    # Views follow the table they were made on: make them on the new ones.
+    for statement in projection.dependents():
+        await conn.execute(statement)
+    await conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(retired))
+    await conn.execute(sql.SQL("DROP SCHEMA {}").format(build))
+    cursor = await conn.execute("SELECT count(*) FROM registrations")
+    row = await cursor.fetchone()
+    return tail, last, int(row[0]) if row else 0
 
 
 async def _drop_purged(conn: Any) -> None:

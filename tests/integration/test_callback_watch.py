@@ -112,7 +112,13 @@ async def test_overdue_callbacks_escalate_and_appointments_are_told_once(
              "customer_callback_appointment")
         ]  # fmt: skip
         assert (await watches[0].watch_once())["appointment"] == 0
+        # Another attempt that sets no new time tells the customer nothing new.
+        with psycopg.connect(settings.database_url) as conn:
+            conn.execute(
+                "UPDATE callback_tasks SET attempts = attempts + 1 WHERE id = %s", (task_id,)
+            )
+        assert (await watches[0].watch_once())["appointment"] == 0
         # The new appointment missed too: the supervisors are told again (a new version).
         clock.moment += timedelta(days=1, seconds=1)
         assert (await watches[0].watch_once())["supervisor"] == 1
-        assert {r[1] for r in rows(settings, task_id) if r[0] == "CallbackOverdue"} == {1, 2, 3}
+        assert {r[1] for r in rows(settings, task_id) if r[0] == "CallbackOverdue"} == {1, 2, 5}
