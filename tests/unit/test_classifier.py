@@ -235,3 +235,13 @@ def test_english_terms_match_whole_words_only(classifier, text, not_fired) -> No
 def test_chinese_terms_still_match_inside_a_sentence(classifier) -> None:
     decision = decide(classifier, "客服态度很差，直接挂断了我的电话")
     assert decision.category == "service_experience"
+
+
+def test_english_terms_next_to_digits_still_match() -> None:
+    from services.routing.classifier.engine import _on_word_boundaries
+
+    text = "the wifi6 router and iphone15 crash"
+    assert _on_word_boundaries(text, text.index("wifi"), text.index("wifi") + 3)
+    assert _on_word_boundaries(text, text.index("iphone"), text.index("iphone") + 5)
+    assert not _on_word_boundaries(text, text.index("hone"), text.index("hone") + 3)
+    assert not _on_word_boundaries("crashes", 0, 4)  # "crash" inside "crashes"

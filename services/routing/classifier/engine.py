@@ -252,7 +252,10 @@ class Classifier:
         category, _, subcategory = found["subcategory"].label.partition("/")
         feedback_type = FeedbackType(found["type"].label)
         priority = Priority(found["priority"].label)
-        flags: set[Flag] = set(ruled.flags)
+        # The rules' adjustments (VIP, repeat) are theirs: the model's priority has learnt the
+        # tier, and the repeat raise is applied below from the history.
+        flags: set[Flag] = set(ruled.flags) - {"repeat"}
+        ruled_rules = tuple(r for r in ruled.rules if not r.startswith("adjust."))
         rules = [
             f"model.{name}:{found[name].label} p={found[name].probability:.2f}"
             + (f" ({', '.join(found[name].because)})" if found[name].because else "")
@@ -287,7 +290,7 @@ class Classifier:
             emotion=emotion,
             flags=tuple(sorted(flags)),
             confidence=confidence,
-            rules=(*rules, *ruled.rules),
+            rules=(*rules, *ruled_rules),
             needs_triage=confidence < book.model.triage_below and priority != Priority.urgent,
             supervisor_attention=emotion == Emotion.angry,
             first_response_hours=book.priority.first_response_hours[priority],
@@ -395,12 +398,19 @@ def _is_word_char(character: str) -> bool:
     return character.isascii() and character.isalnum()
 
 
-def _on_word_boundaries(text: str, start: int, end: int) -> bool:
-    """An English term matches whole words only: a term starting (ending) with a letter or
-    digit needs no letter or digit just before (after) it. Chinese has no such boundary."""
-    if _is_word_char(text[start]) and start > 0 and _is_word_char(text[start - 1]):
+def _joined(a: str, b: str) -> bool:
+    """Two characters of one English word: both letters or both digits ("wifi6" is the
+    word "wifi" and the number 6; Chinese has no such boundary)."""
+    if not (_is_word_char(a) and _is_word_char(b)):
         return False
-    return not (_is_word_char(text[end]) and end + 1 < len(text) and _is_word_char(text[end + 1]))
+    return a.isdigit() == b.isdigit()
+
+
+def _on_word_boundaries(text: str, start: int, end: int) -> bool:
+    """An English term matches whole words only: "issue" is not "sue", "leaking" not "leak"."""
+    if start > 0 and _joined(text[start - 1], text[start]):
+        return False
+    return not (end + 1 < len(text) and _joined(text[end], text[end + 1]))
 
 
 def _rank(priority: Priority) -> int:
