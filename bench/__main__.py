@@ -8,6 +8,7 @@ import time
 
 BENCHMARKS = [
     "classifier",
+    "classifier_cv",
     "routing_throughput",
     "e2e_latency",
     "intake_throughput",

@@ -100,7 +100,7 @@ class ModelSettings(Strict):
     # cross-validation for recall first (a missed danger costs far more than a false alarm).
     urgent_threshold: float = Field(default=0.3, gt=0, lt=1)
     # Below this probability for type or subcategory, a person triages.
-    triage_below: float = Field(default=0.3, ge=0, le=1)
+    triage_below: float = Field(default=0.15, ge=0, le=1)
 
 
 class RuleBook(Strict):
