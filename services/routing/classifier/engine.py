@@ -281,6 +281,7 @@ class Classifier:
             rules.append(f"adjust.repeat:{category}+1")
         emotion = Emotion(found["emotion"].label)
         confidence = min(found["type"].probability, found["subcategory"].probability)
+        silent = not any(r.startswith(("sub.", "type.")) for r in ruled_rules)
         return Decision(
             type=feedback_type,
             category=category,
@@ -291,7 +292,9 @@ class Classifier:
             flags=tuple(sorted(flags)),
             confidence=confidence,
             rules=(*rules, *ruled_rules),
-            needs_triage=confidence < book.model.triage_below and priority != Priority.urgent,
+            needs_triage=priority != Priority.urgent
+            and confidence
+            < (book.model.triage_below_when_rules_silent if silent else book.model.triage_below),
             supervisor_attention=emotion == Emotion.angry,
             first_response_hours=book.priority.first_response_hours[priority],
         )

@@ -101,6 +101,9 @@ class ModelSettings(Strict):
     urgent_threshold: float = Field(default=0.3, gt=0, lt=1)
     # Below this probability for type or subcategory, a person triages.
     triage_below: float = Field(default=0.15, ge=0, le=1)
+    # ... and below this when no rule recognised anything in the text either (a text with
+    # nothing to go on, "关于上次那个事情", must reach a person, not the commonest label).
+    triage_below_when_rules_silent: float = Field(default=0.3, ge=0, le=1)
 
 
 class RuleBook(Strict):
