@@ -245,3 +245,12 @@ def test_english_terms_next_to_digits_still_match() -> None:
     assert _on_word_boundaries(text, text.index("iphone"), text.index("iphone") + 5)
     assert not _on_word_boundaries(text, text.index("hone"), text.index("hone") + 3)
     assert not _on_word_boundaries("crashes", 0, 4)  # "crash" inside "crashes"
+
+
+def test_full_width_letters_are_the_same_words(classifier) -> None:
+    half = decide(classifier, "The app keeps crashing every time I open it")
+    full = decide(
+        classifier, "Ｔｈｅ ａｐｐ ｋｅｅｐｓ ｃｒａｓｈｉｎｇ ｅｖｅｒｙ ｔｉｍｅ Ｉ ｏｐｅｎ ｉｔ"
+    )
+    assert (full.category, full.subcategory) == (half.category, half.subcategory)
+    assert full.subcategory == "malfunction"

@@ -7,6 +7,7 @@ configuration is the rule book, this module only applies it.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -182,6 +183,8 @@ class Classifier:
         return any(cue in window for cue in self._cues)
 
     def _match(self, text: str) -> dict[str, _Scores]:
+        # Full-width letters and digits (ＡＰＰ, ２次) are the same words to the rules.
+        text = unicodedata.normalize("NFKC", text)
         lowered = text.lower()
         contrast_at = min(
             (pos for pos in (lowered.find(m) for m in self._contrast) if pos >= 0),
@@ -319,7 +322,7 @@ class Classifier:
         if flags & set(book.priority.urgent_flags):
             types.by_label[FeedbackType.complaint.value] += 2.0
             types.fired.append("type.complaint:(a risk flag matched)")
-        lowered = feedback.text.lower()
+        lowered = unicodedata.normalize("NFKC", feedback.text).lower()
         sarcastic = (problem or types.by_label.get(FeedbackType.complaint.value, 0) > 0) and any(
             marker in lowered for marker in self._sarcasm
         )
