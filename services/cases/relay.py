@@ -19,7 +19,7 @@ from psycopg import sql
 from contracts import topics
 from services.cases.published import department_topics, to_contract
 from services.cases.store import CaseStore
-from services.common.bus import Record, publish_all
+from services.common.bus import HeadedRecord, publish_all
 from services.common.database import RELAY_LOCK
 from services.common.settings import Settings
 
@@ -118,7 +118,7 @@ class OutboxRelay:
         if not notifications:
             return None
         topic = self.settings.topic(topics.FEEDBACK_EVENTS)
-        records: list[Record] = []
+        records: list[HeadedRecord] = []
         for notification in notifications:
             domain_event = self.store.mapper.to_domain_event(notification)
             message = to_contract(domain_event, notification.id)
@@ -129,7 +129,14 @@ class OutboxRelay:
             destinations = [topic] + [
                 self.settings.topic(topics.department_topic(d)) for d in department_topics(message)
             ]
-            records += [(destination, message.key(), body) for destination in destinations]
+            # Which event this is, for any subscriber to drop a repeat without reading the
+            # body (the body says it too: feedback_id, version, position).
+            headers = {
+                "event-id": f"{message.feedback_id}:{message.version}",
+                "case-version": str(message.version),
+                "position": str(message.position),
+            }
+            records += [(destination, message.key(), body, headers) for destination in destinations]
         await publish_all(self.broker, self.settings, records)
         last = notifications[-1].id
         await conn.execute(

@@ -94,7 +94,8 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str]) -> Non
 
 
 # What goes to Kafka: the full topic name, the key and the encoded body.
-Record = tuple[str, bytes | None, bytes]
+Record = tuple[str, bytes | None, bytes]  # topic, key, body
+HeadedRecord = tuple[str, bytes | None, bytes, dict[str, str]]  # ... and headers
 
 
 def record_of(settings: Settings, message: Keyed) -> Record:
@@ -116,7 +117,9 @@ async def publish_many(
     return await publish_records(broker, settings, [record_of(settings, m) for m in messages])
 
 
-async def publish_all(broker: KafkaBroker, settings: Settings, records: Sequence[Record]) -> None:
+async def publish_all(
+    broker: KafkaBroker, settings: Settings, records: Sequence[Record | HeadedRecord]
+) -> None:
     """Records together, raising the first failure: for senders that retry the whole lot."""
     failure = next((f for f in await publish_records(broker, settings, records) if f), None)
     if failure is not None:
@@ -124,7 +127,7 @@ async def publish_all(broker: KafkaBroker, settings: Settings, records: Sequence
 
 
 async def publish_records(
-    broker: KafkaBroker, settings: Settings, records: Sequence[Record]
+    broker: KafkaBroker, settings: Settings, records: Sequence[Record | HeadedRecord]
 ) -> list[BaseException | None]:
     """Publish records together (the producer batches them) and wait for every
     acknowledgement; per record, None when Kafka acknowledged it, else why not.
@@ -137,13 +140,15 @@ async def publish_records(
     refused: BaseException | None = None
     try:
         async with asyncio.timeout_at(deadline):
-            for topic, key, body in records:
+            for record in records:
+                topic, key, body = record[0], record[1], record[2]
+                extra = record[3] if len(record) > 3 else {}
                 futures.append(
                     await broker.publish(
                         body,
                         topic,
                         key=key,
-                        headers={"content-type": "application/json"},
+                        headers={"content-type": "application/json", **extra},
                         no_confirm=True,
                     )
                 )

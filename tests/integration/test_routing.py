@@ -4,6 +4,7 @@ and supervisor overrides."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -210,3 +211,70 @@ async def test_unclear_feedback_goes_to_triage_then_a_person_routes_it(settings:
         assert routed.status_code == 200, routed.text
         await registered_row(client, number, status="assigned", department="logistics")
         assert number not in [i["feedback_number"] for i in (await client.get("/v1/triage")).json()]
+
+
+async def test_a_department_drops_an_event_delivered_twice(settings: Settings, tmp_path) -> None:
+    """Every message names its event (headers and body); a department subscriber with
+    `SeenEvents` handles a repeat (the relay's after a crash, simulated here) once."""
+    import json
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    from contracts import topics
+    from examples.department_subscriber import SeenEvents
+
+    handled: list[CaseEvent] = []
+
+    async def on_event(event: CaseEvent) -> None:
+        handled.append(event)
+
+    seen = SeenEvents(tmp_path / "logistics.sqlite3")
+    async with serve(settings) as running:
+        subscriber = build_subscriber(
+            settings.kafka_bootstrap_servers, "logistics", on_event, settings.topic_prefix, seen
+        )
+        await subscriber.start()
+        try:
+            number = await post(running.client, "订单说好三天送达，现在已经第七天了还没有收到货")
+            await registered_row(running.client, number, status="assigned")
+
+            def heard() -> bool:
+                kinds = {type(e) for e in handled if e.feedback_number == number}
+                return {FeedbackRouted, OwnerAssigned} <= kinds
+
+            await wait_for(heard, timeout=30, what="the logistics events handled")
+            topic = settings.topic(topics.department_topic("logistics"))
+            consumer = AIOKafkaConsumer(
+                topic,
+                bootstrap_servers=settings.kafka_bootstrap_servers,
+                auto_offset_reset="earliest",
+                enable_auto_commit=False,
+            )
+            await consumer.start()
+            try:
+                batch = await consumer.getmany(timeout_ms=5000)
+            finally:
+                await consumer.stop()
+            records = [r for rs in batch.values() for r in rs]
+            ours = [r for r in records if json.loads(r.value)["feedback_number"] == number]
+            assert ours
+            for record in ours:
+                body = json.loads(record.value)
+                headers = {k: v.decode() for k, v in record.headers}
+                assert headers["event-id"] == f"{body['feedback_id']}:{body['version']}"
+                assert headers["case-version"] == str(body["version"])
+            before = len(handled)
+            # The relay publishes the section again: the same messages, headers and all.
+            producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+            await producer.start()
+            try:
+                for record in ours:
+                    await producer.send_and_wait(
+                        topic, record.value, key=record.key, headers=list(record.headers)
+                    )
+            finally:
+                await producer.stop()
+            await asyncio.sleep(3)
+            assert len(handled) == before
+        finally:
+            await subscriber.stop()
