@@ -380,6 +380,27 @@ def app_from_environment() -> FastAPI:
     return create_app(Settings(), services)
 
 
+def offline_docs(app: FastAPI) -> None:
+    """The API documentation (Swagger UI) with its scripts and styles from the
+    swagger-ui-bundle package, so it works without the internet."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} — API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
+
+
 def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> FastAPI:
     platform = Platform(settings, tuple(services))
     platform.build()
@@ -399,7 +420,12 @@ def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> Fa
         title="Customer feedback platform",
         version="0.1.0",
         lifespan=lifespan,
+        # /docs is served below from packaged assets: FastAPI's own loads them from a CDN
+        # and shows a blank page on a closed network.
+        docs_url=None,
+        redoc_url=None,
     )
+    offline_docs(app)
     app.state.platform = platform
     with_body_components(app)
     app.state.tokens = Tokens(settings)

@@ -39,3 +39,23 @@ def test_the_web_form_endpoint_is_documented_with_its_body_and_header() -> None:
         assert reference.startswith("#/components/schemas/"), reference
         assert reference.rsplit("/", 1)[-1] in components, f"{reference} does not resolve"
     assert json.dumps(spec)  # serialisable as served at /openapi.json
+
+
+def test_the_api_documentation_works_offline() -> None:
+    """/docs loads Swagger UI from the app itself, never from a CDN."""
+    from fastapi.testclient import TestClient
+
+    settings = Settings(
+        database_url="postgresql://nobody@127.0.0.1:1/none",
+        kafka_bootstrap_servers="127.0.0.1:1",
+        pii_key=base64.b64encode(b"k" * 32).decode(),
+        auth_token_key=base64.b64encode(b"t" * 32).decode(),
+    )
+    client = TestClient(create_app(settings, ("intake",)))  # no lifespan: nothing started
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assert "/docs-assets/swagger-ui-bundle.js" in page.text
+    assert "http://" not in page.text and "https://" not in page.text
+    script = client.get("/docs-assets/swagger-ui-bundle.js")
+    assert script.status_code == 200 and len(script.content) > 100_000
+    assert client.get("/docs-assets/swagger-ui.css").status_code == 200
