@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -26,21 +25,13 @@ from services.notifications.consumer import Planner, Told
 from services.notifications.directory import StaffDirectory
 from services.sla.calendar import BusinessCalendar
 from services.sla.policies import Rule
+from services.sla.service import Clock, SystemClock
 
 log = logging.getLogger(__name__)
 BATCH = 200
 # The rows' ids derive from (task, version): overdue levels of the n-th appointment are
 # 2n+1 and 2n+2; appointments told are counted from here, never meeting those.
 APPOINTMENT_VERSION_BASE = 1_000_000
-
-
-class Clock(Protocol):
-    def now(self) -> datetime: ...
-
-
-class SystemClock:
-    def now(self) -> datetime:
-        return datetime.now(UTC)
 
 
 class CallbackWatch:

@@ -17,7 +17,7 @@ from typing import Any
 import ahocorasick
 
 from contracts.codes import Emotion, FeedbackType, Priority
-from services.routing.classifier.model import TRAINING, TextModel, trained
+from services.routing.classifier.model import TRAINING, TextModel, features, trained
 from services.routing.classifier.rules import Flag, Rule, RuleBook
 
 PRIORITY_ORDER: tuple[Priority, ...] = (
@@ -226,31 +226,34 @@ class Classifier:
         return (top / (top + second)) * min(1.0, top / self.book.confidence_saturation)
 
     def rule_tokens(self, text: str, tier: str) -> list[str]:
-        """What the rules found, as tokens for the model."""
-        decision = self._by_rules(FeedbackText(text, customer_tier=tier), None)
-        tokens = [
-            f"r.type:{decision.type.value}",
-            f"r.sub:{decision.subcategory}",
-            f"r.dept:{decision.department}",
-            f"r.prio:{decision.priority.value}",
-            f"r.emotion:{decision.emotion.value}",
-        ]
-        tokens += [f"r.flag:{flag}" for flag in decision.flags]
-        tokens += sorted({f"r.{rule.partition(':')[0]}" for rule in decision.rules})
-        return tokens
+        """What the rules found, as tokens for the model (as trained: without history)."""
+        return _tokens_of(self._by_rules(FeedbackText(text, customer_tier=tier), None))
 
     def classify(self, feedback: FeedbackText, history: History | None = None) -> Decision:
-        ruled = self._by_rules(feedback, history)
+        plain = self._by_rules(feedback, None)
+        # History changes the rules' decision only for a repeat complaint: decide again then.
+        repeat = (
+            history is not None
+            and plain.type == FeedbackType.complaint
+            and plain.category in history.recent_categories
+        )
+        ruled = self._by_rules(feedback, history) if repeat else plain
         if self.model is None:
             return ruled
-        return self._with_model(self.model, feedback, history, ruled)
+        return self._with_model(self.model, feedback, history, ruled, _tokens_of(plain))
 
     def _with_model(
-        self, model: TextModel, feedback: FeedbackText, history: History | None, ruled: Decision
+        self,
+        model: TextModel,
+        feedback: FeedbackText,
+        history: History | None,
+        ruled: Decision,
+        rule_tokens: list[str],
     ) -> Decision:
         book = self.book
         tier = feedback.customer_tier
-        tokens = model.tokens(feedback.text, tier)
+        # The rules already ran once for this text: their tokens are passed, not redone.
+        tokens = features(feedback.text, tier) + rule_tokens
         found = model.predict(feedback.text, tier, tokens=tokens)
         category, _, subcategory = found["subcategory"].label.partition("/")
         feedback_type = FeedbackType(found["type"].label)
@@ -274,14 +277,7 @@ class Classifier:
             rules.append(f"model.urgent:p={urgent_yes:.2f}")
         if tier == "vip":
             flags.add("vip")
-        if (
-            history
-            and category in history.recent_categories
-            and feedback_type == FeedbackType.complaint
-        ):
-            flags.add("repeat")
-            priority = _raise(priority)
-            rules.append(f"adjust.repeat:{category}+1")
+        priority = _repeat_adjusted(history, category, feedback_type, priority, flags, rules)
         emotion = Emotion(found["emotion"].label)
         confidence = min(found["type"].probability, found["subcategory"].probability)
         silent = not any(r.startswith(("sub.", "type.")) for r in ruled_rules)
@@ -372,14 +368,7 @@ class Classifier:
             if _rank(priority) < _rank(book.priority.vip_raises_up_to):
                 priority = _raise(priority)
                 rules.append("adjust.vip:+1")
-        if (
-            history
-            and category in history.recent_categories
-            and feedback_type == FeedbackType.complaint
-        ):
-            flags.add("repeat")
-            priority = _raise(priority)
-            rules.append(f"adjust.repeat:{category}+1")
+        priority = _repeat_adjusted(history, category, feedback_type, priority, flags, rules)
 
         for group in ("type", "sub", "emotion", "flag", "signal"):
             rules.extend(groups[group].fired)
@@ -417,6 +406,41 @@ def _on_word_boundaries(text: str, start: int, end: int) -> bool:
     if start > 0 and _joined(text[start - 1], text[start]):
         return False
     return not (end + 1 < len(text) and _joined(text[end], text[end + 1]))
+
+
+def _repeat_adjusted(
+    history: History | None,
+    category: str | None,
+    feedback_type: FeedbackType,
+    priority: Priority,
+    flags: set[Flag],
+    rules: list[str],
+) -> Priority:
+    """A complaint in a category the customer complained of within the repeat window is
+    a repeat: flagged, one priority up."""
+    if (
+        history
+        and category in history.recent_categories
+        and feedback_type == FeedbackType.complaint
+    ):
+        flags.add("repeat")
+        rules.append(f"adjust.repeat:{category}+1")
+        return _raise(priority)
+    return priority
+
+
+def _tokens_of(decision: Decision) -> list[str]:
+    """What the rules decided, as tokens for the model."""
+    tokens = [
+        f"r.type:{decision.type.value}",
+        f"r.sub:{decision.subcategory}",
+        f"r.dept:{decision.department}",
+        f"r.prio:{decision.priority.value}",
+        f"r.emotion:{decision.emotion.value}",
+    ]
+    tokens += [f"r.flag:{flag}" for flag in decision.flags]
+    tokens += sorted({f"r.{rule.partition(':')[0]}" for rule in decision.rules})
+    return tokens
 
 
 def _rank(priority: Priority) -> int:
