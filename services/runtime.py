@@ -60,6 +60,7 @@ from services.notifications.store import SCHEMA as NOTIFICATIONS_SCHEMA
 from services.projections import bi, registrations, report_schedule
 from services.projections import library as case_library
 from services.projections.http import projections_router
+from services.console.web import install_console
 from services.projections.report_files import Labels as ReportLabels
 from services.projections.reports_http import reports_router
 from services.projections.search_http import library_router, search_router
@@ -414,6 +415,9 @@ def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> Fa
         try:
             yield
         finally:
+            console = getattr(app.state, "console", None)
+            if console is not None:
+                await console.stop()
             await platform.stop()
 
     app = FastAPI(
@@ -525,6 +529,9 @@ def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> Fa
     if "notifications" in platform.services:
         assert platform.pool is not None
         app.include_router(inbox_router(platform.pool))
+    if set(platform.services) == set(ALL_SERVICES) or settings.console_api_url:
+        # The console calls the API in-process when every service is here.
+        install_console(app, settings, ReportLabels.of_rulebook(platform.rulebook))
     return app
 
 

@@ -149,6 +149,10 @@ class Settings(BaseSettings):
     # every `reports_poll_s`.
     reports_dir: Path | None = None
     reports_poll_s: float = Field(default=300.0, gt=0)
+    # The web console (served at `/` with every service in one process) calls the API
+    # in-process; set this to call it at another address instead (an ingress in front of
+    # separately deployed services).
+    console_api_url: str | None = None
 
     @field_validator("pii_key", "auth_token_key")
     @classmethod
