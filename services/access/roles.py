@@ -66,6 +66,9 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "search.read": frozenset({A, S, H, Q, ADMIN}),
     "library.read": frozenset({A, S, H, Q, ADMIN}),
     "library.publish": frozenset({S, H}),
+    # Stored configuration (SLA policies, calendar, classification rules): admins.
+    "config.read": frozenset({ADMIN}),
+    "config.write": frozenset({ADMIN}),
 }
 SEES_EVERY_DEPARTMENT = frozenset({Q, ADMIN})
 

@@ -54,6 +54,7 @@ SAMPLES = {
     "channel": "store",
     "item_id": str(uuid.UUID(int=2)),
     "task_id": str(uuid.UUID(int=3)),
+    "kind": "sla_policies",
 }
 PHONE_OR_EMAIL = re.compile(r"1[3-9]\d{9}|[\w.+-]+@[\w-]+\.[\w.]+")
 
