@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
+import signal
 import socket
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -54,10 +57,23 @@ def load_sample(path: Path) -> list[dict[str, Any]]:
     return items
 
 
-def run_demo(sample_path: Path, timeout: float) -> int:
+def run_demo(sample_path: Path, timeout: float, console_port: int | None) -> int:
+    """Send the sample and print the table; with `console_port`, then keep the console up
+    on that port (demo accounts with generated passwords) until Ctrl-C or SIGTERM."""
     items = load_sample(sample_path)
     os.environ.update(local_keys(None))
     began = time.monotonic()
+
+    async def report(client: httpx.AsyncClient, rows: list[dict[str, Any]], port: int) -> None:
+        _print_table(rows, ZoneInfo(settings_zone()))
+        print(
+            f"\n{len(rows)} of {len(items)} feedback registered across "
+            f"{len({r['channel'] for r in rows})} channels in {time.monotonic() - began:.1f}s",
+            file=sys.stderr,
+        )
+        if console_port is not None and len(rows) == len(items):
+            await _serve_console(client, port)
+
     with local_infrastructure(None) as infrastructure:
         os.environ.update(infrastructure.environment())
         print(
@@ -65,18 +81,57 @@ def run_demo(sample_path: Path, timeout: float) -> int:
             f"Kafka ready in {infrastructure.kafka.started_in_s:.1f}s",
             file=sys.stderr,
         )
-        rows = asyncio.run(_run_pipeline(Settings(), items, timeout))
-    _print_table(rows, ZoneInfo(settings_zone()))
-    print(
-        f"\n{len(rows)} of {len(items)} feedback registered across "
-        f"{len({r['channel'] for r in rows})} channels in {time.monotonic() - began:.1f}s",
-        file=sys.stderr,
-    )
+        rows = asyncio.run(_run_pipeline(Settings(), items, timeout, report, console_port))
     return 0 if len(rows) == len(items) else 1
 
 
+# The demo's accounts: one per kind of console user, each with a password generated for
+# this run and printed once (there is no default password anywhere).
+DEMO_ACCOUNTS = (
+    ("demo-supervisor", Role.supervisor, ("customer_service", "after_sales", "tech")),
+    ("demo-agent", Role.agent, ("customer_service",)),
+    ("demo-quality", Role.quality, ()),
+    ("demo-admin", Role.admin, ()),
+)
+
+
+async def _serve_console(client: httpx.AsyncClient, port: int) -> None:
+    accounts: list[tuple[str, str, str]] = []
+    for username, role, departments in DEMO_ACCOUNTS:
+        password = secrets.token_urlsafe(12)
+        body: dict[str, Any] = {
+            "username": username,
+            "password": password,
+            "role": role.value,
+            "departments": list(departments),
+        }
+        if role is Role.agent:
+            body["agent_id"] = "cs-li"  # an agent of the roster: cases are routed to them
+        answer = await client.post("/v1/users", json=body)
+        answer.raise_for_status()
+        accounts.append((username, role.value, password))
+    print(f"\nConsole: http://127.0.0.1:{port}/  (API documentation: /docs)")
+    print("Sign in as (passwords generated for this run, shown once):")
+    for username, role_name, password in accounts:
+        print(f"  {username:<16} {role_name:<11} {password}")
+    print("The data is temporary: Ctrl-C stops the demo and removes it.", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
 async def _run_pipeline(
-    settings: Settings, items: list[dict[str, Any]], timeout: float
+    settings: Settings,
+    items: list[dict[str, Any]],
+    timeout: float,
+    report: Callable[[httpx.AsyncClient, list[dict[str, Any]], int], Awaitable[None]],
+    console_port: int | None = None,
 ) -> list[dict[str, Any]]:
     settings = settings.model_copy(
         update={
@@ -91,7 +146,7 @@ async def _run_pipeline(
     )
     app = create_app(settings)
     platform: Platform = app.state.platform
-    port = _free_port()
+    port = console_port if console_port and _port_free(console_port) else _free_port()
     server = http_server.server(app, settings, "127.0.0.1", port)
     serving = asyncio.create_task(server.serve())
     try:
@@ -102,10 +157,21 @@ async def _run_pipeline(
         ) as client:
             await _wait_healthy(client, timeout)
             numbers = await _send(client, platform, items)
-            return await _wait_registered(client, numbers, timeout)
+            rows = await _wait_registered(client, numbers, timeout)
+            await report(client, rows, port)
+            return rows
     finally:
         server.should_exit = True
         await serving
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def _signed_in(settings: Settings, actor: Actor) -> dict[str, str]:

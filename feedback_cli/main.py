@@ -128,13 +128,25 @@ def demo(
         "samples/feedback.jsonl"
     ),
     timeout: Annotated[float, typer.Option(help="seconds to wait for every item")] = 120.0,
+    console: Annotated[
+        bool | None,
+        typer.Option(
+            help="keep the console up with the demo data until Ctrl-C "
+            "(default: when run from a terminal)"
+        ),
+    ] = None,
+    port: Annotated[int, typer.Option(help="the console's port (another if taken)")] = 8000,
     verbose: bool = False,
 ) -> None:
-    """Start everything, send the sample, wait until all is registered, print the table."""
+    """Start everything, send the sample, wait until all is registered, print the table;
+    then keep the console up with demo accounts (passwords generated, printed once)."""
+    import sys
+
     from feedback_cli.demo import run_demo
 
     _logging(verbose)
-    raise typer.Exit(run_demo(sample, timeout))
+    keep_console = sys.stdin.isatty() if console is None else console
+    raise typer.Exit(run_demo(sample, timeout, port if keep_console else None))
 
 
 @app.command()
