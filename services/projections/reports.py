@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from psycopg.rows import dict_row
@@ -260,6 +260,46 @@ class Callbacks(Model):
     by_type: list[CallbackRow]
 
 
+Step = Literal["day", "week", "month"]
+# The trend's default step: days for a month or less, weeks for about half a year or less,
+# else months (a chart of more than ~30 points per series is hard to read).
+DAILY_AT_MOST_DAYS = 31
+WEEKLY_AT_MOST_DAYS = 190
+
+
+def default_step(day_from: date, day_to: date) -> Step:
+    days = (day_to - day_from).days + 1
+    if days <= DAILY_AT_MOST_DAYS:
+        return "day"
+    return "week" if days <= WEEKLY_AT_MOST_DAYS else "month"
+
+
+class TrendPoint(Model):
+    """One period's figures, of the feedback received in it (the first and last periods
+    may be partial: only the range's days count)."""
+
+    period: date = Field(description="the day, the week's Monday or the month's first day")
+    cases: int
+    channels: dict[str, int] = Field(
+        description="cases by channel; every channel seen in the range, 0 when none"
+    )
+    csat_rated: int
+    csat_average: float | None
+    csat_share_4_5: float | None
+    nps_answered: int
+    nps: float | None
+    complaints: int
+    repeat_complaints: int
+    repeat_complaint_rate: float | None
+    clocks_decided: int
+    on_time_rate: float | None
+
+
+class Trend(Model):
+    step: Step
+    points: list[TrendPoint]
+
+
 class Summary(Model):
     """Every figure of the report for the range; `total` = feedback received in it."""
 
@@ -284,6 +324,7 @@ class Summary(Model):
     unsatisfied: Unsatisfied
     emotions: list[EmotionCount]
     callbacks: Callbacks
+    trend: Trend
 
 
 # --- Queries ---------------------------------------------------------------------------------
@@ -622,6 +663,78 @@ async def _callbacks(conn: Any, params: dict[str, Any]) -> Callbacks:
     return Callbacks(overall=made[0] if made else empty, by_type=made[1:])
 
 
+async def _trend(conn: Any, params: dict[str, Any], step: Step) -> Trend:
+    # `step` is one of three literals (never the caller's text) and the period of a row is
+    # its local received date truncated alike, so the series and the rows line up.
+    period = f"date_trunc('{step}', received_date)::date"
+    rows = await _rows(
+        conn,
+        f"""
+        SELECT p::date AS period, coalesce(c.cases, 0) AS cases,
+               coalesce(c.csat_rated, 0) AS csat_rated, c.csat_average,
+               coalesce(c.csat_4_5, 0) AS csat_4_5, coalesce(c.nps_answered, 0) AS nps_answered,
+               coalesce(c.promoters, 0) AS promoters, coalesce(c.detractors, 0) AS detractors,
+               coalesce(c.complaints, 0) AS complaints,
+               coalesce(c.repeat_complaints, 0) AS repeat_complaints
+        FROM generate_series(date_trunc('{step}', %(day_from)s::timestamp),
+                             %(day_to)s::timestamp, interval '1 {step}') p
+        LEFT JOIN (
+            SELECT {period} AS period, count(*) AS cases, count(csat) AS csat_rated,
+                   avg(csat)::float AS csat_average,
+                   count(*) FILTER (WHERE csat >= 4) AS csat_4_5,
+                   count(nps) AS nps_answered, count(*) FILTER (WHERE nps >= 9) AS promoters,
+                   count(*) FILTER (WHERE nps <= 6) AS detractors,
+                   count(*) FILTER (WHERE feedback_type = 'complaint') AS complaints,
+                   count(*) FILTER (WHERE feedback_type = 'complaint' AND repeat)
+                       AS repeat_complaints
+            FROM bi.cases WHERE {CASES} GROUP BY 1
+        ) c ON c.period = p::date
+        ORDER BY 1
+        """,
+        params,
+    )
+    by_channel = await _rows(
+        conn,
+        f"SELECT {period} AS period, channel, count(*) AS cases FROM bi.cases "
+        f"WHERE {CASES} GROUP BY 1, 2",
+        params,
+    )
+    clocks = await _rows(
+        conn,
+        f"SELECT {period} AS period, count(on_time) AS decided, "
+        "count(*) FILTER (WHERE on_time) AS on_time "
+        f"FROM bi.clocks WHERE {CASES} GROUP BY 1",
+        params,
+    )
+    channels = sorted({r["channel"] for r in by_channel})
+    counted = {(r["period"], r["channel"]): int(r["cases"]) for r in by_channel}
+    decided = {r["period"]: (int(r["decided"]), int(r["on_time"])) for r in clocks}
+    points = []
+    for r in rows:
+        clocks_decided, on_time = decided.get(r["period"], (0, 0))
+        answered = r["nps_answered"]
+        points.append(
+            TrendPoint(
+                period=r["period"],
+                cases=r["cases"],
+                channels={c: counted.get((r["period"], c), 0) for c in channels},
+                csat_rated=r["csat_rated"],
+                csat_average=None if r["csat_average"] is None else round(r["csat_average"], 2),
+                csat_share_4_5=_share(r["csat_4_5"], r["csat_rated"]),
+                nps_answered=answered,
+                nps=round(100.0 * (r["promoters"] - r["detractors"]) / answered, 1)
+                if answered
+                else None,
+                complaints=r["complaints"],
+                repeat_complaints=r["repeat_complaints"],
+                repeat_complaint_rate=_share(r["repeat_complaints"], r["complaints"]),
+                clocks_decided=clocks_decided,
+                on_time_rate=_share(on_time, clocks_decided),
+            )
+        )
+    return Trend(step=step, points=points)
+
+
 async def summary(
     conn: Any,
     day_from: date,
@@ -629,9 +742,11 @@ async def summary(
     zone: ZoneInfo,
     scope: Scope,
     as_of: datetime,
+    step: Step | None = None,
 ) -> Summary:
     """The report for local days `day_from`..`day_to` (both included), in the caller's
-    transaction (a repeatable-read one gives every section the same snapshot)."""
+    transaction (a repeatable-read one gives every section the same snapshot); the trend
+    by `step` (default: `default_step`)."""
     checked_range(day_from, day_to)
     start, end = local_bounds(day_from, day_to, zone)
     params = scope.params() | {
@@ -667,4 +782,5 @@ async def summary(
         unsatisfied=await _unsatisfied(conn, params),
         emotions=await _emotions(conn, params, total),
         callbacks=await _callbacks(conn, params),
+        trend=await _trend(conn, params, step or default_step(day_from, day_to)),
     )

@@ -26,6 +26,10 @@ To = Annotated[date, Query(description="last local date (YYYY-MM-DD), included")
 Department = Annotated[
     str | None, Query(pattern=DEPARTMENT_PATTERN, description="one department only")
 ]
+TrendStep = Annotated[
+    reports.Step | None,
+    Query(description="the trend's step: day, week or month (default: by the range's length)"),
+]
 SECTION_PATTERN = "^(" + "|".join(report_files.SECTIONS) + ")$"
 
 
@@ -38,7 +42,11 @@ def reports_router(
     router = APIRouter(tags=["reports"])
 
     async def produce(
-        actor: Actor, day_from: date, day_to: date, department: str | None
+        actor: Actor,
+        day_from: date,
+        day_to: date,
+        department: str | None,
+        step: reports.Step | None = None,
     ) -> reports.Summary:
         try:
             reports.checked_range(day_from, day_to)
@@ -50,7 +58,7 @@ def reports_router(
         async with pool.connection() as conn, conn.transaction():
             # One snapshot for every section; nothing is written.
             await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            return await reports.summary(conn, day_from, day_to, zone, scope, now())
+            return await reports.summary(conn, day_from, day_to, zone, scope, now(), step)
 
     def filename(summary: reports.Summary, extension: str) -> dict[str, str]:
         name = f"report-{summary.from_.isoformat()}_{summary.to.isoformat()}.{extension}"
@@ -62,8 +70,9 @@ def reports_router(
         day_from: From,
         to: To,
         department: Department = None,
+        step: TrendStep = None,
     ) -> reports.Summary:
-        return await produce(actor, day_from, to, department)
+        return await produce(actor, day_from, to, department, step)
 
     @router.get(
         "/v1/reports/summary.xlsx",

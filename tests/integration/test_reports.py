@@ -481,6 +481,62 @@ async def test_report_figures_match_hand_computed_expectations(settings: Setting
     ]  # fmt: skip
 
 
+async def test_the_trend_gives_each_period_its_channels_scores_repeats_and_on_time_rate(
+    settings: Settings,
+) -> None:
+    pool = await fixture_pool(settings)
+    try:
+        async with pool.connection() as conn:
+            daily = await reports.summary(
+                conn, date(2026, 2, 1), date(2026, 2, 28), SH, reports.Scope(), AS_OF
+            )
+            weekly = await reports.summary(
+                conn, date(2026, 2, 1), date(2026, 2, 28), SH, reports.Scope(), AS_OF, "week"
+            )
+            long_range = await reports.summary(
+                conn, date(2025, 9, 1), date(2026, 2, 28), SH, reports.Scope(), AS_OF
+            )
+    finally:
+        await pool.close()
+
+    # A month or less goes by day, the same days as the volume series.
+    assert daily.trend.step == "day"
+    assert [(p.period, p.cases) for p in daily.trend.points] == [
+        (p.period, p.cases) for p in daily.volume.by_day
+    ]
+    # Half a year goes by week: the Mondays 2025-09-01 .. 2026-02-23.
+    assert (long_range.trend.step, len(long_range.trend.points)) == ("week", 26)
+
+    points = {p.period.isoformat(): p for p in weekly.trend.points}
+    assert list(points) == ["2026-01-26", "2026-02-02", "2026-02-09", "2026-02-16", "2026-02-23"]
+    assert [p.cases for p in points.values()] == [1, 1, 3, 2, 1]
+    # Every channel of the range in every period; per channel, the periods add up.
+    channels = {c.channel: c.cases for c in weekly.volume.by_channel}
+    for point in points.values():
+        assert set(point.channels) == set(channels)
+        assert sum(point.channels.values()) == point.cases
+    assert {c: sum(p.channels[c] for p in points.values()) for c in channels} == channels
+
+    # CSAT/NPS: C1 5/10 (week of 02-02), C2 2/3 (02-09), C4 4/8 and C5 5/9 (02-16).
+    scores = [
+        (p.csat_rated, p.csat_average, p.csat_share_4_5, p.nps_answered, p.nps)
+        for p in points.values()
+    ]
+    assert scores == [
+        (0, None, None, 0, None), (1, 5.0, 1.0, 1, 100.0), (1, 2.0, 0.0, 1, -100.0),
+        (2, 4.5, 1.0, 2, 50.0), (0, None, None, 0, None),
+    ]  # fmt: skip
+    # Complaints C1 | C2, C3 (a repeat) | C6 (a repeat).
+    assert [
+        (p.complaints, p.repeat_complaints, p.repeat_complaint_rate) for p in points.values()
+    ] == [(0, 0, None), (1, 0, 0.0), (2, 1, 0.5), (0, 0, None), (1, 1, 1.0)]
+    # Decided clocks: C1 both on time | C2 first response on time, resolution late, C3
+    # breached | C4 both on time | C6 first response on time.
+    assert [(p.clocks_decided, p.on_time_rate) for p in points.values()] == [
+        (0, None), (2, 1.0), (3, 0.3333), (2, 1.0), (1, 1.0),
+    ]  # fmt: skip
+
+
 async def test_bi_views_are_documented_aggregated_and_free_of_personal_data(
     settings: Settings,
 ) -> None:
@@ -594,6 +650,15 @@ async def test_reports_over_http_in_every_format_scoped_to_departments(
             "F20260214-0001", "F20260227-0001",
         ]  # fmt: skip
         assert "客户-" not in answer.text and "描述" not in answer.text
+        assert body["trend"]["step"] == "day" and len(body["trend"]["points"]) == 28
+        monthly = await client.get(
+            "/v1/reports/summary", params=february | {"step": "month"}, headers=quality
+        )
+        assert [p["cases"] for p in monthly.json()["trend"]["points"]] == [8]
+        odd_step = await client.get(
+            "/v1/reports/summary", params=february | {"step": "year"}, headers=quality
+        )
+        assert odd_step.status_code == 422
 
         # Who sees which departments.
         agent = running.as_staff("agent", ("product",), agent_id="prod-li")
