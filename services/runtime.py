@@ -30,7 +30,7 @@ from services.access.tokens import InvalidToken, Tokens
 from services.cases.relay import SCHEMA as RELAY_SCHEMA
 from services.cases.relay import OutboxRelay
 from services.cases.store import CaseStore
-from services.common import boundary, kafka_positions
+from services.common import boundary, config_store, kafka_positions
 from services.common.boundary import excerpt, shown_errors
 from services.common.bus import ensure_topics, make_broker, platform_topics
 from services.common.database import apply_schema, open_pool
@@ -71,9 +71,7 @@ from services.routing.consumer import register_routing
 from services.routing.http import routing_router
 from services.routing.service import RoutingService
 from services.sla import service as sla_service
-from services.sla.calendar import load_calendars
 from services.sla.consumer import register_sla, schedule_forever
-from services.sla.policies import load_policies
 from services.sla.service import SlaService
 
 log = logging.getLogger(__name__)
@@ -96,6 +94,8 @@ class Platform:
     relay: OutboxRelay | None = None
     registrar: registration.Registrar | None = None
     rulebook: RuleBook = field(default_factory=load_rulebook)
+    # SLA policies, calendar and rule book: the latest stored version, else the file.
+    configured: config_store.Configured = field(default_factory=config_store.from_files)
     evidence: EvidenceStore | None = None
     deadletters: intake_deadletters.DeadLetters | None = None
     email: EmailIntake | None = None
@@ -113,7 +113,7 @@ class Platform:
 
     def schema(self) -> list[str]:
         # Every process signs staff in and records access to personal data.
-        statements: list[str] = [*staff_users.SCHEMA, *access_audit.SCHEMA]
+        statements: list[str] = [*staff_users.SCHEMA, *access_audit.SCHEMA, *config_store.SCHEMA]
         if "intake" in self.services:
             statements += (
                 numbering.SCHEMA
@@ -132,7 +132,7 @@ class Platform:
             statements += registrations.SCHEMA + callbacks.SCHEMA + case_library.SCHEMA
             # The BI views read the tables above: they come after them.
             statements += report_schedule.SCHEMA + bi.schema(
-                load_calendars().get(None).zone.key, self.settings.bi_statement_timeout_s
+                self.configured.calendars.get(None).zone.key, self.settings.bi_statement_timeout_s
             )
         if "notifications" in self.services:
             # The callback watch reads the callback tasks (whoever else runs, they exist).
@@ -145,6 +145,9 @@ class Platform:
     def build(self) -> None:
         """Wire everything that must exist before the HTTP app is assembled."""
         settings = self.settings
+        # Configuration an admin stored (config_store.py) overrides the files in config/.
+        self.configured = config_store.effective(settings.database_url)
+        self.rulebook = self.configured.rulebook
         boundary.configure(settings.max_future_skew_s)
         configure_sealing(settings.pii_key_bytes)
         self.broker = make_broker(settings, client_id="feedback-" + "-".join(self.services))
@@ -169,11 +172,15 @@ class Platform:
             register_routing(self.broker, settings, self.routing)
         if "projections" in self.services:
             registrations.register_projections(
-                self.broker, settings, self.pool, load_calendars().get(None)
+                self.broker, settings, self.pool, self.configured.calendars.get(None)
             )
             self.callback_rules = callbacks.load_callback_rules()
             callbacks.register_callbacks(
-                self.broker, settings, self.pool, self.callback_rules, load_calendars().get(None)
+                self.broker,
+                settings,
+                self.pool,
+                self.callback_rules,
+                self.configured.calendars.get(None),
             )
         if "projections" in self.services and settings.reports_dir is not None:
             self.reports = report_schedule.ReportSchedule(
@@ -181,14 +188,14 @@ class Platform:
                 self.broker,
                 settings,
                 settings.reports_dir,
-                load_calendars().get(None).zone,
+                self.configured.calendars.get(None).zone,
                 ReportLabels.of_rulebook(self.rulebook),
                 poll_s=settings.reports_poll_s,
             )
         if "notifications" in self.services:
             self.notifier = build_notifications(
                 self.broker, settings, self.pool, self.rulebook,
-                load_calendars().get(None), load_policies(),
+                self.configured.calendars.get(None), self.configured.policies,
             )  # fmt: skip
         if "sla" in self.services:
             assert self.store is not None
@@ -200,7 +207,10 @@ class Platform:
                 kwargs={"autocommit": True},
             )
             self.sla = SlaService(
-                self.store, self.sla_pool, load_policies(), load_calendars().get(None)
+                self.store,
+                self.sla_pool,
+                self.configured.policies,
+                self.configured.calendars.get(None),
             )
             register_sla(self.broker, settings, self.sla, self.pool)
         if "intake" in self.services:
@@ -236,6 +246,16 @@ class Platform:
             self.settings, platform_topics(self.settings, self.rulebook.departments)
         )
         await self.pool.open(wait=True)
+        self._tasks.append(
+            asyncio.create_task(
+                config_store.ConfigWatcher(
+                    self.pool,
+                    self.configured.versions,
+                    config_store.live_appliers(self.sla, self.routing),
+                ).run(),
+                name="config-watch",
+            )
+        )
         if self.evidence is not None and isinstance(self.evidence.blobs, S3Blobs):
             await asyncio.to_thread(self.evidence.blobs.check)
         if self.routing is not None:
@@ -270,7 +290,7 @@ class Platform:
             self._tasks.append(
                 asyncio.create_task(
                     callbacks.sweep_forever(
-                        self.pool, self.callback_rules, load_calendars().get(None)
+                        self.pool, self.callback_rules, self.configured.calendars.get(None)
                     ),
                     name="callback-sweep",
                 )
@@ -471,6 +491,7 @@ def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> Fa
     app.include_router(metrics_router())
     assert platform.pool is not None
     app.include_router(access_router(platform.pool, app.state.tokens))
+    app.include_router(config_store.config_router(platform.pool))
 
     if platform.registrar is not None:
         assert platform.evidence is not None and platform.deadletters is not None
@@ -520,7 +541,7 @@ def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> Fa
         app.include_router(
             reports_router(
                 platform.pool,
-                load_calendars().get(None).zone,
+                platform.configured.calendars.get(None).zone,
                 ReportLabels.of_rulebook(platform.rulebook),
             )
         )
