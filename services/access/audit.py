@@ -29,7 +29,8 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS pii_access_log_customer ON pii_access_log (customer_ref, at)",
 ]
 
-Action = Literal["reveal", "erase"]
+# lookup: a staff member asked which recent feedback a phone or e-mail belongs to.
+Action = Literal["reveal", "erase", "lookup"]
 
 
 class AccessRecord(BaseModel):

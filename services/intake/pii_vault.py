@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import json
 import os
-import re
+import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -61,7 +61,9 @@ class Contact(BaseModel):
 
 
 def normalise_phone(phone: str) -> str:
-    digits = re.sub(r"\D", "", phone)
+    # Every decimal digit as its ASCII form: a number typed with full-width digits
+    # (１３８…) is the same customer as 138… (re's \d keeps them as they are).
+    digits = "".join(str(unicodedata.decimal(c)) for c in phone if c.isdecimal())
     return digits[-11:] if digits.startswith("86") and len(digits) == 13 else digits
 
 
@@ -217,6 +219,16 @@ class PiiVault:
             return None  # not an address anyone was registered with
         async with self.pool.connection() as conn:
             owners = await _owners(conn, set(self._lookup_hashes(contact)))
+        return next(iter(owners.values()), None)
+
+    async def customer_of_phone(self, phone: str) -> str | None:
+        """The customer this phone number belongs to, found by its lookup hash (dashes,
+        spaces, +86 and full-width digits normalised as at registration); None if unknown
+        or erased."""
+        if not normalise_phone(phone):
+            return None
+        async with self.pool.connection() as conn:
+            owners = await _owners(conn, set(self._lookup_hashes(Contact(phone=phone))))
         return next(iter(owners.values()), None)
 
     async def erase(

@@ -215,3 +215,19 @@ async def list_registrations(
             params,
         )
         return await cursor.fetchall()
+
+
+async def recent_of_customers(
+    pool: AsyncConnectionPool, customer_refs: list[str], since: datetime, limit: int
+) -> list[dict[str, Any]]:
+    """These customers' feedback received since `since`, newest first: number, time, type
+    and status only. Read from `case_facts` (the same projection as the registration
+    table, written in its transaction), whose (customer_ref, received_at) index serves it."""
+    async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(
+            "SELECT feedback_number, received_at, feedback_type, status FROM case_facts "
+            "WHERE customer_ref = ANY(%s) AND received_at >= %s "
+            "ORDER BY received_at DESC, feedback_number DESC LIMIT %s",
+            (customer_refs, since, limit),
+        )
+        return await cursor.fetchall()

@@ -25,6 +25,7 @@ from services.common.boundary import Checked, is_blank, text_flaw
 from services.common.masking import mask_contacts
 from services.intake.pii_vault import PiiVault
 from services.routing.assignment import Agent, AgentId
+from services.routing.intake_assist import intake_assist_router
 from services.routing.service import NotFound, Refused, RoutingService
 from services.routing.worklist import CaseRow, Worklist
 
@@ -181,6 +182,8 @@ def routing_router(
     routing: RoutingService, vault: PiiVault, reveal_roles: tuple[str, ...]
 ) -> APIRouter:
     router = APIRouter(tags=["routing"])
+    # The registering agent's help: suggestion as they type, the caller's recent feedback.
+    router.include_router(intake_assist_router(routing, vault))
 
     async def case_of(number: str, actor: Actor) -> CaseRow:
         return await visible_case(routing.worklist, number, actor)
