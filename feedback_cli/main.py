@@ -551,5 +551,11 @@ def projections_rebuild(
     )
 
 
+# `feedback topics apply`: kept in its own module (it needs only the Kafka settings).
+from feedback_cli.topics import topics_app  # noqa: E402
+
+app.add_typer(topics_app, name="topics")
+
+
 if __name__ == "__main__":
     app()

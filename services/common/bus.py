@@ -15,6 +15,7 @@ from faststream.kafka import KafkaBroker
 
 from contracts import topics
 from services.common.settings import Settings
+from services.common.topics_setup import declared_topics
 
 log = logging.getLogger(__name__)
 
@@ -43,25 +44,37 @@ def make_broker(settings: Settings, client_id: str = "feedback") -> KafkaBroker:
 
 
 def platform_topics(settings: Settings, departments: Iterable[str] = ()) -> list[str]:
-    names = [
-        topics.FEEDBACK_RECEIVED,
-        topics.CORRESPONDENCE,
-        topics.FEEDBACK_EVENTS,
-        topics.DEADLETTER,
-        topics.REPORTS,
-    ]
-    names += [topics.department_topic(d) for d in departments]
-    return [settings.topic(n) for n in names]
+    # The declarations (services/common/topics_setup.py) are the one list of topics.
+    return [spec.name for spec in declared_topics(settings, departments)]
 
 
 async def ensure_topics(settings: Settings, names: Iterable[str]) -> None:
-    """Create the platform's topics if missing (brokers here do not auto-create)."""
+    """Create the platform's topics if missing (brokers here do not auto-create), as
+    declared in services/common/topics_setup.py (partitions, replication, retention)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        departments = [
+            n.removeprefix(settings.topic(topics.DEPARTMENT_PREFIX))
+            for n in names
+            if n.startswith(settings.topic(topics.DEPARTMENT_PREFIX))
+        ]
+        specs = {s.name: s for s in declared_topics(settings, departments)}
         wanted = [
-            NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=1)
+            NewTopic(
+                name,
+                num_partitions=specs[name].partitions,
+                replication_factor=specs[name].replication_factor,
+                topic_configs=specs[name].configs,
+            )
+            if name in specs
+            # A topic outside the declarations (a test's own): the same partitions.
+            else NewTopic(
+                name,
+                num_partitions=settings.topic_partitions,
+                replication_factor=settings.topic_replication_factor,
+            )
             for name in names
             if name not in existing
         ]

@@ -24,6 +24,11 @@ class Settings(BaseSettings):
     )
     topic_prefix: str = ""
     topic_partitions: int = Field(default=4, ge=1, le=256)
+    # Replicas of every topic, and how many must have a write before Kafka acknowledges it
+    # (acks=all): 1/1 for a single local broker; 3/2 on a cluster survives one broker down
+    # without losing an acknowledged write (services/common/topics_setup.py).
+    topic_replication_factor: int = Field(default=1, ge=1, le=16)
+    topic_min_insync_replicas: int = Field(default=1, ge=1, le=16)
     # The service centre's time zone: feedback numbers carry its local date.
     timezone: str = "Asia/Shanghai"
     # AES-256 key for personal data, base64; required, never defaulted.
