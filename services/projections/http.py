@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, Field
 
-from contracts.codes import Channel
+from contracts.codes import CUSTOMER_TIER_PATTERN, Channel, FeedbackType, Priority
 from contracts.events import FEEDBACK_NUMBER_PATTERN
 from services.access.http import require
 from services.access.roles import Actor, sees_department, visible_departments
@@ -174,20 +174,33 @@ def projections_router(pool: AsyncConnectionPool) -> APIRouter:
         department: Annotated[str | None, Query(max_length=100)] = None,
         owner: Annotated[str | None, Query(max_length=100)] = None,
         status: Annotated[str | None, Query(max_length=40)] = None,
+        channel: Channel | None = None,
+        type: FeedbackType | None = None,
+        category: Annotated[str | None, Query(max_length=100)] = None,
+        priority: Priority | None = None,
+        tier: Annotated[str | None, Query(pattern=CUSTOMER_TIER_PATTERN)] = None,
         mine: bool = False,
         limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+        offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
     ) -> list[QueueCase]:
         """Open cases of the departments the actor sees (`mine`: the actor's own), most
-        urgent first, then the nearest due clock, with the time left on every open clock."""
+        urgent first, then the nearest due clock, with the time left on every open clock;
+        narrowed by any of the filters, a page of `limit` from `offset`."""
         if department is not None and not sees_department(actor, department):
             raise HTTPException(403, detail=f"the queue of {department} is not yours to see")
         if mine:
             if actor.agent_id is None:
                 raise HTTPException(422, detail="mine=true needs a signed-in agent")
             owner = actor.agent_id
+        filters = queues.QueueFilters(
+            department=department, owner=owner, status=status,
+            channel=channel.value if channel else None,
+            feedback_type=type.value if type else None, category=category,
+            priority=priority.value if priority else None, customer_tier=tier,
+        )  # fmt: skip
         rows = await queues.open_cases(
-            pool, visible_departments(actor), department=department, owner=owner,
-            status=status, limit=limit, now=datetime.now(UTC),
+            pool, visible_departments(actor), filters, limit=limit, offset=offset,
+            now=datetime.now(UTC),
         )  # fmt: skip
         return [QueueCase.model_validate(r) for r in rows]
 

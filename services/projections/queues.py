@@ -3,6 +3,7 @@ clock, and the SLA board (warned, breached, escalated by department and owner)."
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -23,26 +24,52 @@ def time_left(clock: dict[str, Any], now: datetime) -> float:
     return round(left, 1)
 
 
+@dataclass(frozen=True)
+class QueueFilters:
+    """What narrows the work list; None leaves a column unfiltered."""
+
+    department: str | None = None
+    owner: str | None = None
+    status: str | None = None
+    channel: str | None = None
+    feedback_type: str | None = None
+    category: str | None = None
+    priority: str | None = None
+    customer_tier: str | None = None
+
+    def conditions(self) -> tuple[list[str], dict[str, Any]]:
+        """SQL conditions on `r` with their parameters (column names are this class's
+        own field names, never a caller's text)."""
+        conditions: list[str] = []
+        params: dict[str, Any] = {}
+        for column, value in asdict(self).items():
+            if value is None:
+                continue
+            params[column] = value
+            if column == "category":
+                # A category or one of its subcategories (the lists show both).
+                conditions.append("(r.category = %(category)s OR r.subcategory = %(category)s)")
+            else:
+                conditions.append(f"r.{column} = %({column})s")
+        return conditions, params
+
+
 async def open_cases(
     pool: AsyncConnectionPool,
     departments: tuple[str, ...] | None,
+    filters: QueueFilters,
     *,
-    department: str | None,
-    owner: str | None,
-    status: str | None,
     limit: int,
+    offset: int = 0,
     now: datetime,
 ) -> list[dict[str, Any]]:
-    """Open cases, most urgent first, then the nearest due open clock."""
-    conditions = [OPEN]
-    params: dict[str, Any] = {"limit": limit}
+    """Open cases, most urgent first, then the nearest due running clock."""
+    conditions, params = filters.conditions()
+    conditions.insert(0, OPEN)
+    params.update(limit=limit, offset=offset)
     if departments is not None:
         conditions.append("r.department = ANY(%(departments)s)")
         params["departments"] = list(departments)
-    for name, value in (("department", department), ("owner", owner), ("status", status)):
-        if value is not None:
-            conditions.append(f"r.{name} = %({name})s")
-            params[name] = value
     query = f"""
         SELECT r.feedback_number, r.feedback_id, r.department, r.owner, r.status, r.priority,
                r.feedback_type, r.category, r.channel, r.customer_tier, r.product_model,
@@ -55,7 +82,7 @@ async def open_cases(
         ) next_due ON true
         WHERE {" AND ".join(conditions)}
         ORDER BY {PRIORITY_RANK}, next_due.due_at NULLS LAST, r.received_at, r.feedback_number
-        LIMIT %(limit)s
+        LIMIT %(limit)s OFFSET %(offset)s
     """
     async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
         await cursor.execute(query, params)
