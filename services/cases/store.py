@@ -67,6 +67,24 @@ class CaseStore(Application[UUID]):
         tracking = Tracking(position.tracking_name, position.next_offset)
         self.events.put(events, tracking=tracking)
 
+    def record_with(self, work: Callable[[Any], Iterable[Case]], position: KafkaPosition) -> None:
+        """One transaction: `work` runs on the store's connection (its writes, e.g. the
+        routing worklist's rows and owners), then the events of the cases it returns and the
+        consumed position are stored. All of it commits, or none: no row without its case."""
+        recorder: Any = self.process_recorder
+        tracking = Tracking(position.tracking_name, position.next_offset)
+        with recorder.datastore.transaction(commit=True) as cursor:
+            events: list[Any] = []
+            for case in work(cursor.connection):
+                events.extend(case.collect_events())
+            stored = [self.mapper.to_stored_event(event) for event in events]
+            # What eventsourcing's insert_events does, on this transaction's cursor: the
+            # tracking record, then the table lock (commit order = notification order) and
+            # the events.
+            recorder._insert_events(cursor, stored, tracking=tracking)
+            if stored:
+                recorder._insert_stored_events(cursor, stored)
+
     def existing(self, case_ids: Sequence[UUID]) -> set[UUID]:
         """Which of these cases are already in the store (one query for a whole batch)."""
         if not case_ids:

@@ -56,6 +56,8 @@ class Slice:
     partition: int
     next_offset: int | None = None
     cases: dict[UUID, Case] = field(default_factory=dict)
+    # The worklist rows of the slice's new cases, written in commit()'s transaction.
+    rows: list[CaseRow] = field(default_factory=list)
     # What this slice sets aside, each with the raw record it was read from.
     dead_letters: list[tuple[DeadLetter, bytes]] = field(default_factory=list)
 
@@ -140,15 +142,34 @@ class RoutingService:
             self._decide_route(case, decision, by=ROUTING, missing=self._missing(message, decision))
             work.cases[case.id] = case
             rows.append(self._row(case, message, decision))
-        on_record = self.worklist.enter(rows)
-        for feedback_id, row in on_record.items():
-            # Redelivered after the worklist took it but before the store did: same owner.
-            if row.state == "owned" and row.owner:
-                work.cases[feedback_id].assign(row.owner, ROUTING, "assigned before a restart")
-        self._assign_drained(
-            work, {r.department for r in rows if r.state == "queued" and r.department}
-        )
+        work.rows = rows
         return work
+
+    def commit(self, work: Slice) -> None:
+        """One transaction for the slice: the new cases' worklist rows, the owners drained
+        to them, their events and the position reached. A crash or a refusal anywhere leaves
+        nothing behind (no worklist row without its case, taking an agent's capacity)."""
+        assert work.next_offset is not None
+        position = KafkaPosition(work.consumer, work.topic, work.partition, work.next_offset)
+
+        def route(conn: Any) -> list[Case]:
+            on_record = self.worklist.enter(work.rows, conn)
+            for feedback_id, row in on_record.items():
+                # A feedback published twice (intake retry) keeps the owner it got first.
+                if row.state == "owned" and row.owner and feedback_id in work.cases:
+                    case = work.cases[feedback_id]
+                    if case.owner != row.owner:
+                        case.assign(row.owner, ROUTING, "assigned before a restart")
+            departments = {r.department for r in work.rows if r.state == "queued" and r.department}
+            for assignment in self.worklist.drain(departments, conn):
+                drained = work.cases.get(assignment.feedback_id)
+                if drained is not None:
+                    drained.assign(assignment.owner, ROUTING, assignment.reason)
+                # Owners drained to earlier cases are recorded by reconcile().
+            self.worklist.mark_announced((c.id for c in work.cases.values() if c.owner), conn)
+            return list(work.cases.values())
+
+        self.store.record_with(route, position)
 
     def _assign_drained(self, work: Slice, departments: set[str]) -> None:
         """Give free owners to queued cases of these departments; the cases of this slice
@@ -157,13 +178,6 @@ class RoutingService:
             drained = work.cases.get(assignment.feedback_id)
             if drained is not None:
                 drained.assign(assignment.owner, ROUTING, assignment.reason)
-
-    def commit(self, work: Slice) -> None:
-        """Store the slice's events with the position it reaches, in one transaction."""
-        assert work.next_offset is not None
-        position = KafkaPosition(work.consumer, work.topic, work.partition, work.next_offset)
-        self.store.record(work.cases.values(), position)
-        self.worklist.mark_announced(c.id for c in work.cases.values() if c.owner)
 
     def set_aside(self, group: str, record: Any, error: BaseException) -> Slice:
         """A slice of one record that cannot be processed: its dead letter and the

@@ -10,7 +10,8 @@ rest so they can be recorded.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -93,6 +94,16 @@ class Worklist:
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
 
+    @contextmanager
+    def _transaction(self, conn: Any = None) -> Iterator[Any]:
+        """The caller's transaction when it passes its connection (routing's new cases
+        commit with their events), else one of our own."""
+        if conn is not None:
+            yield conn
+            return
+        with self.pool.connection() as own, own.transaction():
+            yield own
+
     # -- agents -----------------------------------------------------------------------
 
     def seed(self, roster: AgentRoster) -> None:
@@ -166,11 +177,11 @@ class Worklist:
             found[customer_ref].add(category)
         return found
 
-    def enter(self, rows: Sequence[CaseRow]) -> dict[UUID, CaseRow]:
+    def enter(self, rows: Sequence[CaseRow], conn: Any = None) -> dict[UUID, CaseRow]:
         """Record new cases (once); return what is on record for each, new or earlier."""
         if not rows:
             return {}
-        with self.pool.connection() as conn, conn.transaction():
+        with self._transaction(conn) as conn:
             with conn.cursor() as cursor:
                 cursor.executemany(
                     """
@@ -207,13 +218,13 @@ class Worklist:
             )
             return {row["feedback_id"]: CaseRow(**row) for row in cursor.fetchall()}
 
-    def drain(self, departments: Iterable[str]) -> list[Assignment]:
+    def drain(self, departments: Iterable[str], conn: Any = None) -> list[Assignment]:
         """Give queued cases of these departments to free agents: urgent and high first,
         then oldest; the least-loaded capable agent each time; nobody over capacity."""
         chosen: list[Assignment] = []
         # One transaction for all of them; departments in a fixed order so two instances
         # lock agents in the same order and never deadlock.
-        with self.pool.connection() as conn, conn.transaction():
+        with self._transaction(conn) as conn:
             for department in sorted(set(departments)):
                 chosen += self._drain_department(conn, department)
         return chosen
@@ -282,10 +293,10 @@ class Worklist:
             ).fetchall()
         return [Assignment(r[0], r[1], r[2], "assignment recorded after a restart") for r in rows]
 
-    def mark_announced(self, feedback_ids: Iterable[UUID]) -> None:
+    def mark_announced(self, feedback_ids: Iterable[UUID], conn: Any = None) -> None:
         ids = list(feedback_ids)
         if ids:
-            with self.pool.connection() as conn:
+            with self._transaction(conn) as conn:
                 conn.execute(
                     "UPDATE routing_cases SET owner_announced = true WHERE feedback_id = ANY(%s)",
                     (ids,),
