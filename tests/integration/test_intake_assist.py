@@ -75,7 +75,12 @@ async def test_recent_feedback_by_phone_in_any_form_or_email(settings: Settings)
 
         # An agent of a department the case is not in still sees that it exists.
         agent = running.as_staff("agent", ("finance",), "fin-li", username="fin.li")
-        for phone in ("13812345678", "138-1234 5678", "+86 138 1234 5678", "１３８１２３４５６７８"):
+        for phone in (
+            "13812345678",
+            "138-1234 5678",
+            "+86 138 1234 5678",
+            "１３８１２３４５６７８",
+        ):
             answer = await running.client.get(
                 "/v1/customers/recent-feedback", params={"phone": phone}, headers=agent
             )
