@@ -145,3 +145,26 @@ async def test_calendar_overrides_and_rules_are_checked_by_their_loaders(
         assert refused.status_code == 422 and "nowhere" in refused.text
         unknown = await client.get("/v1/admin/config/roster", headers=admin)
         assert unknown.status_code == 422
+
+
+async def test_a_new_rule_book_reaches_the_running_router(settings: Settings) -> None:
+    async with serve(settings, ("routing",)) as running:
+        client = running.client
+        admin = running.as_staff("admin", username="admin.zhou")
+        url = "/v1/admin/config/classification"
+        rules = (await client.get(url, headers=admin)).json()["body"]
+        # Rules alone (no model to train): the change is in effect within a poll.
+        changed = rules | {"version": 2, "model": rules["model"] | {"enabled": False}}
+        stored = await client.put(
+            url,
+            json={"expected_version": 0, "reason": "rules only", "body": changed},
+            headers=admin,
+        )
+        assert stored.status_code == 200, stored.text
+        routing = running.platform.routing
+        assert routing is not None
+        await wait_for(
+            lambda: routing.classifier.book.version == 2 and routing.classifier.model is None,
+            timeout=config_store.POLL_S * 3,
+            what="the router on the stored rule book",
+        )
