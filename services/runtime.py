@@ -38,6 +38,7 @@ from services.common.deadletters import SCHEMA as DEADLETTERS_SCHEMA
 from services.common.deadletters import configure_sealing
 from services.common.metrics import metrics_router
 from services.common.settings import Settings
+from services.console.web import install_console
 from services.handling import callbacks
 from services.handling.archiving import archive_forever
 from services.handling.callbacks_http import callbacks_router
@@ -60,7 +61,6 @@ from services.notifications.store import SCHEMA as NOTIFICATIONS_SCHEMA
 from services.projections import bi, registrations, report_schedule
 from services.projections import library as case_library
 from services.projections.http import projections_router
-from services.console.web import install_console
 from services.projections.report_files import Labels as ReportLabels
 from services.projections.reports_http import reports_router
 from services.projections.search_http import library_router, search_router
