@@ -6,6 +6,7 @@ import base64
 import logging
 import os
 import secrets
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +16,31 @@ from deploy.kafka_broker import LocalKafka, start_kafka
 from deploy.postgres_server import LocalPostgres, start_postgres
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM (`docker stop`, Kubernetes, systemd, `kill`) stops the process as Ctrl-C
+    does: every `finally` runs, so the Kafka broker and PostgreSQL it started stop too.
+
+    Python's default for SIGTERM is to die on the spot. uvicorn catches SIGTERM while it
+    serves, shuts the app down, then raises the signal again under the handler that was
+    there before it: by default that killed the process before `local_infrastructure`
+    could stop its children. Here that handler raises SystemExit(0) instead (a requested
+    stop that completed is a success), and ignores any further SIGTERM so that a second
+    one cannot cut the clean-up short (SIGKILL still can).
+    """
+
+    def terminate(signum: int, _frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        log.warning("SIGTERM: stopping")
+        raise SystemExit(0)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass

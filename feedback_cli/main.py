@@ -32,7 +32,7 @@ def _logging(verbose: bool) -> None:
 def _serve(services: tuple[str, ...], host: str, port: int, state_dir: Path | None) -> None:
     import uvicorn
 
-    from deploy.local import local_infrastructure, local_keys
+    from deploy.local import local_infrastructure, local_keys, stop_on_sigterm
     from services.common.http_server import server_options
     from services.common.settings import Settings
     from services.runtime import create_app
@@ -41,7 +41,8 @@ def _serve(services: tuple[str, ...], host: str, port: int, state_dir: Path | No
     if state_dir is not None:
         # The local default writes its weekly and monthly reports beside its data.
         os.environ.setdefault("FEEDBACK_REPORTS_DIR", str(state_dir / "reports"))
-    with local_infrastructure(state_dir) as infrastructure:
+    # SIGTERM as Ctrl-C: the broker and PostgreSQL started below are stopped either way.
+    with stop_on_sigterm(), local_infrastructure(state_dir) as infrastructure:
         os.environ.update(infrastructure.environment())
         settings = Settings()
         typer.echo(
@@ -103,23 +104,28 @@ def run(
             raise typer.Exit(2)
     import uvicorn
 
+    from deploy.local import stop_on_sigterm
     from services.common.http_server import server_options
     from services.common.settings import Settings
     from services.runtime import create_app
 
     settings = Settings()
-    if workers > 1:
-        os.environ["FEEDBACK_SERVICES"] = service
+    # A container's stop (SIGTERM) ends in a graceful shutdown and exit status 0, as Ctrl-C.
+    with stop_on_sigterm():
+        if workers > 1:
+            os.environ["FEEDBACK_SERVICES"] = service
+            uvicorn.run(
+                "services.runtime:app_from_environment",
+                factory=True,
+                workers=workers,
+                host=host,
+                port=port,
+                **server_options(settings),
+            )
+            return
         uvicorn.run(
-            "services.runtime:app_from_environment",
-            factory=True,
-            workers=workers,
-            host=host,
-            port=port,
-            **server_options(settings),
+            create_app(settings, (service,)), host=host, port=port, **server_options(settings)
         )
-        return
-    uvicorn.run(create_app(settings, (service,)), host=host, port=port, **server_options(settings))
 
 
 @app.command()
