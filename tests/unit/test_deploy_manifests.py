@@ -1,0 +1,285 @@
+"""deploy/compose.yaml and deploy/kubernetes/ are valid against their schemas (the Compose
+Specification vendored by check-jsonschema; Kubernetes' OpenAPI schemas vendored by
+kubernetes-validate; both offline) and name every setting the services read: each Settings
+field's variable (FEEDBACK_<NAME>, or its alias) is set in the ConfigMap or Secret and in
+the compose environment, or is listed below as optional with a default, with the reason."""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from pydantic import AliasChoices, ValidationError
+
+from services.common.settings import Settings
+from services.runtime import ALL_SERVICES
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+KUBERNETES_VERSION = "1.33"  # the oldest minor still supported when this was written
+
+# Settings a deployment may leave at their defaults, and why.
+OPTIONAL: dict[str, str] = {
+    "customer_tiers": "the standard tiers",
+    "max_description_chars": "default limit",
+    "max_future_skew_s": "default limit",
+    "max_request_bytes": "default limit",
+    "header_timeout_s": "default limit",
+    "body_timeout_s": "default limit",
+    "max_connections": "default limit",
+    "number_block_size": "1: no gaps in feedback numbers",
+    "publish_timeout_s": "default",
+    "consumer_batch_size": "tuned default",
+    "relay_batch_size": "tuned default",
+    "relay_idle_poll_s": "fallback poll only",
+    "evidence_s3_endpoint_url": "AWS itself; set for another S3-compatible store",
+    "evidence_s3_region": "the SDK's default region",
+    "max_attachment_bytes": "default limit",
+    "max_attachments": "default limit",
+    "max_batch_file_bytes": "default limit",
+    "allowed_attachment_types": "default list",
+    "wechat_token": "channel off until configured (a secret)",
+    "weibo_secret": "channel off until configured (a secret)",
+    "douyin_secret": "channel off until configured (a secret)",
+    "web_chat_secret": "channel off until configured (a secret)",
+    "wechat_encoding_aes_key": "safe mode off until configured (a secret)",
+    "wechat_app_id": "with the AES key only",
+    "wechat_allow_plaintext": "off: plaintext pushes refused",
+    "smtp_max_message_bytes": "default limit",
+    "auth_token_ttl_s": "8 h",
+    "archive_after_days": "30 days",
+    "pii_reveal_roles": "supervisor and head",
+    "oidc_issuer": "local passwords unless an OIDC provider is configured",
+    "oidc_audience": "with the OIDC issuer only",
+    "oidc_jwks_url": "with the OIDC issuer only",
+    "oidc_public_key": "with the OIDC issuer only",
+    "oidc_role_claim": "default claim name",
+    "oidc_departments_claim": "default claim name",
+    "oidc_agent_claim": "default claim name",
+    "oidc_username_claim": "default claim name",
+    "notify_smtp_host": "no e-mail until configured",
+    "notify_smtp_port": "0: no e-mail until configured",
+    "notify_smtp_starttls": "with the SMTP server only",
+    "notify_smtp_username": "with the SMTP server only",
+    "notify_smtp_password": "with the SMTP server only (a secret)",
+    "notify_from": "default sender",
+    "notify_sms_webhook_url": "no SMS until configured",
+    "notify_im_webhook_url": "no IM until configured",
+    "notify_webhook_secret": "with a webhook only (a secret; empty would count as set)",
+    "notify_staff_file": "config/notifications.yaml in the image",
+    "notify_batch_size": "tuned default",
+    "notify_concurrency": "tuned default",
+    "notify_max_attempts": "tuned default",
+    "notify_backoff_s": "tuned default",
+    "notify_backoff_max_s": "tuned default",
+    "notify_send_timeout_s": "tuned default",
+    "notify_lease_s": "tuned default",
+    "notify_poll_s": "tuned default",
+    "notify_ack_hold_s": "tuned default",
+    "notify_max_event_age_s": "tuned default",
+    "bi_reader_password": "BI sign-in off until set (a secret; empty would count as set)",
+    "bi_statement_timeout_s": "30 s",
+    "reports_poll_s": "5 min",
+    "rate_limit_per_minute": "default limit",
+}
+# Compose runs on one host: evidence on a shared volume, no ingress for a console.
+COMPOSE_OPTIONAL = {"evidence_s3_bucket", "evidence_s3_prefix", "console_api_url"}
+
+# Variables the services read outside Settings (files in config/ by default).
+OTHER_VARIABLES = {
+    "FEEDBACK_AGENTS": "config/agents.yaml in the image",
+    "FEEDBACK_CLASSIFIER_RULES": "config/classification.yaml in the image",
+    "FEEDBACK_CALENDAR": "config/calendar.yaml in the image",
+    "FEEDBACK_CACHE_DIR": "the trained classifier's cache, ~/.cache by default",
+    "FEEDBACK_SERVICES": "set by `feedback run --workers` itself",
+    "FEEDBACK_HEADER_TIMEOUT_S": "set from Settings by the HTTP server itself",
+}
+
+
+def _documents(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _kubernetes() -> list[dict[str, Any]]:
+    return [d for f in sorted((DEPLOY / "kubernetes").glob("*.yaml")) for d in _documents(f)]
+
+
+def _compose() -> dict[str, Any]:
+    [compose] = _documents(DEPLOY / "compose.yaml")
+    return compose
+
+
+def _of_kind(kind: str) -> list[dict[str, Any]]:
+    return [d for d in _kubernetes() if d["kind"] == kind]
+
+
+def _variables(field: str) -> set[str]:
+    alias = Settings.model_fields[field].validation_alias
+    if isinstance(alias, AliasChoices):
+        return {str(choice) for choice in alias.choices}
+    return {f"FEEDBACK_{field.upper()}"}
+
+
+def _setting_of(variable: str) -> str | None:
+    return next((f for f in Settings.model_fields if variable in _variables(f)), None)
+
+
+def test_kubernetes_manifests_are_valid() -> None:
+    documents = _kubernetes()
+    assert {d["kind"] for d in documents} >= {
+        "ConfigMap", "Secret", "Deployment", "Service", "Ingress", "Job",
+    }  # fmt: skip
+    for document in documents:
+        # strict: a field the schema does not know is an error, not ignored.
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_validator_refuses_a_broken_manifest() -> None:
+    [deployment, *_] = _of_kind("Deployment")
+    broken = json.loads(json.dumps(deployment))
+    broken["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+
+
+def _compose_schema() -> dict[str, Any]:
+    schema = resources.files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json"
+    loaded: dict[str, Any] = json.loads(schema.read_text())
+    return loaded
+
+
+def test_compose_file_is_valid() -> None:
+    validator = jsonschema.Draft202012Validator(_compose_schema())
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(_compose())]
+    assert errors == []
+    broken = _compose()
+    broken["services"]["intake"]["helthcheck"] = broken["services"]["intake"].pop("healthcheck")
+    assert list(validator.iter_errors(broken)), "the schema is live"
+
+
+def test_optional_list_names_real_settings_with_defaults() -> None:
+    for field in OPTIONAL.keys() | COMPOSE_OPTIONAL:
+        assert field in Settings.model_fields, f"{field} is no longer a setting"
+        assert not Settings.model_fields[field].is_required(), f"{field} has no default"
+
+
+def _kubernetes_variables() -> set[str]:
+    [config] = _of_kind("ConfigMap")
+    [secret] = _of_kind("Secret")
+    return set(config["data"]) | set(secret["stringData"])
+
+
+def _compose_variables() -> set[str]:
+    return set(_compose()["x-feedback-environment"])
+
+
+@pytest.mark.parametrize("target", ["kubernetes", "compose"])
+def test_every_setting_is_named(target: str) -> None:
+    named = _kubernetes_variables() if target == "kubernetes" else _compose_variables()
+    optional = set(OPTIONAL) | (COMPOSE_OPTIONAL if target == "compose" else set())
+    missing = [
+        f for f in Settings.model_fields if f not in optional and not (_variables(f) & named)
+    ]
+    assert missing == [], f"settings {target} does not set and not listed as optional"
+    # And nothing named is a typo: every FEEDBACK_ variable is a setting.
+    unknown = [
+        v
+        for v in named
+        if v.startswith("FEEDBACK_") and _setting_of(v) is None and v not in OTHER_VARIABLES
+    ]
+    assert unknown == []
+
+
+def test_variables_read_outside_settings_are_known() -> None:
+    """Variables read straight from the environment in the services are accounted for."""
+    root = DEPLOY.parent
+    read = set()
+    for folder in ("services", "deploy", "contracts"):
+        for path in (root / folder).rglob("*.py"):
+            read |= set(
+                re.findall(r"""(?:environ\.get|getenv)\(\s*["'](FEEDBACK_\w+)""", path.read_text())
+            )
+    unaccounted = {v for v in read if _setting_of(v) is None and v not in OTHER_VARIABLES}
+    assert unaccounted == set()
+
+
+def test_secrets_are_placeholders_that_fail_loudly() -> None:
+    [secret] = _of_kind("Secret")
+    values = secret["stringData"]
+    assert {"DATABASE_URL", "FEEDBACK_PII_KEY", "FEEDBACK_AUTH_TOKEN_KEY"} <= set(values)
+    assert all("REPLACE_ME" in v for v in values.values()), "a real secret is committed"
+    [config] = _of_kind("ConfigMap")
+    secret_fields = {
+        f for f, info in Settings.model_fields.items() if "Secret" in str(info.annotation)
+    }
+    assert not {v for v in config["data"] if _setting_of(v) in secret_fields}, (
+        "secret in a ConfigMap"
+    )
+    # The services refuse to start on the placeholders, naming the variable.
+    with pytest.raises(ValidationError, match="FEEDBACK_PII_KEY must be base64"):
+        Settings(
+            database_url=values["DATABASE_URL"],
+            kafka_bootstrap_servers="kafka:9092",
+            pii_key=values["FEEDBACK_PII_KEY"],
+            auth_token_key=values["FEEDBACK_AUTH_TOKEN_KEY"],
+        )
+    # Compose has no value at all: it refuses to start while the variable is unset.
+    environment = _compose_variables()
+    compose = _compose()["x-feedback-environment"]
+    for variable in ("FEEDBACK_PII_KEY", "FEEDBACK_AUTH_TOKEN_KEY"):
+        assert variable in environment
+        assert re.fullmatch(r"\$\{" + variable + r":\?[^}]+\}", compose[variable])
+    assert ":?" in compose["DATABASE_URL"]
+
+
+def test_one_deployment_per_service_with_health_probes() -> None:
+    deployments = {d["metadata"]["name"]: d for d in _of_kind("Deployment")}
+    assert set(deployments) == {f"feedback-{s}" for s in ALL_SERVICES}
+    partitions = int(_of_kind("ConfigMap")[0]["data"]["FEEDBACK_TOPIC_PARTITIONS"])
+    for service in ALL_SERVICES:
+        spec = deployments[f"feedback-{service}"]["spec"]
+        # More members than partitions would sit idle in the consumer group.
+        assert 1 <= spec["replicas"] <= partitions
+        [container] = spec["template"]["spec"]["containers"]
+        assert container["args"][:2] == ["run", service]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["httpGet"]["path"] == "/health"
+        sources = {next(iter(s)): next(iter(s.values()))["name"] for s in container["envFrom"]}
+        assert sources == {"configMapRef": "feedback-config", "secretRef": "feedback-secrets"}
+    [job] = _of_kind("Job")
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["topics", "apply"]
+
+
+def test_ingress_sends_each_path_to_a_service_that_exists() -> None:
+    services = {s["metadata"]["name"] for s in _of_kind("Service")}
+    [ingress] = _of_kind("Ingress")
+    paths = [p for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
+    assert {p["backend"]["service"]["name"] for p in paths} <= services
+    by_path = {p["path"]: p["backend"]["service"]["name"] for p in paths}
+    assert by_path["/"] == "feedback-projections"  # the console
+    assert by_path["/v1/feedback"] == "feedback-intake"
+    assert by_path["/v1/auth"] in services
+    assert len(by_path) == len(paths), "a path listed twice"
+
+
+def test_compose_runs_three_brokers_postgres_topics_and_every_service() -> None:
+    compose = _compose()["services"]
+    brokers = [s for s in compose.values() if str(s.get("image", "")).startswith("apache/kafka")]
+    assert len(brokers) == 3
+    assert {b["environment"]["KAFKA_NODE_ID"] for b in brokers} == {"1", "2", "3"}
+    assert all(b["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller" for b in brokers)
+    assert compose["postgres"]["image"].startswith("postgres:")
+    assert compose["topics"]["command"] == ["topics", "apply"]
+    for service in ALL_SERVICES:
+        entry = compose[service]
+        assert entry["command"][:2] == ["run", service]
+        assert "/health" in " ".join(entry["healthcheck"]["test"])
+        assert entry["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+        assert entry["depends_on"]["postgres"]["condition"] == "service_healthy"
