@@ -268,3 +268,9 @@ async def registered_row(client: httpx.AsyncClient, number: str, **expected: Any
         return row if all(row.get(k) == v for k, v in expected.items()) else None
 
     return await wait_for(matches, timeout=30, what=f"{number} with {expected}")  # type: ignore[no-any-return]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Browser tests run last: pytest-playwright's sync API keeps an event loop running in
+    the main thread for the rest of the session, and async tests after it cannot start."""
+    items.sort(key=lambda item: item.nodeid.startswith("tests/browser/"))
