@@ -25,6 +25,7 @@ from services.cases.domain import Case, CaseError
 from services.cases.store import CaseConflict, CaseStore
 from services.common.boundary import Checked
 from services.common.masking import mask_contacts
+from services.handling.records import CorrespondenceEntry, correspondence_of
 from services.routing.http import visible_case
 from services.routing.worklist import CaseRow, Worklist
 
@@ -293,6 +294,15 @@ def handling_router(store: CaseStore, worklist: Worklist, customer_key: bytes) -
         row = await row_of(number, actor)
         facts = await asyncio.to_thread(store.timeline, row.feedback_id)
         return [TimelineEntry(**fact) for fact in facts]
+
+    @router.get("/v1/cases/{number}/correspondence", response_model=list[CorrespondenceEntry])
+    async def correspondence(
+        number: Number, actor: Annotated[Actor, require("case.read")]
+    ) -> list[CorrespondenceEntry]:
+        """The communication records (沟通记录): the customer's messages with their
+        evidence, and what they were asked or told; texts masked as recorded."""
+        row = await row_of(number, actor)
+        return await asyncio.to_thread(correspondence_of, store, row.feedback_id)
 
     return router
 

@@ -8,6 +8,7 @@ A department sees only its own cases (403 for another department's case or queue
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
@@ -23,7 +24,8 @@ from services.access.roles import Actor, Role, sees_department
 from services.cases.domain import Case
 from services.common.boundary import Checked, is_blank, text_flaw
 from services.common.masking import mask_contacts
-from services.intake.pii_vault import PiiVault
+from services.handling.actions import possible_actions
+from services.intake.pii_vault import Contact, PiiVault
 from services.routing.assignment import Agent, AgentId
 from services.routing.intake_assist import intake_assist_router
 from services.routing.service import NotFound, Refused, RoutingService
@@ -88,6 +90,39 @@ class AgentIn(Command):
     available: bool = True
 
 
+class MaskedContact(BaseModel):
+    """The customer's contact as staff may see it without revealing it (no audit needed)."""
+
+    name: str | None
+    phone: str | None
+    email: str | None
+    address: str | None
+    account: str | None
+
+    @classmethod
+    def of(cls, contact: Contact) -> MaskedContact:
+        return cls(
+            name=_masked_name(contact.name),
+            phone=_masked_phone(contact.phone),
+            email=mask_contacts(str(contact.email)) if contact.email else None,
+            address="[地址已隐藏]" if contact.address else None,
+            account=contact.account.split(":", 1)[0] + ":***" if contact.account else None,
+        )
+
+
+def _masked_name(name: str | None) -> str | None:
+    name = (name or "").strip()
+    return name[0] + "*" * max(len(name) - 1, 1) if name else None
+
+
+def _masked_phone(phone: str | None) -> str | None:
+    """138****5678: the first three and the last four digits, never more."""
+    digits = re.sub(r"\D", "", phone or "")
+    if not digits:
+        return None
+    return digits[:3] + "****" + digits[-4:] if len(digits) >= 10 else "****" + digits[-2:]
+
+
 class CaseView(BaseModel):
     feedback_id: str
     feedback_number: str
@@ -101,6 +136,11 @@ class CaseView(BaseModel):
     escalation_level: int = 0
     timeline: list[dict[str, Any]] = []
     version: int
+    # Filled by GET /v1/cases/{n} only: what the signed-in person may do now, and the
+    # customer's contact masked (the unmasked one: /contact, audited).
+    actions: list[str] = Field(default=[], description="the commands this person may give now")
+    contact: MaskedContact | None = None
+    complex: bool = False
 
     @classmethod
     def of(cls, case: Case) -> CaseView:
@@ -129,6 +169,7 @@ class CaseView(BaseModel):
             ],
             escalation_level=case.escalated,
             version=case.version,
+            complex=case.complex,
         )
 
 
@@ -277,16 +318,26 @@ def routing_router(
 
     @router.get("/v1/cases/{number}", response_model=CaseView)
     async def get_case(number: Number, actor: Annotated[Actor, require("case.read")]) -> CaseView:
-        await case_of(number, actor)
+        """The case, its timeline, the commands the signed-in person may give it now
+        (`actions`) and the customer's contact masked."""
+        row = await case_of(number, actor)
 
         def load() -> CaseView:
             row = routing.worklist.find(number)
             if row is None:
                 raise NotFound(f"no routed feedback {number}")
-            view = CaseView.of(routing.store.get_case(row.feedback_id))
-            return view.model_copy(update={"timeline": routing.store.timeline(row.feedback_id)})
+            case = routing.store.get_case(row.feedback_id)
+            return CaseView.of(case).model_copy(
+                update={
+                    "timeline": routing.store.timeline(row.feedback_id),
+                    "actions": possible_actions(case, actor, reveal_roles),
+                }
+            )
 
-        return await _run(load)
+        view = await _run(load)
+        contact = await vault.reveal(row.customer_ref)
+        masked = MaskedContact.of(contact) if contact is not None else None
+        return view.model_copy(update={"contact": masked})
 
     @router.get("/v1/cases/{number}/contact", response_model=ContactView)
     async def reveal_contact(
