@@ -525,6 +525,7 @@ def router(console: Console) -> APIRouter:
             "figures": headline(answer.body, namer) if answer.ok else [],
             "download_query": urlencode({k: v for k, v in params.items() if v}),
             "presets": _presets(today, namer),
+            "scope_name": _scope_name(answer.body, namer) if answer.ok else "",
         }
         template = "reports_result.html" if _is_fragment(request) else "reports.html"
         status = answer.status if 400 <= answer.status < 500 else 200
@@ -621,6 +622,13 @@ def _hit_of(item: dict[str, Any], console: Console) -> dict[str, Any]:
         "product_model": item.get("product_model"),
         "snippet": item.get("snippet") or (item.get("description") or "")[:120],
     }
+
+
+def _scope_name(summary: dict[str, Any], n: Namer) -> str:
+    departments = summary["departments"]
+    if departments is None:
+        return n.t("全部部门", "every department")
+    return n.t("、", ", ").join(n.department(code) for code in departments)
 
 
 def _days_before(day: str, days: int, today: date) -> str:
