@@ -129,6 +129,7 @@ class FlaggedCase(BaseModel):
     warned_clocks: list[str]
     breached_clocks: list[str]
     escalation_level: int
+    clocks: list[ClockLeft] = Field(default=[], description="the clocks not met yet")
 
 
 class SlaBoard(BaseModel):

@@ -107,7 +107,8 @@ async def sla_board(
     pool: AsyncConnectionPool, departments: tuple[str, ...] | None, now: datetime
 ) -> dict[str, Any]:
     """Per department and owner: open cases, warned, breached (still open or met late),
-    escalated and overdue now; and the open cases that are breached or escalated."""
+    escalated and overdue now; and the open cases that are warned, breached or escalated
+    (breached and escalated first), each with the time left on its clocks not yet met."""
     scope = "" if departments is None else "AND r.department = ANY(%(departments)s)"
     params: dict[str, Any] = {"now": now, "departments": list(departments or ())}
     async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
@@ -131,15 +132,28 @@ async def sla_board(
         rows = await cursor.fetchall()
         await cursor.execute(
             f"""
-            SELECT r.feedback_number, r.department, r.owner, r.status, r.priority,
-                   r.warned_clocks, r.breached_clocks, r.escalation_level
+            SELECT r.feedback_number, r.feedback_id, r.department, r.owner, r.status,
+                   r.priority, r.warned_clocks, r.breached_clocks, r.escalation_level
             FROM registrations r
-            WHERE {OPEN} AND (cardinality(r.breached_clocks) > 0 OR r.escalation_level > 0)
-                  {scope}
-            ORDER BY r.escalation_level DESC, {PRIORITY_RANK}, r.received_at
+            WHERE {OPEN} {scope}
+                  AND (cardinality(r.breached_clocks) > 0 OR r.escalation_level > 0
+                       OR cardinality(r.warned_clocks) > 0)
+            ORDER BY r.escalation_level DESC, cardinality(r.breached_clocks) = 0,
+                     {PRIORITY_RANK}, r.received_at
             LIMIT 500
             """,
             params,
         )
         flagged = await cursor.fetchall()
+        await cursor.execute(
+            "SELECT feedback_id, clock, subject, state, due_at, paused_at, warned, breached "
+            "FROM case_clocks WHERE feedback_id = ANY(%s) AND state <> 'met' ORDER BY due_at",
+            ([case["feedback_id"] for case in flagged],),
+        )
+        clocks: dict[Any, list[dict[str, Any]]] = {}
+        for clock in await cursor.fetchall():
+            clock["seconds_left"] = time_left(clock, now)
+            clocks.setdefault(clock.pop("feedback_id"), []).append(clock)
+    for case in flagged:
+        case["clocks"] = clocks.get(case.pop("feedback_id"), [])
     return {"rows": rows, "flagged": flagged}

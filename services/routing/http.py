@@ -188,6 +188,19 @@ class QueueItem(BaseModel):
     state: str
 
 
+class SubcategoryView(BaseModel):
+    code: str
+    label: str
+    department: str
+
+
+class CategoryView(BaseModel):
+    code: str
+    label: str
+    department: str
+    subcategories: list[SubcategoryView]
+
+
 async def visible_case(worklist: Worklist, number: str, actor: Actor | None) -> CaseRow:
     """The routed case, if it exists (404) and is in a department the actor works in
     (403); without an actor (a customer's own token) only its existence is checked."""
@@ -399,5 +412,27 @@ def routing_router(
     async def triage_queue(_: Annotated[Actor, require("triage.read")]) -> list[QueueItem]:
         rows = await _run(lambda: routing.worklist.queue(None, "triage"))
         return [QueueItem(**{k: getattr(r, k) for k in QueueItem.model_fields}) for r in rows]
+
+    @router.get("/v1/taxonomy", response_model=list[CategoryView])
+    async def taxonomy(_: Annotated[Actor, require("case.read")]) -> list[CategoryView]:
+        """The categories and subcategories a case may be reclassified into, with the
+        department each routes to (the rule book's, as loaded now)."""
+        book = routing.classifier.book
+        return [
+            CategoryView(
+                code=code,
+                label=category.label,
+                department=category.department,
+                subcategories=[
+                    SubcategoryView(
+                        code=sub_code,
+                        label=sub.label,
+                        department=book.department_for(code, sub_code),
+                    )
+                    for sub_code, sub in category.subcategories.items()
+                ],
+            )
+            for code, category in book.categories.items()
+        ]
 
     return router

@@ -108,6 +108,16 @@ async def test_a_complaint_is_warned_breached_escalated_once_and_met_late(
         await asyncio.sleep(1)
         warned = _clock_keys(settings, number, "ClockWarned")
         assert warned.count("first_response:None") == 1, warned
+        # A warned case is on the SLA board already, while it can still be saved.
+        watcher = running.as_staff("supervisor", (row["department"],), username="sup.zhou")
+
+        async def on_the_board() -> dict[str, Any] | None:
+            board = (await client.get("/v1/sla/board", headers=watcher)).json()
+            return next((c for c in board["flagged"] if c["feedback_number"] == number), None)
+
+        flagged = await wait_for(on_the_board, timeout=30, what="the warned case on the board")
+        assert "first_response" in flagged["warned_clocks"] and not flagged["breached_clocks"]
+        assert {c["clock"] for c in flagged["clocks"]} >= {"first_response", "resolution"}
 
         # Breached once at the due time, escalated to the supervisor at once...
         clock.set(due + timedelta(seconds=1))
@@ -138,7 +148,10 @@ async def test_a_complaint_is_warned_breached_escalated_once_and_met_late(
         first_left = next(c for c in mine["clocks"] if c["clock"] == "first_response")
         assert first_left["breached"] is True and first_left["state"] == "running"
         board = (await client.get("/v1/sla/board", headers=supervisor)).json()
-        assert number in [c["feedback_number"] for c in board["flagged"]]
+        flagged = next(c for c in board["flagged"] if c["feedback_number"] == number)
+        first_left = next(c for c in flagged["clocks"] if c["clock"] == "first_response")
+        assert first_left["breached"] is True
+        assert datetime.fromisoformat(first_left["due_at"]) == due
         line = next(
             r for r in board["rows"]
             if r["department"] == row["department"] and r["owner"] == row["owner"]

@@ -202,6 +202,12 @@ async def test_unclear_feedback_goes_to_triage_then_a_person_routes_it(settings:
         number = await post(client, "关于上次那个事情")
         await registered_row(client, number, status="triage")
         assert number in [i["feedback_number"] for i in (await client.get("/v1/triage")).json()]
+        # The choices a person reclassifies into, with where each routes.
+        taxonomy = {c["code"]: c for c in (await client.get("/v1/taxonomy")).json()}
+        delay = next(s for s in taxonomy["logistics"]["subcategories"] if s["code"] == "delay")
+        assert delay["department"] == "logistics" and delay["label"]
+        hard_to_use = taxonomy["product_function"]["subcategories"]
+        assert {"code": "hard_to_use", "label": "操作复杂", "department": "product"} in hard_to_use
         routed = await client.post(
             f"/v1/cases/{number}/reclassify",
             json={"category": "logistics", "subcategory": "delay", "type": "complaint",
