@@ -8,7 +8,7 @@
 
   function valueAxis(name, index, spec) {
     var isPercent = spec.percentAxes.indexOf(index) >= 0;
-    var axis = { type: "value", name: name, nameTextStyle: { color: "#566074" }, splitLine: { show: index === 0 } };
+    var axis = { type: "value", name: name, nameTextStyle: { color: "#566074", align: index === 0 ? "left" : "right" }, splitLine: { show: index === 0 } };
     if (isPercent) { axis.min = 0; axis.max = 1; axis.axisLabel = { formatter: function (v) { return Math.round(v * 100) + "%"; } }; }
     else if (spec.wholeAxes.indexOf(index) >= 0) axis.minInterval = 1;  // counts: no 0.2 of a case
     return axis;
