@@ -175,6 +175,7 @@ def test_an_agent_records_a_callback_but_may_not_open_dead_letters(page: Any, si
     form.get_by_label("结果", exact=True).fill("不方便")
     form.get_by_role("button", name="保存回访记录").click()
     expect(form.locator("#reschedule_to + .field-error")).to_contain_text("reschedule_to")
+    page.evaluate("window.scrollTo(0, 0)")  # the list's sticky header, as first seen
     screenshot(page, "callbacks")
     form.get_by_label("结果", exact=True).fill("满意")
     form.get_by_label("满意度（1–5）").select_option("5")
