@@ -16,6 +16,7 @@ BENCHMARKS = [
     "sla_breaches",
     "search",
     "projections",
+    "console_queue",
 ]
 
 if __name__ == "__main__":
