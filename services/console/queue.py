@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
@@ -22,6 +23,7 @@ from contracts.codes import (
     FEEDBACK_TYPE_LABELS,
     PRIORITY_LABELS,
 )
+from contracts.events import FEEDBACK_NUMBER_PATTERN
 from services.console.api import Answer
 from services.console.session import ActingViewer, Viewer, needs
 
@@ -242,7 +244,23 @@ def router(console: Console) -> APIRouter:
         # One at a time: each assignment checks the agent's capacity left after the last.
         outcomes: list[tuple[str, Answer]] = []
         for number in chosen:
+            if not re.fullmatch(FEEDBACK_NUMBER_PATTERN, number):
+                # Only a number goes into the API's path.
+                outcomes.append((number, Answer(422, {"detail": "not a feedback number"})))
+                continue
             answer = await console.call(viewer, "POST", f"/v1/cases/{number}/assign", json=body)
+            wrong_fields = {
+                name: message
+                for name, message in answer.field_errors().items()
+                if name in ("agent_id", "reason")
+            }
+            if answer.status == 422 and wrong_fields:
+                # The form is wrong, not the case: every case would be refused the same.
+                return console.render(
+                    request, viewer, "queue_assign.html", 422,
+                    outcomes=outcomes, errors=wrong_fields, agent_id=agent_id, reason=reason,
+                    assigned_to=body["agent_id"],
+                )  # fmt: skip
             outcomes.append((number, answer))
         response = console.render(
             request,

@@ -185,9 +185,13 @@ def test_a_supervisor_reassigns_two_cases_and_sees_the_new_owner(
     expect(page.locator("#reason-error")).to_be_visible()
     for number in moving:
         page.get_by_label(f"选择 {number}").check()
+    # Not an agent id at all: the API's reason shows next to the owner field.
+    page.get_by_label("新负责人").fill("不是工号")
+    page.get_by_label("改派原因").fill("测试：平衡工作量")
+    page.get_by_role("button", name="改派所选案件").click()
+    expect(page.locator("#agent_id-error")).to_contain_text("pattern")
     # Another department's agent: each case is refused with the API's reason, still ticked.
     page.get_by_label("新负责人").fill("log-feng")
-    page.get_by_label("改派原因").fill("测试：平衡工作量")
     page.get_by_role("button", name="改派所选案件").click()
     outcomes = page.get_by_role("list", name="改派结果")
     for number in moving:
