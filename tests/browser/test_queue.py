@@ -209,9 +209,14 @@ def test_a_supervisor_reassigns_two_cases_and_sees_the_new_owner(
 
 def test_an_agent_cannot_reassign(page: Any, site: Site, cases: dict[str, Any]) -> None:
     agent = site.add_user("as.xu.queue", "agent", (DEPARTMENT,), agent_id="as-xu")
-    sign_in(page, site, agent)
+    sign_in(page, site, agent, lang="en")
     page.goto(f"{site.base_url}/queue")
-    assert page.get_by_role("button", name="改派所选案件").count() == 0
+    expect(page.get_by_role("heading", level=1)).to_have_text("My work and department queue")
+    expect(page.get_by_label("Mine only")).not_to_be_checked()
+    expect(page.locator(f"#queue-list tr[data-number='{cases['urgent']}'] .badge")).to_have_text(
+        "urgent"
+    )
+    assert page.get_by_role("button", name="Reassign selected").count() == 0
     assert page.locator("#queue-list input[name=numbers]").count() == 0
     # Posted by hand with the page's own CSRF token, the action is refused all the same.
     answer = page.evaluate(
