@@ -2,7 +2,8 @@
 to each page's server-sent-event stream, only the cases its viewer may see.
 
 The feed reads from the end of the topic without a consumer group (it keeps no position: a
-page that reconnects reloads its list anyway) and runs only while a page listens.
+page that reconnects reloads its list anyway). It starts when the first page listens and
+then keeps reading, so moving from page to page opens no blind window while it rejoins.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class LiveFeed:
             queue.put_nowait(change if visible else anonymous)
 
     async def _read_forever(self) -> None:
-        while self._listeners:
+        while True:
             consumer = AIOKafkaConsumer(
                 self.settings.topic(FEEDBACK_EVENTS),
                 bootstrap_servers=self.settings.kafka_bootstrap_servers,
@@ -82,7 +83,7 @@ class LiveFeed:
             )
             try:
                 await consumer.start()
-                while self._listeners:
+                while True:
                     batches = await consumer.getmany(timeout_ms=1000, max_records=500)
                     for records in batches.values():
                         for record in records:
