@@ -13,11 +13,18 @@ from datetime import UTC
 from typing import Any
 from uuid import UUID
 
+import psycopg
 from eventsourcing.application import Application
 from eventsourcing.persistence import IntegrityError, ProcessRecorder, Tracking
 
 from services.cases.domain import Case
 from services.common.database import eventsourcing_env
+
+
+class _WorkFailed(Exception):
+    def __init__(self, error: psycopg.Error) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class CaseConflict(Exception):
@@ -73,17 +80,27 @@ class CaseStore(Application[UUID]):
         consumed position are stored. All of it commits, or none: no row without its case."""
         recorder: Any = self.process_recorder
         tracking = Tracking(position.tracking_name, position.next_offset)
-        with recorder.datastore.transaction(commit=True) as cursor:
-            events: list[Any] = []
-            for case in work(cursor.connection):
-                events.extend(case.collect_events())
-            stored = [self.mapper.to_stored_event(event) for event in events]
-            # What eventsourcing's insert_events does, on this transaction's cursor: the
-            # tracking record, then the table lock (commit order = notification order) and
-            # the events.
-            recorder._insert_events(cursor, stored, tracking=tracking)
-            if stored:
-                recorder._insert_stored_events(cursor, stored)
+        try:
+            with recorder.datastore.transaction(commit=True) as cursor:
+                try:
+                    cases = list(work(cursor.connection))
+                except psycopg.Error as error:
+                    # Kept as psycopg's: eventsourcing would turn a unique violation of the
+                    # caller's own table into its IntegrityError, which means "another
+                    # writer stored this position first" (retried), not "never storable".
+                    raise _WorkFailed(error) from error
+                events: list[Any] = []
+                for case in cases:
+                    events.extend(case.collect_events())
+                stored = [self.mapper.to_stored_event(event) for event in events]
+                # What eventsourcing's insert_events does, on this transaction's cursor: the
+                # tracking record, then the table lock (commit order = notification order)
+                # and the events.
+                recorder._insert_events(cursor, stored, tracking=tracking)
+                if stored:
+                    recorder._insert_stored_events(cursor, stored)
+        except _WorkFailed as failed:
+            raise failed.error from None
 
     def existing(self, case_ids: Sequence[UUID]) -> set[UUID]:
         """Which of these cases are already in the store (one query for a whole batch)."""
