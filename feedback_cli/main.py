@@ -458,12 +458,15 @@ def _with_user_database(state_dir: Path, action: Any, *args: Any) -> Any:
 
 
 async def _add_user(url: str, user: Any) -> Any:
+    import getpass
+
     import psycopg
 
     from services.access.users import add_user
 
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        return await add_user(conn, user)
+        # Recorded as who ran the command on this machine (no token on the command line).
+        return await add_user(conn, user, f"cli:{getpass.getuser()}")
 
 
 async def _list_users(url: str) -> Any:

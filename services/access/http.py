@@ -118,11 +118,11 @@ def access_router(pool: AsyncConnectionPool, tokens: Tokens) -> APIRouter:
 
     @router.post("/v1/users", response_model=users.UserView, status_code=201)
     async def add_user(
-        body: users.UserIn, _: Annotated[Actor, require("user.manage")]
+        body: users.UserIn, actor: Annotated[Actor, require("user.manage")]
     ) -> users.UserView:
         try:
             async with pool.connection() as conn:
-                return await users.add_user(conn, body)
+                return await users.add_user(conn, body, actor.username)
         except users.UserExists as error:
             raise HTTPException(409, f"user {body.username} exists") from error
 
@@ -135,7 +135,7 @@ def access_router(pool: AsyncConnectionPool, tokens: Tokens) -> APIRouter:
         if username == actor.username and body.active is False:
             raise HTTPException(409, "an admin cannot deactivate themselves")
         async with pool.connection() as conn:
-            changed = await users.change_user(conn, username, body)
+            changed = await users.change_user(conn, username, body, actor.username)
         if changed is None:
             raise HTTPException(404, f"no user {username}")
         return changed
@@ -148,5 +148,16 @@ def access_router(pool: AsyncConnectionPool, tokens: Tokens) -> APIRouter:
     ) -> list[audit.AccessRecord]:
         async with pool.connection() as conn:
             return await audit.recent(conn, limit, customer_ref)
+
+    @router.get("/v1/audit/admin-changes", response_model=list[audit.AdminChange])
+    async def admin_changes(
+        _: Annotated[Actor, require("audit.read")],
+        kind: Annotated[audit.SubjectKind | None, Query()] = None,
+        subject: Annotated[str | None, Query(max_length=200)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[audit.AdminChange]:
+        """Who changed which staff user or agent, when, and to what (passwords never)."""
+        async with pool.connection() as conn:
+            return await audit.recent_changes(conn, limit, kind, subject)
 
     return router

@@ -14,6 +14,7 @@ from psycopg_pool import AsyncConnectionPool
 from pwdlib import PasswordHash
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.access import audit
 from services.access.roles import Actor, Role
 from services.common.boundary import Checked
 
@@ -117,22 +118,26 @@ class UserExists(Exception):
 VIEW_COLUMNS = "username, role, departments, agent_id, active, created_at"
 
 
-async def add_user(conn: AsyncConnection[Any], user: UserIn) -> UserView:
+async def add_user(conn: AsyncConnection[Any], user: UserIn, by: str) -> UserView:
+    """Add a user; `by` (who did it) goes to the admin change log in the same transaction."""
     password_hash = await _hash(user.password) if user.password else None
-    async with conn.cursor(row_factory=dict_row) as cursor:
+    async with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
         await cursor.execute(
             "INSERT INTO staff_users (username, password_hash, role, departments, agent_id) "
             f"VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING {VIEW_COLUMNS}",
             (user.username, password_hash, user.role.value, list(user.departments), user.agent_id),
         )
         row = await cursor.fetchone()
-    if row is None:
-        raise UserExists(user.username)
+        if row is None:
+            raise UserExists(user.username)
+        await audit.record_change(
+            conn, by, "user", user.username, {"added": True, **user.model_dump(mode="json")}
+        )
     return UserView.of(row)
 
 
 async def change_user(
-    conn: AsyncConnection[Any], username: str, patch: UserPatch
+    conn: AsyncConnection[Any], username: str, patch: UserPatch, by: str
 ) -> UserView | None:
     changes = patch.model_dump(exclude_unset=True)
     assignments: list[str] = []
@@ -146,13 +151,17 @@ async def change_user(
             values[name] = list(value) if name == "departments" else value
     if not assignments:
         return await find_user(conn, username)
-    async with conn.cursor(row_factory=dict_row) as cursor:
+    async with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
         await cursor.execute(
             f"UPDATE staff_users SET {', '.join(assignments)}, updated_at = now() "
             f"WHERE username = %(username)s RETURNING {VIEW_COLUMNS}",
             values,
         )
         row = await cursor.fetchone()
+        if row is not None:
+            await audit.record_change(
+                conn, by, "user", username, patch.model_dump(mode="json", exclude_unset=True)
+            )
     return UserView.of(row) if row else None
 
 

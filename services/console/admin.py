@@ -271,6 +271,11 @@ def router(console: Console) -> APIRouter:
             "load_error": None if answer.ok else answer.problem,
         }
 
+    async def changes_of(viewer: Viewer, kind: str) -> list[dict[str, Any]]:
+        """The admin change log for users or agents (who changed what, passwords never)."""
+        answer = await console.get(viewer, "/v1/audit/admin-changes", kind=kind, limit=30)
+        return answer.body if answer.ok else []
+
     @pages.get("/admin")
     async def users_page(
         request: Request, viewer: Annotated[Viewer, needs("user.manage")]
@@ -282,6 +287,7 @@ def router(console: Console) -> APIRouter:
             section="users",
             values={},
             errors={},
+            changes=await changes_of(viewer, "user"),
             **await users_context(viewer),
         )
 
@@ -406,6 +412,7 @@ def router(console: Console) -> APIRouter:
             section="agents",
             agents=agents,
             load_error=problem,
+            changes=await changes_of(viewer, "agent"),
         )
 
     @pages.post("/admin/agents/{agent_id}")

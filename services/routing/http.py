@@ -25,7 +25,7 @@ from services.cases.domain import Case
 from services.common.boundary import Checked, is_blank, text_flaw
 from services.common.masking import mask_contacts
 from services.handling.actions import possible_actions
-from services.intake.pii_vault import Contact, PiiVault
+from services.intake.pii_vault import Contact, PiiVault, normalise_phone
 from services.routing.assignment import Agent, AgentId
 from services.routing.intake_assist import intake_assist_router
 from services.routing.service import NotFound, Refused, RoutingService
@@ -104,7 +104,7 @@ class MaskedContact(BaseModel):
         return cls(
             name=_masked_name(contact.name),
             phone=_masked_phone(contact.phone),
-            email=mask_contacts(str(contact.email)) if contact.email else None,
+            email=_masked_email(str(contact.email)) if contact.email else None,
             address="[地址已隐藏]" if contact.address else None,
             account=contact.account.split(":", 1)[0] + ":***" if contact.account else None,
         )
@@ -115,9 +115,16 @@ def _masked_name(name: str | None) -> str | None:
     return name[0] + "*" * max(len(name) - 1, 1) if name else None
 
 
+def _masked_email(email: str) -> str:
+    """z***@qq.com: by the address's own structure, so internationalised addresses
+    (张三@qq.com, which free-text patterns do not recognise) are masked too."""
+    local, _, domain = email.rpartition("@")
+    return (local[:1] or "*") + "***@" + domain if local else "***"
+
+
 def _masked_phone(phone: str | None) -> str | None:
     """138****5678: the first three and the last four digits, never more."""
-    digits = re.sub(r"\D", "", phone or "")
+    digits = re.sub(r"\D", "", normalise_phone(phone) if phone else "")
     if not digits:
         return None
     return digits[:3] + "****" + digits[-4:] if len(digits) >= 10 else "****" + digits[-2:]
@@ -385,10 +392,10 @@ def routing_router(
     async def put_agent(
         agent_id: Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_.-]{1,63}$")],
         body: AgentIn,
-        _: Annotated[Actor, require("agent.write")],
+        actor: Annotated[Actor, require("agent.write")],
     ) -> AgentView:
         agent = Agent(agent_id=agent_id, **body.model_dump())
-        await _run(lambda: routing.put_agent(agent))
+        await _run(lambda: routing.put_agent(agent, actor.username))
         loads = dict(
             (a.agent_id, load)
             for a, load in await _run(lambda: routing.worklist.agents(agent.department))

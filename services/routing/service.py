@@ -470,11 +470,11 @@ class RoutingService:
         )  # fmt: skip
         return case
 
-    def put_agent(self, agent: Agent) -> list[Assignment]:
+    def put_agent(self, agent: Agent, changed_by: str | None = None) -> list[Assignment]:
         """Add or change an agent; freed or new capacity takes queued work at once."""
         if agent.department not in self.classifier.book.departments:
             raise Refused(f"unknown department {agent.department}")
-        self.worklist.upsert_agent(agent)
+        self.worklist.upsert_agent(agent, changed_by)
         assignments = self.worklist.drain([agent.department])
         self._record_assignments(assignments)
         return assignments

@@ -20,6 +20,7 @@ from uuid import UUID
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from services.access import audit
 from services.routing.assignment import PRIORITY_RANK, Agent, AgentRoster, Need, choose_owner
 
 SCHEMA = [
@@ -116,9 +117,15 @@ class Worklist:
             for agent in roster.agents:
                 self._upsert(conn, agent)
 
-    def upsert_agent(self, agent: Agent) -> None:
-        with self.pool.connection() as conn:
+    def upsert_agent(self, agent: Agent, changed_by: str | None = None) -> None:
+        """Add or change an agent; with `changed_by`, the admin change log records it in
+        the same transaction."""
+        with self.pool.connection() as conn, conn.transaction():
             self._upsert(conn, agent)
+            if changed_by is not None:
+                audit.record_change_sync(
+                    conn, changed_by, "agent", agent.agent_id, agent.model_dump(mode="json")
+                )
 
     def _upsert(self, conn: Any, agent: Agent) -> None:
         conn.execute(

@@ -64,6 +64,18 @@ def test_an_admin_adds_a_user_with_a_generated_password_and_deactivates_them(
     with site.api() as api:
         users = {u["username"]: u for u in api.get("/v1/users").json()}
     assert users["agent.new"]["active"] is False
+    # The change log names the admin for the addition and the deactivation; the
+    # generated password is never in it.
+    page.goto(f"{site.base_url}/admin")
+    logged = page.locator('#admin-changes tr[data-subject="agent.new"]')
+    expect(logged).to_have_count(2)
+    expect(logged.first).to_contain_text("admin.zhao")
+    expect(logged.first).to_contain_text("active: false")
+    assert password not in page.content()
+    with site.api() as api:
+        records = api.get("/v1/audit/admin-changes", params={"subject": "agent.new"}).json()
+    assert [r["actor"] for r in records] == ["admin.zhao", "admin.zhao"]
+    assert records[1]["change"]["password"] == "changed"  # the added user's, never its value
 
 
 def test_an_admin_changes_an_agents_capacity_and_sees_a_bad_one_refused(
@@ -99,6 +111,11 @@ def test_an_admin_changes_an_agents_capacity_and_sees_a_bad_one_refused(
         )
     assert changed["capacity"] == 7
     assert changed["skills"] == ["billing", "refunds"]
+    page.goto(f"{site.base_url}/admin/agents")
+    logged = page.locator(f'#admin-changes tr[data-subject="{agent_id}"]')
+    expect(logged).to_have_count(1)  # the refused change left no record
+    expect(logged).to_contain_text("admin.qian")
+    expect(logged).to_contain_text("capacity: 7")
 
 
 def test_an_admin_edits_an_sla_policy_a_bad_value_then_a_good_one_in_the_history(

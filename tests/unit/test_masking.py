@@ -93,3 +93,18 @@ def test_the_customers_own_name_and_address_are_masked_where_they_appear() -> No
 def test_what_is_not_personal_stays() -> None:
     text = "订单号20240520001，买了2台，价格3999元，型号BCD-500，2024-05-20到货"
     assert mask_contacts(text) == text
+
+
+def test_a_case_contact_is_masked_by_its_structure_whatever_its_script() -> None:
+    """Internationalised addresses (which free-text patterns miss) and phones written with
+    a country code, spaces or full-width digits are masked like any other."""
+    from services.intake.pii_vault import Contact
+    from services.routing.http import MaskedContact
+
+    shown = [
+        MaskedContact.of(Contact(email="张三@qq.com", phone="+86 138 1234 5678")),
+        MaskedContact.of(Contact(email="zhang@例子.中国", phone="１３８１２３４５６７８")),
+        MaskedContact.of(Contact(email="li.si@example.com", phone="138-1234 5678")),
+    ]
+    assert [c.email for c in shown] == ["张***@qq.com", "z***@例子.中国", "l***@example.com"]
+    assert {c.phone for c in shown} == {"138****5678"}
