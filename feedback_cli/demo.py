@@ -162,7 +162,8 @@ async def _run_pipeline(
             return rows
     finally:
         server.should_exit = True
-        await serving
+        # Bounded: open console tabs are closed by the server's graceful-shutdown timeout.
+        await asyncio.wait_for(serving, 15)
 
 
 def _port_free(port: int) -> bool:

@@ -78,6 +78,9 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "http": GuardedHttpProtocol,
         "limit_concurrency": settings.max_connections,
         "timeout_keep_alive": 5,
+        # Open streams (a console tab's live updates) must not hold a shutdown forever: after
+        # this long, the remaining connections are closed and the app's clean-up runs.
+        "timeout_graceful_shutdown": 5,
         "log_level": "warning",
     }
 

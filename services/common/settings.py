@@ -158,6 +158,9 @@ class Settings(BaseSettings):
     # in-process; set this to call it at another address instead (an ingress in front of
     # separately deployed services).
     console_api_url: str | None = None
+    # Mark the console's session cookie Secure even when the app sees plain HTTP (TLS ends
+    # at an ingress in front of it). Off for the local default on 127.0.0.1.
+    console_secure_cookie: bool = False
 
     @field_validator("pii_key", "auth_token_key")
     @classmethod

@@ -111,7 +111,14 @@ class Api:
             arguments["files"] = files
         if self._remote is not None:
             sent["X-Forwarded-For"] = client_host
-            response = await self._remote.request(method, path, **arguments)
+            try:
+                response = await self._remote.request(method, path, **arguments)
+            except httpx.TimeoutException:
+                return Answer(504, {"detail": "the API did not answer in time; try again"})
+            except httpx.HTTPError as error:
+                return Answer(
+                    503, {"detail": f"the API cannot be reached ({type(error).__name__})"}
+                )
         else:
             # The person's own address, so per-client limits (sign-in, intake) count them.
             transport = httpx.ASGITransport(app=self.app, client=(client_host, 0))

@@ -28,7 +28,7 @@ from contracts.codes import (
 )
 from contracts.events import FEEDBACK_NUMBER_PATTERN
 from services.console.api import Answer
-from services.console.session import ActingViewer, Viewer, needs
+from services.console.session import ActingViewer, Viewer, is_fragment, needs
 from services.projections.report_files import CALLBACK_LABELS, CLOCK_LABELS, STATUS_LABELS
 
 if TYPE_CHECKING:
@@ -301,7 +301,7 @@ def router(console: Console) -> APIRouter:
         type: str = "",
     ) -> HTMLResponse:
         context = await callback_list(viewer, state, type)
-        if request.headers.get("hx-request"):  # the filters: the list alone
+        if is_fragment(request):  # the filters: the list alone
             return page(request, viewer, "boards_callback_list.html", **context)
         return page(request, viewer, "boards_callbacks.html", title="回访", task=None, **context)
 
@@ -314,7 +314,7 @@ def router(console: Console) -> APIRouter:
             return page(
                 request, viewer, "error.html", status_code=answer.status, message=answer.problem
             )
-        if request.headers.get("hx-request"):
+        if is_fragment(request):
             return callback_detail(request, viewer, answer.body)
         # A link opened directly: the worklist with this task open beside it.
         return page(

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.datastructures import FormData
 
+from contracts.events import FEEDBACK_NUMBER_PATTERN
 from services.console.api import Answer
 from services.console.session import ActingViewer, Viewer, needs
 
@@ -321,6 +324,9 @@ def router(console: Console) -> APIRouter:
     async def load(viewer: Viewer, number: str) -> Answer | dict[str, Any]:
         """Everything the page shows, as the API gives it to this person; the refusal
         when the case is not theirs to see."""
+        # Only a well-formed number goes into API paths (a decoded "?" or ".." would not).
+        if not re.fullmatch(FEEDBACK_NUMBER_PATTERN, number):
+            return Answer(404, {"detail": f"{number[:40]!r} is not a feedback number"})
         case = await console.get(viewer, f"/v1/cases/{number}")
         if not case.ok:
             return case
@@ -353,7 +359,8 @@ def router(console: Console) -> APIRouter:
         number: Annotated[str | None, Query(max_length=40)] = None,
     ) -> Response:
         if number and number.strip():
-            return RedirectResponse(f"/cases/{number.strip()}", 303)
+            # Quoted whole: the number cannot become another path or a query.
+            return RedirectResponse(f"/cases/{quote(number.strip(), safe='')}", 303)
         return console.render(request, viewer, "case_find.html")
 
     @pages.get("/cases/{number}")

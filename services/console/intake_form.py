@@ -18,7 +18,7 @@ import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
 from contracts.codes import EMOTION_LABELS, FEEDBACK_TYPE_LABELS
@@ -209,12 +209,12 @@ def router(console: Console) -> APIRouter:
             priority_names=PRIORITY_NAMES,
         )
 
-    @pages.get("/new/recent")
+    @pages.post("/new/recent")
     async def recent(
         request: Request,
-        viewer: Annotated[Viewer, needs("intake.staff")],
-        phone: Annotated[str, Query(max_length=40)] = "",
-        email: Annotated[str, Query(max_length=254)] = "",
+        viewer: ActingViewer,
+        phone: Annotated[str, Form(max_length=40)] = "",
+        email: Annotated[str, Form(max_length=254)] = "",
     ) -> HTMLResponse:
         """The customer's feedback of the last 30 days, once the phone or e-mail typed is
         one intake accepts (a number half typed finds no one and is not asked about)."""
@@ -235,7 +235,9 @@ def router(console: Console) -> APIRouter:
         if not (phone or email):
             return []
         path = "/v1/customers/recent-feedback"
-        answer = await console.get(viewer, path, phone=phone, email=email)
+        answer = await console.call(
+            viewer, "POST", path, json={"phone": phone or None, "email": email or None}
+        )
         if answer.ok:
             return list(answer.body["items"])
         if answer.status != 422 or not (phone and email):
@@ -243,7 +245,7 @@ def router(console: Console) -> APIRouter:
         # One of the two is not complete yet: the other alone may still find the customer.
         found: dict[str, dict[str, Any]] = {}
         for alone in ({"phone": phone}, {"email": email}):
-            answer = await console.get(viewer, path, **alone)
+            answer = await console.call(viewer, "POST", path, json=alone)
             for item in answer.body["items"] if answer.ok else ():
                 found.setdefault(item["feedback_number"], item)
         return sorted(found.values(), key=lambda item: str(item["received_at"]), reverse=True)

@@ -151,7 +151,10 @@ def router(console: Console) -> APIRouter:
         more, or the API's reason for refusing the filters."""
         shown_pages = max(1, min(shown_pages, MAX_PAGES))
         limit = shown_pages * PAGE_ROWS
-        answer = await console.get(viewer, "/v1/worklist", limit=limit + 1, **query.api_params())
+        # One row more than shown tells whether there are more (the API takes at most 1000).
+        answer = await console.get(
+            viewer, "/v1/worklist", limit=min(limit + 1, 1000), **query.api_params()
+        )
         cases: list[dict[str, Any]] = answer.body if answer.ok else []
         zone = console.settings.zone
         for case in cases:

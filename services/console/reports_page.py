@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, Response
 from contracts.codes import CHANNEL_LABELS, FEEDBACK_TYPE_LABELS
 from contracts.events import FEEDBACK_NUMBER_PATTERN
 from services.access.roles import visible_departments
-from services.console.session import Viewer, needs
+from services.console.session import Viewer, is_fragment, needs
 from services.projections.report_files import CLOCK_LABELS, STATUS_LABELS, Labels
 
 if TYPE_CHECKING:
@@ -422,12 +422,6 @@ def department_choices(viewer: Viewer, labels: Labels) -> list[str]:
     return list(visible) if len(visible) > 1 else []
 
 
-def _is_fragment(request: Request) -> bool:
-    """An htmx request for the results only (a history restore wants the whole page)."""
-    headers = request.headers
-    return bool(headers.get("hx-request")) and not headers.get("hx-history-restore-request")
-
-
 def _report_params(day_from: str, day_to: str, department: str) -> dict[str, Any]:
     return {"from": day_from, "to": day_to, "department": department}
 
@@ -527,7 +521,7 @@ def router(console: Console) -> APIRouter:
             "presets": _presets(today, namer),
             "scope_name": _scope_name(answer.body, namer) if answer.ok else "",
         }
-        template = "reports_result.html" if _is_fragment(request) else "reports.html"
+        template = "reports_result.html" if is_fragment(request) else "reports.html"
         status = answer.status if 400 <= answer.status < 500 else 200
         return console.render(request, viewer, template, status_code=status, **context)
 
@@ -603,7 +597,7 @@ def router(console: Console) -> APIRouter:
             entries = await console.get(viewer, "/v1/library", q=text, limit=LIBRARY_PAGE_SIZE)
             if entries.ok:
                 context["library"] = entries.body["items"]
-        template = "search_results.html" if _is_fragment(request) else "search.html"
+        template = "search_results.html" if is_fragment(request) else "search.html"
         return console.render(request, viewer, template, status_code=status_code, **context)
 
     return pages

@@ -11,7 +11,6 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
-from urllib.parse import quote
 
 from fastapi import Depends, Request
 
@@ -56,6 +55,13 @@ class Viewer:
         return allowed(self.actor, action)
 
 
+def is_fragment(request: Request) -> bool:
+    """An htmx request for a part of a page; a history restore (back/forward) wants the
+    whole page although htmx marks it as its own request too."""
+    headers = request.headers
+    return bool(headers.get("hx-request")) and not headers.get("hx-history-restore-request")
+
+
 def language_of(request: Request) -> Language:
     return "en" if request.cookies.get(LANGUAGE_COOKIE) == "en" else "zh"
 
@@ -78,10 +84,11 @@ async def viewer_of(request: Request) -> Viewer | None:
 
 
 def _next_path(request: Request) -> str:
+    """Where to come back to after signing in (encoded whole where the URL is built)."""
     path = request.url.path
     if request.url.query:
         path += "?" + request.url.query
-    return quote(path, safe="/?=&")
+    return path
 
 
 async def page_viewer(request: Request) -> Viewer:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
@@ -38,6 +39,10 @@ from services.projections.report_files import Labels
 
 HERE = Path(__file__).parent
 LIVE_KEEPALIVE_S = 15.0
+# A stream ends after this long (the browser reconnects by itself, `retry: 3000`), so no
+# connection lives for ever; changes within LIVE_COALESCE_S go out as one message.
+LIVE_STREAM_S = 600.0
+LIVE_COALESCE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -164,7 +169,8 @@ def frame_router(console: Console) -> APIRouter:
             max_age=int(answer.body["expires_in"]),
             httponly=True,
             samesite="strict",
-            secure=request.url.scheme == "https",
+            # Behind a TLS-terminating ingress the app sees http: the setting says so.
+            secure=console.settings.console_secure_cookie or request.url.scheme == "https",
         )
         return response
 
@@ -187,14 +193,22 @@ def frame_router(console: Console) -> APIRouter:
         """Server-sent events: `case` when a case the viewer may see changes."""
 
         async def stream() -> AsyncIterator[str]:
+            loop = asyncio.get_running_loop()
+            ends_at = loop.time() + LIVE_STREAM_S
             async with console.live.listen(viewer.actor) as changes:
                 yield "retry: 3000\n\n"
-                while True:
+                while loop.time() < ends_at:
                     try:
                         change = await asyncio.wait_for(changes.get(), LIVE_KEEPALIVE_S)
                     except TimeoutError:
                         yield ": keep-alive\n\n"
                         continue
+                    # A burst (a batch routed, clocks ticking) reaches the page as one
+                    # refresh: what else arrives within a second joins this message.
+                    await asyncio.sleep(LIVE_COALESCE_S)
+                    while not changes.empty():
+                        newer = changes.get_nowait()
+                        change = newer if newer.number else change
                     yield change.sse()
 
         return StreamingResponse(
@@ -227,7 +241,7 @@ def install_console(app: FastAPI, settings: Settings, labels: Labels) -> Console
 
     @app.exception_handler(SignInFirst)
     async def sign_in_first(request: Request, error: SignInFirst) -> Response:
-        target = f"/sign-in?next={error.next_path}"
+        target = "/sign-in?" + urlencode({"next": error.next_path})
         if request.headers.get("hx-request"):
             return Response(status_code=401, headers={"HX-Redirect": target})
         return RedirectResponse(target, 303)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, Path, Query
@@ -151,6 +151,7 @@ class CaseView(BaseModel):
 
     @classmethod
     def of(cls, case: Case) -> CaseView:
+        now = datetime.now(UTC)
         return cls(
             feedback_id=str(case.id),
             feedback_number=case.feedback_number,
@@ -171,6 +172,12 @@ class CaseView(BaseModel):
                     "due_at": c["due_at"],
                     "warned": c["warned"],
                     "breached": c["breached"],
+                    # A paused clock keeps the time it had left when it paused.
+                    "seconds_left": round(
+                        (c["due_at"] - (c.get("paused_since") or now)).total_seconds(), 1
+                    )
+                    if c["due_at"]
+                    else None,
                 }
                 for c in case.clocks.values()
             ],

@@ -11,7 +11,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.codes import CUSTOMER_TIER_PATTERN, Channel
@@ -62,6 +62,14 @@ class RecentItem(BaseModel):
     status: str
 
 
+class RecentQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    phone: Annotated[str | None, Field(pattern=PHONE_PATTERN)] = None
+    email: Annotated[str | None, Field(max_length=254)] = None
+    limit: Annotated[int, Field(ge=1, le=50)] = 10
+
+
 class RecentFeedback(BaseModel):
     days: int
     items: list[RecentItem]
@@ -85,12 +93,9 @@ def intake_assist_router(routing: RoutingService, vault: PiiVault) -> APIRouter:
         decision = await asyncio.to_thread(routing.classifier.classify, feedback)
         return Suggestion.model_validate(decision.as_dict())
 
-    @router.get("/v1/customers/recent-feedback", response_model=RecentFeedback)
+    @router.post("/v1/customers/recent-feedback", response_model=RecentFeedback)
     async def recent_feedback(
-        actor: Annotated[Actor, require("intake.staff")],
-        phone: Annotated[str | None, Query(pattern=PHONE_PATTERN)] = None,
-        email: Annotated[str | None, Query(max_length=254)] = None,
-        limit: Annotated[int, Query(ge=1, le=50)] = 10,
+        actor: Annotated[Actor, require("intake.staff")], body: RecentQuery
     ) -> RecentFeedback:
         """The feedback of the customer with this phone (dashes, spaces, +86, full-width
         digits all match) or e-mail in the last 30 days: number, time, type and status,
@@ -99,7 +104,11 @@ def intake_assist_router(routing: RoutingService, vault: PiiVault) -> APIRouter:
         Not limited to the agent's departments: the person registering a call must know the
         caller already has open feedback wherever it is handled (to add to it rather than
         register it twice), and the answer says no more than the customer could tell them.
-        What is in a case stays behind the case's own department check."""
+        What is in a case stays behind the case's own department check.
+
+        A POST with the phone or e-mail in the body: in a query string they would be written
+        to every proxy's access log."""
+        phone, email, limit = body.phone, body.email, body.limit
         if not phone and not email:
             raise HTTPException(422, detail="give a phone or an e-mail")
         if email and text_flaw(email):

@@ -81,8 +81,8 @@ async def test_recent_feedback_by_phone_in_any_form_or_email(settings: Settings)
             "+86 138 1234 5678",
             "１３８１２３４５６７８",
         ):
-            answer = await running.client.get(
-                "/v1/customers/recent-feedback", params={"phone": phone}, headers=agent
+            answer = await running.client.post(
+                "/v1/customers/recent-feedback", json={"phone": phone}, headers=agent
             )
             assert answer.status_code == 200, (phone, answer.text)
             items = answer.json()["items"]
@@ -90,26 +90,26 @@ async def test_recent_feedback_by_phone_in_any_form_or_email(settings: Settings)
             assert set(items[0]) == {"feedback_number", "received_at", "feedback_type", "status"}
             assert items[0]["feedback_type"] == "complaint"
             assert items[0]["status"] in {row["status"], "queued", "assigned", "triage"}
-        by_email = await running.client.get(
+        by_email = await running.client.post(
             "/v1/customers/recent-feedback",
-            params={"email": "Zhang.Wei@example.com"},
+            json={"email": "Zhang.Wei@example.com"},
             headers=agent,
         )
         assert [i["feedback_number"] for i in by_email.json()["items"]] == [number]
 
-        unknown = await running.client.get(
-            "/v1/customers/recent-feedback", params={"phone": "13700000000"}, headers=agent
+        unknown = await running.client.post(
+            "/v1/customers/recent-feedback", json={"phone": "13700000000"}, headers=agent
         )
         assert unknown.status_code == 200 and unknown.json()["items"] == []
         for params in ({}, {"phone": "138"}, {"phone": "13812345678abc"}):
-            invalid = await running.client.get(
-                "/v1/customers/recent-feedback", params=params, headers=agent
+            invalid = await running.client.post(
+                "/v1/customers/recent-feedback", json=params, headers=agent
             )
             assert invalid.status_code == 422, params
         quality = running.as_staff("quality")
         assert (
-            await running.client.get(
-                "/v1/customers/recent-feedback", params={"phone": "13812345678"}, headers=quality
+            await running.client.post(
+                "/v1/customers/recent-feedback", json={"phone": "13812345678"}, headers=quality
             )
         ).status_code == 403
 

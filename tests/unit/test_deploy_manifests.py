@@ -89,7 +89,12 @@ OPTIONAL: dict[str, str] = {
     "rate_limit_per_minute": "default limit",
 }
 # Compose runs on one host: evidence on a shared volume, no ingress for a console.
-COMPOSE_OPTIONAL = {"evidence_s3_bucket", "evidence_s3_prefix", "console_api_url"}
+COMPOSE_OPTIONAL = {
+    "evidence_s3_bucket",
+    "evidence_s3_prefix",
+    "console_api_url",
+    "console_secure_cookie",
+}
 
 # Variables the services read outside Settings (files in config/ by default).
 OTHER_VARIABLES = {

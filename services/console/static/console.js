@@ -17,7 +17,9 @@
     const now = Date.now();
     document.querySelectorAll("time[data-due]").forEach(function (el) {
       if (el.hasAttribute("data-paused")) {
-        if (!el.dataset.shown) { el.textContent = (lang === "en" ? "paused · " : "已暂停 · ") + label((Date.parse(el.dataset.due) - now) / 1000, lang); el.dataset.shown = "1"; }
+        // Frozen at what it had left when it paused (the server says how much).
+        const left = el.dataset.left !== undefined ? parseFloat(el.dataset.left) : (Date.parse(el.dataset.due) - now) / 1000;
+        el.textContent = (lang === "en" ? "paused · " : "已暂停 · ") + label(left, lang);
         return;
       }
       const left = (Date.parse(el.dataset.due) - now) / 1000;
