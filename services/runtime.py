@@ -220,13 +220,7 @@ class Platform:
             self.registrar = registration.Registrar(
                 settings, self.pool, self.broker, feedback_numbering, self.vault
             )
-            self.evidence = EvidenceStore(
-                evidence_blobs(settings),
-                settings.max_attachment_bytes,
-                settings.allowed_attachment_types,
-                settings.max_attachments,
-                key=settings.pii_key_bytes,
-            )
+            self.evidence = evidence_store(settings)
             self.deadletters = intake_deadletters.DeadLetters(self.pool, settings)
             self.email = EmailIntake(self.registrar, self.evidence, self.deadletters)
         if "relay" in self.services:
@@ -394,6 +388,16 @@ def evidence_blobs(settings: Settings) -> Blobs:
     return FolderBlobs(settings.evidence_dir)
 
 
+def evidence_store(settings: Settings) -> EvidenceStore:
+    return EvidenceStore(
+        evidence_blobs(settings),
+        settings.max_attachment_bytes,
+        settings.allowed_attachment_types,
+        settings.max_attachments,
+        key=settings.pii_key_bytes,
+    )
+
+
 def app_from_environment() -> FastAPI:
     """The app for each of several uvicorn workers (`feedback run --workers N`): settings
     from the environment, services from FEEDBACK_SERVICES (comma-separated)."""
@@ -524,7 +528,12 @@ def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> Fa
         assert platform.pool is not None
         app.include_router(
             handling_router(
-                platform.routing.store, platform.routing.worklist, settings.auth_token_key_bytes
+                platform.routing.store,
+                platform.routing.worklist,
+                settings.auth_token_key_bytes,
+                # Routing alone reads the same attachments (folder or bucket) intake keeps.
+                platform.evidence or evidence_store(settings),
+                platform.pool,
             )
         )
         app.include_router(callbacks_router(platform.pool))

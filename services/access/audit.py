@@ -49,7 +49,8 @@ SubjectKind = Literal["user", "agent"]
 SECRET_FIELDS = frozenset({"password", "password_hash"})
 
 # lookup: a staff member asked which recent feedback a phone or e-mail belongs to.
-Action = Literal["reveal", "erase", "lookup"]
+# evidence: a staff member opened one of a case's attachments.
+Action = Literal["reveal", "erase", "lookup", "evidence"]
 
 
 class AccessRecord(BaseModel):

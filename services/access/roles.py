@@ -53,6 +53,9 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     # Revealing a customer's contact details: the roles are configured
     # (FEEDBACK_PII_REVEAL_ROLES); quality never, whatever the configuration says.
     "contact.reveal": frozenset({S, H, ADMIN}),
+    # Opening a case's attachments (photos, recordings, transcripts may show contact
+    # details): the people who handle cases, audited; quality never.
+    "evidence.read": frozenset({A, S, H, ADMIN}),
     "audit.read": frozenset({ADMIN}),
     "metrics.read": frozenset({Q, ADMIN}),
     "inbox.read": frozenset({A, S, H, Q, ADMIN}),  # one's own in-app notifications

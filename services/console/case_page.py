@@ -311,6 +311,13 @@ def local_time(value: Any, zone: ZoneInfo, with_seconds: bool = False) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S" if with_seconds else "%Y-%m-%d %H:%M")
 
 
+def _json_or_none(response: Any) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
 def router(console: Console) -> APIRouter:
     pages = APIRouter(include_in_schema=False)
     zone = console.settings.zone  # the service centre's (FEEDBACK_TIMEZONE)
@@ -362,6 +369,31 @@ def router(console: Console) -> APIRouter:
             # Quoted whole: the number cannot become another path or a query.
             return RedirectResponse(f"/cases/{quote(number.strip(), safe='')}", 303)
         return console.render(request, viewer, "case_find.html")
+
+    @pages.get("/cases/{number}/evidence/{sha256}")
+    async def evidence_file(
+        request: Request,
+        number: NumberPath,
+        sha256: str,
+        viewer: Annotated[Viewer, needs("evidence.read")],
+    ) -> Response:
+        """An attachment, through the API (scoped to the case's department, audited)."""
+        if not re.fullmatch(FEEDBACK_NUMBER_PATTERN, number) or not re.fullmatch(
+            r"[0-9a-f]{64}", sha256
+        ):
+            return refused(request, viewer, Answer(404, {"detail": "no such attachment"}))
+        answer = await console.api.raw(
+            "GET", f"/v1/cases/{number}/evidence/{sha256}", token=viewer.token
+        )
+        if answer.status_code != 200:
+            problem = Answer(answer.status_code, _json_or_none(answer))
+            return refused(request, viewer, problem)
+        kept = ("content-type", "content-disposition", "x-content-type-options", "cache-control")
+        return Response(
+            answer.content,
+            status_code=200,
+            headers={k: v for k, v in answer.headers.items() if k.lower() in kept},
+        )
 
     @pages.get("/cases/{number}")
     async def case_page(

@@ -13,11 +13,14 @@ import asyncio
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Literal
+from urllib.parse import quote
 
-from fastapi import APIRouter, Header, HTTPException, Path, Request
+from fastapi import APIRouter, Header, HTTPException, Path, Request, Response
+from psycopg_pool import AsyncConnectionPool
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from contracts.events import FEEDBACK_NUMBER_PATTERN
+from services.access import audit
 from services.access.http import require, staff_of
 from services.access.roles import Actor, Role
 from services.access.tokens import customer_token_valid
@@ -25,7 +28,8 @@ from services.cases.domain import Case, CaseError
 from services.cases.store import CaseConflict, CaseStore
 from services.common.boundary import Checked
 from services.common.masking import mask_contacts
-from services.handling.records import CorrespondenceEntry, correspondence_of
+from services.handling.records import CorrespondenceEntry, correspondence_of, evidence_of
+from services.intake.evidence import EvidenceStore
 from services.routing.http import visible_case
 from services.routing.worklist import CaseRow, Worklist
 
@@ -115,7 +119,14 @@ class TimelineEntry(BaseModel):
     version: int
 
 
-def handling_router(store: CaseStore, worklist: Worklist, customer_key: bytes) -> APIRouter:
+def handling_router(
+    store: CaseStore,
+    worklist: Worklist,
+    customer_key: bytes,
+    evidence: EvidenceStore | None = None,
+    pool: AsyncConnectionPool | None = None,
+) -> APIRouter:
+    """`evidence` and `pool` (the attachments and the access log) serve the evidence files."""
     router = APIRouter(tags=["handling"])
 
     async def row_of(number: str, actor: Actor | None) -> CaseRow:
@@ -303,6 +314,45 @@ def handling_router(store: CaseStore, worklist: Worklist, customer_key: bytes) -
         evidence, and what they were asked or told; texts masked as recorded."""
         row = await row_of(number, actor)
         return await asyncio.to_thread(correspondence_of, store, row.feedback_id)
+
+    @router.get("/v1/cases/{number}/evidence/{sha256}", response_class=Response)
+    async def evidence_file(
+        number: Number,
+        sha256: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")],
+        actor: Annotated[Actor, require("evidence.read")],
+    ) -> Response:
+        """One of the case's attachments, as a download (never rendered inline: a file is
+        the customer's, not ours); each opening is recorded in the access log."""
+        row = await row_of(number, actor)
+        if evidence is None or pool is None:
+            raise HTTPException(503, detail="the evidence store is not configured here")
+        attached = await asyncio.to_thread(evidence_of, store, row.feedback_id)
+        item = next((e for e in attached if e.get("sha256") == sha256), None)
+        if item is None:
+            raise HTTPException(404, detail=f"{number} has no attachment {sha256[:12]}…")
+        try:
+            data = await evidence.open(str(item["reference"]))
+        except (FileNotFoundError, KeyError) as error:
+            raise HTTPException(404, detail="the attachment is no longer kept") from error
+        async with pool.connection() as conn:
+            await audit.record(
+                conn,
+                actor,
+                "evidence",
+                row.customer_ref,
+                f"opened attachment {sha256[:12]}",
+                row.feedback_number,
+            )
+        filename = str(item.get("filename") or sha256)
+        return Response(
+            data,
+            media_type="application/octet-stream",
+            headers={
+                "Content-Disposition": f"attachment; filename*=UTF-8''{quote(filename, safe='')}",
+                "X-Content-Type-Options": "nosniff",
+                "Cache-Control": "no-store",
+            },
+        )
 
     return router
 

@@ -28,6 +28,19 @@ class CorrespondenceEntry(BaseModel):
     evidence: list[dict[str, Any]] = []
 
 
+def evidence_of(store: CaseStore, case_id: UUID) -> list[dict[str, Any]]:
+    """Every attachment of the case: the registration's, then those of later messages."""
+    found: list[dict[str, Any]] = []
+    for event in store.repository.event_store.get(case_id):
+        data: Any = event
+        kind = type(event).__name__
+        if kind == "Registered":
+            found.extend(dict(item) for item in data.registration.get("evidence") or ())
+        elif kind == "CorrespondenceReceived":
+            found.extend(dict(item) for item in data.evidence or ())
+    return found
+
+
 def correspondence_of(store: CaseStore, case_id: UUID) -> list[CorrespondenceEntry]:
     """The messages from and to the customer, oldest first."""
     entries = []
