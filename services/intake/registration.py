@@ -48,6 +48,12 @@ SCHEMA = [
     # in between, a retry of the same delivery publishes it (see _finish_abandoned).
     "ALTER TABLE intake_deduplication ADD COLUMN IF NOT EXISTS pending_event bytea",
     "ALTER TABLE intake_deduplication ADD COLUMN IF NOT EXISTS body_digest bytea",
+    # Set when Kafka did not acknowledge in time: the event may still have reached it, so the
+    # claim is kept and a retry of the same delivery publishes the same id and number.
+    "ALTER TABLE intake_deduplication ADD COLUMN IF NOT EXISTS unacknowledged_at timestamptz",
+    # What `reconcile` looks at: claims whose event Kafka has not acknowledged yet.
+    "CREATE INDEX IF NOT EXISTS intake_deduplication_unpublished ON intake_deduplication "
+    "(created_at) WHERE NOT published",
     # Every accepted feedback: lets replies and supplements find their case by number or
     # by the Message-ID of the email that registered it.
     """
@@ -109,6 +115,19 @@ class Submission(BaseModel):
 
 # A channel reference longer than this is kept as its hash (still unique per delivery).
 MAX_REFERENCE_CHARS = 200
+
+# The claim of a synchronous registration without a delivery key (no Idempotency-Key, no
+# channel reference) is kept under this prefix and its feedback id until the registry row
+# is written, so that a registry insert failing after Kafka acknowledged is repaired by
+# `reconcile` instead of lost. Removed once the registry has the feedback.
+UNKEYED = "unkeyed:"
+# A delivery whose publish was not acknowledged keeps its id and number this long for a
+# retry (and `reconcile` publishes it meanwhile); then its claim is given up. Well inside
+# the PII vault's grace for provisional customers (pii_vault.PROVISIONAL_GRACE_S, 1 h), so
+# the customer a kept event names still exists when it is published.
+RETRY_WINDOW_S = 600.0
+# How often `drain_outbox_forever` runs `reconcile`.
+RECONCILE_EVERY_S = 10.0
 
 
 def submission_flaws(submission: Submission) -> list[dict[str, Any]]:
@@ -455,7 +474,7 @@ class Registrar:
                 SELECT feedback_id FROM owned
                 """,
                 (
-                    [p.dedup_key for p in ordered],
+                    [_claim_key(p) for p in ordered],
                     [p.feedback_id for p in ordered],
                     [e.feedback_number for e in events],
                     [e.channel.value for e in events],
@@ -465,7 +484,7 @@ class Registrar:
                     [self.settings.topic(e.TOPIC) for e in events],
                     [e.key() for e in events],
                     [
-                        e.model_dump_json().encode() if p.durable or p.dedup_key else None
+                        e.model_dump_json().encode() if p.durable or _claim_key(p) else None
                         for p, e in zip(ordered, events, strict=True)
                     ],
                     [_digest(p.submission) if p.dedup_key else None for p in ordered],
@@ -487,8 +506,8 @@ class Registrar:
         return claimed
 
     async def _publish(self, batch: list[_Pending]) -> None:
-        """Publish; acknowledged ones are accepted, the others are forgotten (their claim
-        removed) so that a retry registers them afresh."""
+        """Publish; acknowledged ones are accepted. The others are answered 503: with a
+        delivery key their claim is kept for a retry (see below), without one it goes."""
         if not batch:
             return
         outcomes = await publish_many(self.broker, self.settings, [_event(p) for p in batch])
@@ -509,10 +528,20 @@ class Registrar:
             for pending in accepted:
                 pending.settle(self._accepted(pending))
         if refused:
+            # A message whose acknowledgement timed out may still reach Kafka (the producer
+            # cannot take it back). A delivery with a key keeps its claim and event, marked,
+            # so that a retry publishes the same id and number (routing keeps one case per
+            # id) instead of a second feedback, and `reconcile` publishes it meanwhile. One
+            # without a key cannot be named again by its sender: its claim goes.
             async with self.pool.connection() as conn:
                 await conn.execute(
+                    "WITH kept AS (UPDATE intake_deduplication SET unacknowledged_at = now() "
+                    "WHERE feedback_id = ANY(%s)) "
                     "DELETE FROM intake_deduplication WHERE feedback_id = ANY(%s)",
-                    ([p.feedback_id for p, _ in refused],),
+                    (
+                        [p.feedback_id for p, _ in refused if p.dedup_key is not None],
+                        [p.feedback_id for p, _ in refused if p.dedup_key is None],
+                    ),
                 )
         for pending, failure in refused:
             log.warning("feedback %s not accepted: %s", _event(pending).feedback_number, failure)
@@ -520,18 +549,22 @@ class Registrar:
 
     async def _enter(self, accepted: list[_Pending]) -> None:
         await self._enter_events(
-            [_event(p) for p in accepted], [p.dedup_key for p in accepted if p.dedup_key]
+            [_event(p) for p in accepted], [k for p in accepted if (k := _claim_key(p))]
         )
 
     async def _enter_events(self, events: list[FeedbackReceived], dedup_keys: list[str]) -> None:
         """Only feedback Kafka has enters the registry, where replies and supplements find
-        it by number; its claims now answer retries with that number."""
+        it by number; its claims now answer retries with that number (those without a
+        delivery key, see UNKEYED, are done with)."""
+        unkeyed = [k for k in dedup_keys if k.startswith(UNKEYED)]
         async with self.pool.connection() as conn:
             await conn.execute(
                 """
                 WITH marked AS (
                     UPDATE intake_deduplication SET published = true, pending_event = NULL
                     WHERE dedup_key = ANY(%s)
+                ), done AS (
+                    DELETE FROM intake_deduplication WHERE dedup_key = ANY(%s)
                 ), confirmed AS (
                     UPDATE pii_customers SET provisional = false
                     WHERE provisional AND customer_ref = ANY(%s)
@@ -542,7 +575,8 @@ class Registrar:
                 ON CONFLICT DO NOTHING
                 """,
                 (
-                    dedup_keys,
+                    [k for k in dedup_keys if not k.startswith(UNKEYED)],
+                    unkeyed,
                     [e.customer_ref for e in events],
                     [e.feedback_number for e in events],
                     [e.feedback_id for e in events],
@@ -560,12 +594,13 @@ class Registrar:
 
     async def _existing_many(self, dedup_keys: list[str]) -> dict[str, Accepted | Exception]:
         """Earlier registrations of these deliveries: their answer, or DuplicateInProgress
-        while the earlier one is not yet acknowledged. One abandoned by its process (see
-        `_finish_abandoned`) is finished here, so its answer is its number."""
+        while the earlier one is not yet acknowledged. One abandoned by its process, or
+        whose publish was not acknowledged (see `_publish`), is finished here (see
+        `_finish_abandoned`), so its answer is its number, the same as the first time."""
         async with self.pool.connection() as conn:
             cursor = await conn.execute(
                 "SELECT dedup_key, feedback_id, feedback_number, published, pending_event, "
-                "created_at < now() - make_interval(secs => %s) "
+                "created_at < now() - make_interval(secs => %s) OR unacknowledged_at IS NOT NULL "
                 "FROM intake_deduplication WHERE dedup_key = ANY(%s)",
                 (2 * self.settings.publish_timeout_s, dedup_keys),
             )
@@ -612,6 +647,33 @@ class Registrar:
             )
         return answers
 
+    async def reconcile(self, older_than_s: float | None = None, limit: int = 500) -> int:
+        """Finish registrations left between the claim and the registry row: the process
+        died before Kafka answered, Kafka did not acknowledge in time (the event may have
+        reached it), or the registry insert failed after Kafka acknowledged. Their kept
+        events are published again (routing keeps one case per feedback id) and entered in
+        the registry. Claims of unacknowledged deliveries older than RETRY_WINDOW_S are
+        given up. Returns how many were finished."""
+        stale_s = 2 * self.settings.publish_timeout_s if older_than_s is None else older_than_s
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "DELETE FROM intake_deduplication WHERE NOT published "
+                "AND unacknowledged_at IS NOT NULL "
+                "AND created_at < now() - make_interval(secs => %s)",
+                (RETRY_WINDOW_S,),
+            )
+            cursor = await conn.execute(
+                "SELECT dedup_key, pending_event FROM intake_deduplication WHERE NOT published "
+                "AND pending_event IS NOT NULL AND created_at <= now() - make_interval(secs => %s) "
+                "ORDER BY created_at LIMIT %s",
+                (stale_s, limit),
+            )
+            rows = await cursor.fetchall()
+        if not rows:
+            return 0
+        answers = await self._finish_abandoned([(key, bytes(event)) for key, event in rows])
+        return sum(isinstance(answer, Accepted) for answer in answers.values())
+
     async def drain_outbox(self, limit: int = 500) -> int:
         """Publish buffered messages in order; each row goes once Kafka acknowledged it.
 
@@ -645,7 +707,17 @@ class Registrar:
         return len(rows)
 
     async def drain_outbox_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        reconciled_at = loop.time()
         while True:
+            if loop.time() - reconciled_at >= RECONCILE_EVERY_S:
+                reconciled_at = loop.time()
+                try:
+                    await self.reconcile()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:
+                    log.warning("intake registrations not reconciled yet (%s); retrying", error)
             try:
                 while await self.drain_outbox():
                     pass
@@ -810,6 +882,15 @@ def _event(pending: _Pending) -> FeedbackReceived:
 
 def _dedup_key(pending: _Pending) -> str:
     return pending.dedup_key or ""
+
+
+def _claim_key(pending: _Pending) -> str | None:
+    """The claim a registration records before publishing: its delivery key, or for a
+    synchronous one without any, a key of its own (see UNKEYED). Durable ones need none
+    without a key: their outbox row is written in the same transaction."""
+    if pending.dedup_key is not None or pending.durable:
+        return pending.dedup_key
+    return f"{UNKEYED}{pending.feedback_id}"
 
 
 def _masked(text: str | None, own: Personal) -> str | None:
