@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from jinja2 import pass_context
 
+from contracts.codes import CHANNEL_LABELS, EMOTION_LABELS, FEEDBACK_TYPE_LABELS
 from services.common.settings import Settings
 from services.console.api import Answer, Api
 from services.console.live import LiveFeed
@@ -66,6 +67,20 @@ NAVIGATION = (
 )
 
 
+def _namer(names: Mapping[Any, str]) -> Any:
+    by_code = {
+        str(code.value if hasattr(code, "value") else code): label for code, label in names.items()
+    }
+
+    @pass_context
+    def name(context: Any, code: str | None) -> str:
+        if not code:
+            return "—"
+        return str(code) if context.get("lang") == "en" else by_code.get(str(code), str(code))
+
+    return name
+
+
 @pass_context
 def _t(context: Any, zh: str, en: str) -> str:
     """The text in the page's language: templates write both, side by side."""
@@ -85,6 +100,13 @@ class Console:
         env.globals["labels"] = labels
         env.filters["department"] = labels.department
         env.filters["category"] = labels.category
+        # Codes a person reads as words (Chinese names; the code itself in English pages).
+        for name, names in (
+            ("channel_name", CHANNEL_LABELS),
+            ("type_name", FEEDBACK_TYPE_LABELS),
+            ("emotion_name", EMOTION_LABELS),
+        ):
+            env.filters[name] = _namer(names)
 
     async def stop(self) -> None:
         await self.live.stop()
