@@ -18,11 +18,10 @@ app = typer.Typer(
 
 
 def _logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from services.common.observability import configure_logging, json_logs_requested
+
+    # FEEDBACK_LOG_FORMAT=json: one JSON object a line (Settings validates the value later).
+    configure_logging(logging.INFO if verbose else logging.WARNING, json_logs_requested())
     if not verbose:
         # aiokafka logs a coordinator lookup retry at ERROR while a fresh broker elects
         # its group coordinator; our own code reports real failures.

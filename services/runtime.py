@@ -36,7 +36,8 @@ from services.common.bus import ensure_topics, make_broker, platform_topics
 from services.common.database import apply_schema, open_pool
 from services.common.deadletters import SCHEMA as DEADLETTERS_SCHEMA
 from services.common.deadletters import configure_sealing
-from services.common.metrics import metrics_router
+from services.common.metrics import ConsumerLag, metrics_router
+from services.common.observability import configure_tracing, instrument_app
 from services.common.settings import Settings
 from services.console.web import install_console
 from services.handling import callbacks
@@ -272,6 +273,7 @@ class Platform:
             assert self.sla_pool is not None
             await asyncio.to_thread(self.sla_pool.open, True)
         await self.broker.start()
+        self._tasks.append(asyncio.create_task(ConsumerLag(self.broker).run(), name="consumer-lag"))
         if self.sla is not None:
             self._tasks.append(
                 asyncio.create_task(schedule_forever(self.sla), name="sla-scheduler")
@@ -428,6 +430,8 @@ def offline_docs(app: FastAPI) -> None:
 
 def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> FastAPI:
     platform = Platform(settings, tuple(services))
+    # Before the broker is made: it gets the tracing middleware only when tracing is on.
+    configure_tracing("feedback-" + "-".join(platform.services))
     platform.build()
 
     @contextlib.asynccontextmanager
@@ -454,6 +458,7 @@ def create_app(settings: Settings, services: Iterable[str] = ALL_SERVICES) -> Fa
         redoc_url=None,
     )
     offline_docs(app)
+    instrument_app(app)
     app.state.platform = platform
     with_body_components(app)
     app.state.tokens = Tokens(settings)

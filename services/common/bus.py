@@ -14,6 +14,8 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 
 from contracts import topics
+from services.common.metrics import broker_middlewares
+from services.common.observability import trace_headers
 from services.common.settings import Settings
 from services.common.topics_setup import declared_topics
 
@@ -40,6 +42,7 @@ def make_broker(settings: Settings, client_id: str = "feedback") -> KafkaBroker:
         request_timeout_ms=int(settings.publish_timeout_s * 1000),
         logger=log,
         graceful_timeout=15.0,
+        middlewares=broker_middlewares(),
     )
 
 
@@ -151,6 +154,8 @@ async def publish_records(
     deadline = loop.time() + settings.publish_timeout_s
     futures: list[asyncio.Future[Any]] = []
     refused: BaseException | None = None
+    # The sender's trace context (none when tracing is off); a record's own headers win.
+    ambient = trace_headers()
     try:
         async with asyncio.timeout_at(deadline):
             for record in records:
@@ -161,7 +166,7 @@ async def publish_records(
                         body,
                         topic,
                         key=key,
-                        headers={"content-type": "application/json", **extra},
+                        headers={"content-type": "application/json", **ambient, **extra},
                         no_confirm=True,
                     )
                 )

@@ -19,6 +19,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from services.common.observability import json_logs_requested
 from services.common.settings import Settings
 
 HEADER_TIMEOUT_ENV = "FEEDBACK_HEADER_TIMEOUT_S"
@@ -82,6 +83,8 @@ def server_options(settings: Settings) -> dict[str, Any]:
         # this long, the remaining connections are closed and the app's clean-up runs.
         "timeout_graceful_shutdown": 5,
         "log_level": "warning",
+        # JSON logs: uvicorn's loggers go to the root handler instead of its own text one.
+        **({"log_config": None} if json_logs_requested() else {}),
     }
 
 

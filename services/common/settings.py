@@ -7,6 +7,7 @@ import base64
 import binascii
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
@@ -161,6 +162,10 @@ class Settings(BaseSettings):
     # Mark the console's session cookie Secure even when the app sees plain HTTP (TLS ends
     # at an ingress in front of it). Off for the local default on 127.0.0.1.
     console_secure_cookie: bool = False
+    # Logs on stderr: "text" (a line a record) or "json" (an object a line with the feedback
+    # number and trace id, for a log pipeline). The CLI reads it before anything else starts
+    # (services/common/observability.py); here it is validated.
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("pii_key", "auth_token_key")
     @classmethod

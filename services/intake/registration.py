@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -25,9 +26,18 @@ from contracts.codes import Channel, Emotion, FeedbackType
 from contracts.events import CustomerCorrespondence, Evidence, FeedbackReceived
 from services.access.tokens import customer_token
 from services.common.boundary import clean_text, flaws, text_flaw, time_flaw
-from services.common.bus import Keyed, publish, publish_all, publish_many, record_of
+from services.common.bus import (
+    Keyed,
+    publish,
+    publish_all,
+    publish_many,
+    publish_records,
+    record_of,
+)
 from services.common.database import INTAKE_OUTBOX_LOCK
 from services.common.masking import Personal, mask_contacts
+from services.common.metrics import INTAKE_LATENCY
+from services.common.observability import FEEDBACK_NUMBER_HEADER, bind, trace_headers
 from services.common.settings import Settings
 from services.intake.numbering import FeedbackNumbering
 from services.intake.pii_vault import Contact, PiiVault
@@ -226,6 +236,8 @@ class _Pending:
     event: FeedbackReceived | None = None
     # Its claim, registry or outbox row is committed: it must not be registered again.
     recorded: bool = False
+    # The request's trace context: the batch that publishes it runs in a task of its own.
+    trace: dict[str, str] = field(default_factory=dict)
 
     def settle(self, result: Accepted | BaseException) -> None:
         if self.outcome.done():
@@ -296,14 +308,28 @@ class Registrar:
             problems.append({"loc": ("delivery key",), "msg": text_flaw(dedup_key)})
         if problems:
             raise InvalidSubmission(problems)
+        started = time.perf_counter()
         pending = _Pending(
             submission,
             dedup_key or _delivery_key(submission),
             durable,
             asyncio.get_running_loop().create_future(),
+            trace=trace_headers(),
         )
         self._queue.put_nowait(pending)
-        accepted = await asyncio.shield(pending.outcome)
+        try:
+            accepted = await asyncio.shield(pending.outcome)
+        except BaseException as error:
+            outcome = "unavailable" if isinstance(error, IntakeUnavailable) else "error"
+            INTAKE_LATENCY.labels(submission.channel.value, outcome).observe(
+                time.perf_counter() - started
+            )
+            raise
+        INTAKE_LATENCY.labels(
+            submission.channel.value, "duplicate" if accepted.duplicate else "accepted"
+        ).observe(time.perf_counter() - started)
+        # The rest of this request's logs name the feedback.
+        bind(feedback_number=accepted.feedback_number)
         if accepted.duplicate and not await self._same_submission(pending):
             # Someone else's delivery key (or a different body under it): the number, but
             # never the token that opens the customer's feedback.
@@ -510,7 +536,17 @@ class Registrar:
         delivery key their claim is kept for a retry (see below), without one it goes."""
         if not batch:
             return
-        outcomes = await publish_many(self.broker, self.settings, [_event(p) for p in batch])
+        outcomes = await publish_records(
+            self.broker,
+            self.settings,
+            [
+                (
+                    *record_of(self.settings, _event(p)),
+                    {FEEDBACK_NUMBER_HEADER: _event(p).feedback_number, **p.trace},
+                )
+                for p in batch
+            ],
+        )
         accepted = [p for p, failure in zip(batch, outcomes, strict=True) if failure is None]
         refused = [(p, f) for p, f in zip(batch, outcomes, strict=True) if f is not None]
         if accepted:

@@ -45,6 +45,7 @@ from pydantic import ValidationError
 from contracts import events as contract
 from services.cases.domain import Case, CaseError, clock_key
 from services.cases.store import CaseStore, KafkaPosition
+from services.common.metrics import count_clock_event
 from services.sla.calendar import BusinessCalendar, Target
 from services.sla.policies import Policies, Rule
 
@@ -352,14 +353,16 @@ class SlaService:
         hundreds of breaches); if another writer changed one of them meanwhile, case by
         case instead."""
         cases = []
+        fired: list[tuple[str, str]] = []
         for case_id, timers in due.items():
             case = self._case(case_id)
             if case is not None:
-                self._apply_timers(case, timers, now)
+                fired += self._apply_timers(case, timers, now)
                 cases.append(case)
         try:
             self.store.save(*cases)
             self.stored(list(due))
+            _count(fired)
             return
         except IntegrityError:
             pass
@@ -369,28 +372,43 @@ class SlaService:
     def stored(self, case_ids: list[UUID]) -> None:
         """Hook: these cases' fired timers are stored (benchmarks time it)."""
 
-    def _apply_timers(self, case: Case, timers: list[tuple[str, str]], now: datetime) -> None:
+    def _apply_timers(
+        self, case: Case, timers: list[tuple[str, str]], now: datetime
+    ) -> list[tuple[str, str]]:
+        """Applies the timers; returns the warnings and breaches the case recorded (a repeat
+        after a crash records nothing), as (kind, clock key)."""
+        fired: list[tuple[str, str]] = []
         for key, kind in timers:
             if kind == "warn":
-                case.warn_clock(key, now)
+                if case.warn_clock(key, now):
+                    fired.append(("warning", key))
             elif kind == "breach":
-                case.breach_clock(key, now)
+                if case.breach_clock(key, now):
+                    fired.append(("breach", key))
             elif kind == "escalate":
                 case.escalate_clock(key, 2, "head", "still open after the supervisor was told")
+        return fired
 
     def _fire(self, case_id: UUID, timers: list[tuple[str, str]], now: datetime) -> None:
         for _ in range(5):  # another writer appended to the case meanwhile: load it again
             case = self._case(case_id)
             if case is None:
                 return
-            self._apply_timers(case, timers, now)
+            fired = self._apply_timers(case, timers, now)
             try:
                 self.store.save(case)
                 self.stored([case_id])
+                _count(fired)
                 return
             except IntegrityError:
                 continue
         raise RuntimeError(f"case {case_id} kept changing under the scheduler")
+
+
+def _count(fired: list[tuple[str, str]]) -> None:
+    """Counted once stored: a save that failed and is tried again counts once."""
+    for kind, key in fired:
+        count_clock_event(kind, key)
 
 
 async def apply_timers(conn: Any, message: contract.CaseEvent, escalate_after: Any) -> None:
