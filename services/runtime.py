@@ -37,7 +37,12 @@ from services.common.database import apply_schema, open_pool
 from services.common.deadletters import SCHEMA as DEADLETTERS_SCHEMA
 from services.common.deadletters import configure_sealing
 from services.common.metrics import ConsumerLag, metrics_router
-from services.common.observability import configure_tracing, instrument_app
+from services.common.observability import (
+    configure_logging,
+    configure_tracing,
+    instrument_app,
+    json_logs_requested,
+)
 from services.common.settings import Settings
 from services.console.web import install_console
 from services.handling import callbacks
@@ -404,6 +409,10 @@ def app_from_environment() -> FastAPI:
     """The app for each of several uvicorn workers (`feedback run --workers N`): settings
     from the environment, services from FEEDBACK_SERVICES (comma-separated)."""
     services = os.environ.get("FEEDBACK_SERVICES", ",".join(ALL_SERVICES)).split(",")
+    if json_logs_requested():
+        # A worker process starts without the CLI's logging set-up, and uvicorn was told to
+        # leave logging alone: without this its records would have no handler.
+        configure_logging(logging.WARNING, json_format=True)
     return create_app(Settings(), services)
 
 
