@@ -13,7 +13,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,7 +73,7 @@ from services.projections.search_http import library_router, search_router
 from services.routing import worklist as routing_worklist
 from services.routing.assignment import load_roster
 from services.routing.classifier import Classifier, RuleBook, load_rulebook
-from services.routing.consumer import register_routing
+from services.routing.consumer import PARKED_SCHEMA, register_routing
 from services.routing.http import routing_router
 from services.routing.service import RoutingService
 from services.sla import service as sla_service
@@ -95,6 +95,8 @@ class Platform:
     store: CaseStore | None = None
     routing: RoutingService | None = None
     routing_pool: ConnectionPool | None = None
+    # Applies correspondence parked because its case was not stored yet (routing).
+    retry_parked: Callable[[], Coroutine[Any, Any, None]] | None = None
     sla: SlaService | None = None
     sla_pool: ConnectionPool | None = None
     relay: OutboxRelay | None = None
@@ -131,7 +133,9 @@ class Platform:
         if "routing" in self.services:
             # Routing keeps the feedback it cannot route in the dead-letter table; it also
             # serves the callback worklist that the projections process fills.
-            statements += routing_worklist.SCHEMA + DEADLETTERS_SCHEMA + callbacks.SCHEMA
+            statements += (
+                routing_worklist.SCHEMA + DEADLETTERS_SCHEMA + callbacks.SCHEMA + PARKED_SCHEMA
+            )
         if "relay" in self.services:
             statements += RELAY_SCHEMA
         if "projections" in self.services:
@@ -175,7 +179,7 @@ class Platform:
                 Classifier.trained(self.rulebook),
                 load_roster(),
             )
-            register_routing(self.broker, settings, self.routing)
+            self.retry_parked = register_routing(self.broker, settings, self.routing)
         if "projections" in self.services:
             registrations.register_projections(
                 self.broker, settings, self.pool, self.configured.calendars.get(None)
@@ -278,6 +282,8 @@ class Platform:
             assert self.sla_pool is not None
             await asyncio.to_thread(self.sla_pool.open, True)
         await self.broker.start()
+        if self.retry_parked is not None:
+            self._tasks.append(asyncio.create_task(self.retry_parked(), name="routing-parked"))
         self._tasks.append(asyncio.create_task(ConsumerLag(self.broker).run(), name="consumer-lag"))
         if self.sla is not None:
             self._tasks.append(
