@@ -172,6 +172,8 @@ class OverdueClock(Model):
 class Overdue(Model):
     cases: int
     clocks: int
+    # The longest overdue first; all of them unless the caller capped the list
+    # (`overdue_limit`): with a heavy backlog they are tens of thousands.
     items: list[OverdueClock]
 
 
@@ -493,8 +495,20 @@ async def _on_time(conn: Any, params: dict[str, Any]) -> OnTime:
     return OnTime(overall=overall, by_clock=rates[1:])
 
 
-async def _overdue(conn: Any, params: dict[str, Any]) -> Overdue:
-    # What bi.clocks calls `overdue`, as of the report's time.
+async def _overdue(conn: Any, params: dict[str, Any], limit: int | None) -> Overdue:
+    # What bi.clocks calls `overdue`, as of the report's time: counted whole, listed up to
+    # `limit` (None: every one).
+    overdue = f"""
+        {CASES} AND state <> 'met' AND due_at < %(as_of)s
+          AND (state <> 'paused' OR paused_at >= due_at)
+          AND case_status NOT IN ('closed', 'archived')
+    """
+    counts = await _row(
+        conn,
+        f"SELECT count(DISTINCT feedback_number) AS cases, count(*) AS clocks "
+        f"FROM bi.clocks WHERE {overdue}",
+        params,
+    )
     rows = await _rows(
         conn,
         f"""
@@ -503,15 +517,14 @@ async def _overdue(conn: Any, params: dict[str, Any]) -> Overdue:
                    AS overdue_minutes,
                escalation_level
         FROM bi.clocks
-        WHERE {CASES} AND state <> 'met' AND due_at < %(as_of)s
-          AND (state <> 'paused' OR paused_at >= due_at)
-          AND case_status NOT IN ('closed', 'archived')
+        WHERE {overdue}
         ORDER BY due_at, feedback_number, clock, subject NULLS FIRST
+        LIMIT %(overdue_limit)s
         """,
-        params,
+        params | {"overdue_limit": limit},
     )
     items = [OverdueClock.model_validate(r) for r in rows]
-    return Overdue(cases=len({i.feedback_number for i in items}), clocks=len(items), items=items)
+    return Overdue(cases=counts["cases"], clocks=counts["clocks"], items=items)
 
 
 async def _csat_nps(conn: Any, params: dict[str, Any]) -> tuple[Csat, Nps]:
@@ -743,10 +756,11 @@ async def summary(
     scope: Scope,
     as_of: datetime,
     step: Step | None = None,
+    overdue_limit: int | None = None,
 ) -> Summary:
     """The report for local days `day_from`..`day_to` (both included), in the caller's
     transaction (a repeatable-read one gives every section the same snapshot); the trend
-    by `step` (default: `default_step`)."""
+    by `step` (default: `default_step`); at most `overdue_limit` overdue clocks listed."""
     checked_range(day_from, day_to)
     start, end = local_bounds(day_from, day_to, zone)
     params = scope.params() | {
@@ -774,7 +788,7 @@ async def summary(
         first_response=first_response,
         resolution=resolution,
         on_time=await _on_time(conn, params),
-        overdue=await _overdue(conn, params),
+        overdue=await _overdue(conn, params, overdue_limit),
         csat=csat,
         nps=nps,
         repeat=await _repeat(conn, params),

@@ -47,6 +47,7 @@ def reports_router(
         day_to: date,
         department: str | None,
         step: reports.Step | None = None,
+        overdue_limit: int | None = None,
     ) -> reports.Summary:
         try:
             reports.checked_range(day_from, day_to)
@@ -58,7 +59,9 @@ def reports_router(
         async with pool.connection() as conn, conn.transaction():
             # One snapshot for every section; nothing is written.
             await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            return await reports.summary(conn, day_from, day_to, zone, scope, now(), step)
+            return await reports.summary(
+                conn, day_from, day_to, zone, scope, now(), step, overdue_limit
+            )
 
     def filename(summary: reports.Summary, extension: str) -> dict[str, str]:
         name = f"report-{summary.from_.isoformat()}_{summary.to.isoformat()}.{extension}"
@@ -71,8 +74,14 @@ def reports_router(
         to: To,
         department: Department = None,
         step: TrendStep = None,
+        overdue_limit: Annotated[
+            int,
+            Query(ge=0, le=100_000, description="overdue clocks listed (all are counted)"),
+        ] = 100,
     ) -> reports.Summary:
-        return await produce(actor, day_from, to, department, step)
+        """The report as JSON; the overdue clocks listed are the `overdue_limit` longest
+        overdue (the files, XLSX and CSV, list every one)."""
+        return await produce(actor, day_from, to, department, step, overdue_limit)
 
     @router.get(
         "/v1/reports/summary.xlsx",
