@@ -6,6 +6,7 @@ the durable outbox) and into a table an operator lists and replays (`feedback de
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from datetime import UTC, datetime
@@ -52,17 +53,10 @@ class DeadLetters:
         metadata = {
             clean_text(k): mask_contacts(clean_text(v)) for k, v in (metadata or {}).items()
         }
-        metadata["payload_encoding"] = encoding_of(payload)
-        message = sealed_message(
-            DeadLetter(
-                dead_letter_id=dead_letter_id,
-                source=source,
-                reason=reason,
-                payload="",
-                metadata=metadata,
-                failed_at=datetime.now(UTC),
-            ),
-            payload,
+        # A kept mail may be 25 MiB: decoding, encrypting it twice and base64 take a CPU for
+        # a while, so they run in a worker thread, off the event loop.
+        message, sealed = await asyncio.to_thread(
+            _sealed, dead_letter_id, source, reason, metadata, payload
         )
         settled_as = NUMBER_IN_TEXT.search(settled) if settled else None
         async with self.pool.connection() as conn, conn.transaction():
@@ -76,8 +70,8 @@ class DeadLetters:
                     dead_letter_id,
                     source,
                     reason,
-                    seal(dead_letter_id, payload),
-                    Jsonb(metadata),
+                    sealed,
+                    Jsonb(message.metadata),
                     settled_as.group(0) if settled_as else None,
                     settled,
                     settled,
@@ -117,3 +111,27 @@ class DeadLetters:
                 "UPDATE deadletters SET replayed_at = now(), replay_result = %s WHERE dead_letter_id = %s",
                 (result, dead_letter_id),
             )
+
+
+def _sealed(
+    dead_letter_id: uuid.UUID,
+    source: str,
+    reason: str,
+    metadata: dict[str, str],
+    payload: bytes,
+) -> tuple[DeadLetter, bytes]:
+    """The dead letter as the topic carries it and the payload as the table keeps it, both
+    sealed (CPU-bound on large payloads: called in a thread)."""
+    metadata = {**metadata, "payload_encoding": encoding_of(payload)}
+    message = sealed_message(
+        DeadLetter(
+            dead_letter_id=dead_letter_id,
+            source=source,
+            reason=reason,
+            payload="",
+            metadata=metadata,
+            failed_at=datetime.now(UTC),
+        ),
+        payload,
+    )
+    return message, seal(dead_letter_id, payload)

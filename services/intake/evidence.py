@@ -148,8 +148,10 @@ class EvidenceStore:
         self, data: bytes, filename: str | None, content_type: str | None, kind: str | None = None
     ) -> Evidence:
         self.check(filename, content_type, data)
-        digest = hashlib.sha256(data).hexdigest()
-        await asyncio.to_thread(self._keep, digest, data)
+        # Hashing and sealing a 50 MiB upload hold a CPU for a tenth of a second or more:
+        # in a worker thread, so the event loop keeps serving meanwhile (hashlib and AES-GCM
+        # release the GIL on large buffers).
+        digest = await asyncio.to_thread(self._keep, data)
         media = (content_type or "application/octet-stream").split(";")[0].strip().lower()
         return Evidence(
             kind=kind or _kind_of(media),
@@ -162,14 +164,21 @@ class EvidenceStore:
 
     async def open(self, reference: str) -> bytes:
         digest = reference.rsplit("/", 1)[-1]
-        stored = await asyncio.to_thread(self.blobs.read, digest)
+        # Reading and opening a large attachment in a thread too, off the event loop.
+        return await asyncio.to_thread(self._open, digest)
+
+    def _open(self, digest: str) -> bytes:
+        stored = self.blobs.read(digest)
         if self.cipher is None:
             return stored
         return self.cipher.decrypt(stored[:12], stored[12:], digest.encode())
 
-    def _keep(self, digest: str, data: bytes) -> None:
+    def _keep(self, data: bytes) -> str:
+        """Hash, seal and store (once per content); returns the hash. Runs in a thread."""
+        digest = hashlib.sha256(data).hexdigest()
         if not self.blobs.exists(digest):
             self.blobs.write(digest, self._seal(digest, data))
+        return digest
 
     def _seal(self, digest: str, data: bytes) -> bytes:
         if self.cipher is None:
