@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 from psycopg_pool import ConnectionPool
 
 from services.cases.store import CaseStore
@@ -65,6 +66,17 @@ async def case_view(client: Any, number: str, **expected: Any) -> dict[str, Any]
         return view if all(view.get(k) == v for k, v in expected.items()) else None
 
     return await wait_for(matches, timeout=30, what=f"case {number} with {expected}")  # type: ignore[no-any-return]
+
+
+def _clock_events_counted() -> float:
+    """Warnings and breaches counted in this process's metrics (feedback_sla_clock_events)."""
+    return sum(
+        sample.value
+        for metric in REGISTRY.collect()
+        if metric.name == "feedback_sla_clock_events"
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    )
 
 
 def clock_of(view: dict[str, Any], name: str) -> dict[str, Any]:
@@ -284,10 +296,16 @@ async def test_two_schedulers_fire_each_warning_once_and_a_restart_loses_nothing
             SlaService(store, pool, load_policies(), load_calendars().get(None), later)
             for pool in pools
         ]
+        counted_before = _clock_events_counted()
         fired = await asyncio.gather(
             *(asyncio.to_thread(s.fire_due, 3) for s in schedulers for _ in range(4))
         )
         assert sum(fired) > 0
+        # /metrics counts what was stored, once, though two schedulers raced for it.
+        stored_total = sum(
+            facts(settings, n).count(k) for n in numbers for k in ("ClockWarned", "ClockBreached")
+        )
+        assert _clock_events_counted() - counted_before == stored_total > 0
         # Whatever each claimed, each clock is warned and breached exactly once.
         for number in numbers:
             stored = facts(settings, number)
