@@ -2,7 +2,11 @@
 (`config/training`), never on the frozen evaluation set.
 
 Prints, for the rules alone and the rules with the model: per-field accuracy; for the
-urgent model, the recall and the share of other texts made urgent at each threshold; and
+urgent decision, the recall and the share of other texts made urgent at each threshold, by
+the yes/no urgent model's P alone (the decision before issue #12's second round), by the
+urgent score (the mean of P(urgent) and the likeliest danger kind's P) and by the decision
+as routing makes it (a rule's danger flag, or the score at the threshold), and the
+threshold that CV chooses (the highest that keeps recall at least 0.95); and
 the share sent to triage (and the accuracy of what is not) at each `triage_below`. The
 thresholds in `config/classification.yaml` (`model:`) are chosen from these figures.
 """
@@ -40,7 +44,8 @@ def run(folds: int = FOLDS) -> list[str]:
     random.Random(7).shuffle(items)
     rules = Classifier(load_rulebook())
     correct: dict[str, Counter[str]] = {"rules": Counter(), "model": Counter()}
-    urgent: list[tuple[float, bool]] = []
+    urgent: list[tuple[float, float, bool, bool]] = []  # P(urgent), score, rule flag, truth
+    danger_flags = set(rules.book.priority.urgent_flags)
     confident: list[tuple[float, bool]] = []
     began = time.perf_counter()
     for fold in range(folds):
@@ -63,7 +68,14 @@ def run(folds: int = FOLDS) -> list[str]:
             for field in FIELDS:
                 correct["rules"][field] += got_rules[field] == want[field]
                 correct["model"][field] += found[field].label == want[field]
-            urgent.append((found["urgent_yes"].probability, want["priority"] == "urgent"))
+            urgent.append(
+                (
+                    found["urgent_p"].probability,
+                    found["urgent_yes"].probability,
+                    bool(set(ruled.flags) & danger_flags),
+                    want["priority"] == "urgent",
+                )
+            )
             both_right = (
                 found["type"].label == want["type"]
                 and found["subcategory"].label == want["subcategory"]
@@ -76,14 +88,35 @@ def run(folds: int = FOLDS) -> list[str]:
     for name, counts in correct.items():
         shown = ", ".join(f"{f} {counts[f] / total:.3f}" for f in FIELDS)
         lines.append(f"{name}: {shown}")
-    positives = sum(1 for _, u in urgent if u)
+    positives = sum(1 for *_, u in urgent if u)
     negatives = total - positives
+
+    def rates(by: str, threshold: float) -> tuple[float, float]:
+        """Recall and the share of others made urgent, deciding `by` P(urgent) alone, by
+        the score, or as routing decides (a rule's danger flag, or the score)."""
+        caught = raised = 0
+        for p, score, ruled, truth in urgent:
+            if by == "P(urgent)":
+                made = p >= threshold
+            else:
+                made = score >= threshold or (by == "decision" and ruled)
+            caught += made and truth
+            raised += made and not truth
+        return caught / positives, raised / negatives
+
     for threshold in np.arange(0.2, 0.75, 0.05):
-        caught = sum(1 for p, u in urgent if u and p >= threshold)
-        raised = sum(1 for p, u in urgent if not u and p >= threshold)
+        parts = []
+        for by in ("P(urgent)", "score", "decision"):
+            recall, raised = rates(by, threshold)
+            parts.append(f"{by} recall {recall:.3f}, others made urgent {raised:.3f}")
+        lines.append(f"urgent at {threshold:.2f}: " + "; ".join(parts))
+    steps = [round(float(t), 2) for t in np.arange(0.05, 0.95, 0.01)]
+    chosen = max((t for t in steps if rates("decision", t)[0] >= 0.95), default=None)
+    if chosen is not None:
+        recall, raised = rates("decision", chosen)
         lines.append(
-            f"urgent at P >= {threshold:.2f}: recall {caught / positives:.3f}, "
-            f"others made urgent {raised / negatives:.3f}"
+            f"chosen urgent_threshold {chosen:.2f} (the highest with decision recall >= 0.95): "
+            f"recall {recall:.3f}, others made urgent {raised:.3f}"
         )
     for threshold in (0.1, 0.15, 0.2, 0.25, 0.3):
         kept = [right for p, right in confident if p >= threshold]

@@ -8,7 +8,12 @@ import pytest
 
 from contracts.codes import Priority
 from services.routing.classifier import Classifier, FeedbackText, load_rulebook
-from services.routing.classifier.evaluation import FROZEN_EVAL, evaluate, load_labelled
+from services.routing.classifier.evaluation import (
+    FROZEN_EVAL,
+    LabelledItem,
+    evaluate,
+    load_labelled,
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +36,32 @@ def test_dangers_in_everyday_words_are_urgent(hybrid: Classifier, text: str) -> 
     decision = hybrid.classify(FeedbackText(text))
     assert decision.priority == Priority.urgent, decision.rules[:3]
     assert not decision.needs_triage
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("插座那里有股焦糊味，还一直噼啪响", "safety"),
+        ("The charger got so hot it melted the cable and there was smoke", "safety"),
+        ("有人在外地登录了我的账号，还把绑定手机改了", "fraud"),
+        ("Someone in another city used my card five times on your site", "fraud"),
+    ],
+)
+def test_the_urgent_score_names_its_danger_kind_and_why(
+    hybrid: Classifier, text: str, kind: str
+) -> None:
+    assert hybrid.model is not None
+    found = hybrid.model.predict(text)
+    assert found["danger"].label == kind
+    assert found["urgent_yes"].probability >= hybrid.book.model.urgent_threshold
+    assert found["urgent_yes"].because  # the features that made it urgent, by name
+    assert not any(f.startswith(("c:", "4:")) for f in found["urgent_yes"].because)
+
+
+def test_a_look_alike_scores_low_on_every_danger(hybrid: Classifier) -> None:
+    assert hybrid.model is not None
+    found = hybrid.model.predict("这款太火爆了，抢了三次才买到，好评")
+    assert found["urgent_yes"].probability < hybrid.book.model.urgent_threshold
 
 
 @pytest.mark.parametrize("text", ["这款太火爆了，抢了三次才买到，好评", "建议App增加夜间模式"])
@@ -59,7 +90,7 @@ def test_the_frozen_set_stays_above_its_minimums(hybrid: Classifier) -> None:
     urgent = [i for i in items if i.expected["priority"] == "urgent"]
     others = [i for i in items if i.expected["priority"] != "urgent"]
 
-    def urgent_share(group: list) -> float:
+    def urgent_share(group: list[LabelledItem]) -> float:
         decided = [hybrid.classify(FeedbackText(i.text, customer_tier=i.tier)) for i in group]
         return sum(d.priority == Priority.urgent for d in decided) / len(group)
 

@@ -267,14 +267,24 @@ class Classifier:
             + (f" ({', '.join(found[name].because)})" if found[name].because else "")
             for name in ("type", "subcategory", "department", "priority")
         ]
-        urgent_yes = found["urgent_yes"].probability
+        urgent = found["urgent_yes"]
+        danger = found["danger"]
         if flags & set(book.priority.urgent_flags):
             priority = Priority.urgent  # a rule's danger flag stands
-        elif urgent_yes >= book.model.urgent_threshold:
+        elif urgent.probability >= book.model.urgent_threshold:
             priority = Priority.urgent
             concepts = {t.removeprefix("lex:") for t in tokens if t.startswith("lex:")}
             flags |= {CONCEPT_FLAGS[c] for c in concepts if c in CONCEPT_FLAGS}
-            rules.append(f"model.urgent:p={urgent_yes:.2f}")
+            if not flags & set(book.priority.urgent_flags) and danger.label != "none":
+                flags.add(danger.label)  # type: ignore[arg-type]
+            rules.append(
+                f"model.urgent:p={urgent.probability:.2f} {danger.label} p={danger.probability:.2f}"
+                + (f" ({', '.join(urgent.because)})" if urgent.because else "")
+            )
+        elif priority == Priority.urgent:
+            # Urgent is the urgent score's decision (its threshold chosen by CV for recall),
+            # not the priority model's: below the threshold the case is high.
+            priority = Priority.high
         if tier == "vip":
             flags.add("vip")
         priority = _repeat_adjusted(history, category, feedback_type, priority, flags, rules)

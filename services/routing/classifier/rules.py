@@ -96,8 +96,9 @@ class ModelSettings(Strict):
     """How the statistical model (model.py) joins the rules."""
 
     enabled: bool = True
-    # P(urgent) at or above this makes a case urgent: chosen on the training set by
-    # cross-validation for recall first (a missed danger costs far more than a false alarm).
+    # The urgent score (model.py: the mean of P(urgent) and the likeliest danger kind's P)
+    # at or above this makes a case urgent: chosen on the training set by cross-validation
+    # for recall first (a missed danger costs far more than a false alarm).
     urgent_threshold: float = Field(default=0.3, gt=0, lt=1)
     # Below this probability for type or subcategory, a person triages.
     triage_below: float = Field(default=0.15, ge=0, le=1)
