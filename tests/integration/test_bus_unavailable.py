@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import psycopg
 import pytest
 
@@ -13,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 
 async def test_kafka_down_gives_503_and_nothing_half_registered(
-    settings: Settings, tmp_path
+    settings: Settings, tmp_path: Path
 ) -> None:
     own_kafka = start_kafka(tmp_path / "kafka")  # this test stops its broker; others share theirs
     try:
