@@ -97,3 +97,18 @@ def test_off_costs_nothing_on_the_producer_side() -> None:
 def test_log_format_setting() -> None:
     assert observability.json_logs_requested({"FEEDBACK_LOG_FORMAT": "JSON"})
     assert not observability.json_logs_requested({})
+
+
+def test_exporters_named_by_the_standard_variables() -> None:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+    exporters = observability._exporters({"OTEL_TRACES_EXPORTER": "otlp,console"})
+    assert [type(e) for e in exporters] == [OTLPSpanExporter, ConsoleSpanExporter]
+    # An endpoint alone means OTLP.
+    [default] = observability._exporters({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"})
+    assert isinstance(default, OTLPSpanExporter)
+    with pytest.raises(ValueError, match="http/protobuf"):
+        observability._exporters({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+    with pytest.raises(ValueError, match="otlp, console or none"):
+        observability._exporters({"OTEL_TRACES_EXPORTER": "jaeger"})
