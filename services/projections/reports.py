@@ -14,11 +14,15 @@ four places; minutes to one place.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+from psycopg import sql
 from psycopg.rows import dict_row
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -757,10 +761,15 @@ async def summary(
     as_of: datetime,
     step: Step | None = None,
     overdue_limit: int | None = None,
+    second: Any = None,
 ) -> Summary:
     """The report for local days `day_from`..`day_to` (both included), in the caller's
     transaction (a repeatable-read one gives every section the same snapshot); the trend
-    by `step` (default: `default_step`); at most `overdue_limit` overdue clocks listed."""
+    by `step` (default: `default_step`); at most `overdue_limit` overdue clocks listed.
+
+    With `second`, a connection whose transaction shares the first one's snapshot
+    (`shared_snapshot`), half the sections run on it at the same time: PostgreSQL works
+    on both at once (the report of 100,000 cases takes about half as long)."""
     checked_range(day_from, day_to)
     start, end = local_bounds(day_from, day_to, zone)
     params = scope.params() | {
@@ -773,8 +782,35 @@ async def summary(
     total = int(
         (await _row(conn, f"SELECT count(*) AS n FROM bi.cases WHERE {CASES}", params))["n"]
     )
-    first_response, resolution = await _response_times(conn, params)
-    csat, nps = await _csat_nps(conn, params)
+    other = second or conn
+
+    async def first_half() -> tuple[Any, ...]:
+        return (
+            await _response_times(conn, params),
+            await _csat_nps(conn, params),
+            await _volume(conn, params, total),
+            await _categories(conn, params, total),
+            await _department_handling(conn, params),
+            await _on_time(conn, params),
+        )
+
+    async def second_half() -> tuple[Any, ...]:
+        return (
+            await _overdue(other, params, overdue_limit),
+            await _repeat(other, params),
+            await _product_problems(other, params),
+            await _unsatisfied(other, params),
+            await _emotions(other, params, total),
+            await _callbacks(other, params),
+            await _trend(other, params, step or default_step(day_from, day_to)),
+        )
+
+    if second is None:  # one connection runs one statement at a time
+        one, two = await first_half(), await second_half()
+    else:
+        one, two = await asyncio.gather(first_half(), second_half())
+    (first_response, resolution), (csat, nps), volume, categories, handling, on_time = one
+    overdue, repeat, product_problems, unsatisfied, emotions, callbacks, trend = two
     return Summary(
         from_=day_from,
         to=day_to,
@@ -782,19 +818,34 @@ async def summary(
         departments=None if scope.departments is None else list(scope.departments),
         as_of=as_of,
         total=total,
-        volume=await _volume(conn, params, total),
-        categories=await _categories(conn, params, total),
-        department_handling=await _department_handling(conn, params),
+        volume=volume,
+        categories=categories,
+        department_handling=handling,
         first_response=first_response,
         resolution=resolution,
-        on_time=await _on_time(conn, params),
-        overdue=await _overdue(conn, params, overdue_limit),
+        on_time=on_time,
+        overdue=overdue,
         csat=csat,
         nps=nps,
-        repeat=await _repeat(conn, params),
-        product_problems=await _product_problems(conn, params),
-        unsatisfied=await _unsatisfied(conn, params),
-        emotions=await _emotions(conn, params, total),
-        callbacks=await _callbacks(conn, params),
-        trend=await _trend(conn, params, step or default_step(day_from, day_to)),
+        repeat=repeat,
+        product_problems=product_problems,
+        unsatisfied=unsatisfied,
+        emotions=emotions,
+        callbacks=callbacks,
+        trend=trend,
     )
+
+
+@contextlib.asynccontextmanager
+async def shared_snapshot(pool: Any) -> AsyncIterator[tuple[Any, Any]]:
+    """Two read-only connections whose transactions see one snapshot (the first exports
+    it, the second adopts it): every section of a report reads the same data, in parallel."""
+    async with pool.connection() as first, first.transaction():
+        await first.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        exported = await (await first.execute("SELECT pg_export_snapshot()")).fetchone()
+        async with pool.connection() as second, second.transaction():
+            await second.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            await second.execute(
+                sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(exported[0]))
+            )
+            yield first, second

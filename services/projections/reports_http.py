@@ -56,11 +56,10 @@ def reports_router(
         if department is not None and not sees_department(actor, department):
             raise HTTPException(403, detail=f"the department {department} is not yours")
         scope = reports.Scope.of(actor, department)
-        async with pool.connection() as conn, conn.transaction():
-            # One snapshot for every section; nothing is written.
-            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        # One snapshot for every section, read on two connections at once; nothing written.
+        async with reports.shared_snapshot(pool) as (first, second):
             return await reports.summary(
-                conn, day_from, day_to, zone, scope, now(), step, overdue_limit
+                first, day_from, day_to, zone, scope, now(), step, overdue_limit, second
             )
 
     def filename(summary: reports.Summary, extension: str) -> dict[str, str]:
