@@ -55,6 +55,7 @@ SAMPLES = {
     "item_id": str(uuid.UUID(int=2)),
     "task_id": str(uuid.UUID(int=3)),
     "kind": "sla_policies",
+    "sha256": "0" * 64,
 }
 PHONE_OR_EMAIL = re.compile(r"1[3-9]\d{9}|[\w.+-]+@[\w-]+\.[\w.]+")
 
