@@ -358,9 +358,15 @@ class Platform:
             await self.smtp_server.wait_closed()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            # Bounded: a task that swallowed its cancellation (asyncio.wait_for on Python
+            # 3.11 can) must not hold the stop for ever; it is named and left behind.
+            done, pending = await asyncio.wait(self._tasks, timeout=10)
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # retrieved: a task that failed has said so in its log
+            for task in pending:
+                log.error("background task %s did not stop within 10 s", task.get_name())
         if self.broker is not None:
             try:
                 # With the bus gone the producer would wait for it forever; consumers

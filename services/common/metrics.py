@@ -128,7 +128,11 @@ class ConsumerLag:
             ends = await consumer.end_offsets(assigned)
             for partition in assigned:
                 try:
-                    position = await asyncio.wait_for(consumer.position(partition), 1.0)
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                    # cancellation that arrives as the inner call completes, and this loop
+                    # would then outlive the process's shutdown.
+                    async with asyncio.timeout(1.0):
+                        position = await consumer.position(partition)
                 except (TimeoutError, IllegalStateError, KafkaError) as error:
                     log.debug("no position for %s yet: %s", partition, error)
                     continue  # revoked, or its position being reset: the next round

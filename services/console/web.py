@@ -221,7 +221,9 @@ def frame_router(console: Console) -> APIRouter:
                 yield "retry: 3000\n\n"
                 while loop.time() < ends_at:
                     try:
-                        change = await asyncio.wait_for(changes.get(), LIVE_KEEPALIVE_S)
+                        # asyncio.timeout: wait_for (3.11) can swallow a cancellation.
+                        async with asyncio.timeout(LIVE_KEEPALIVE_S):
+                            change = await changes.get()
                     except TimeoutError:
                         yield ": keep-alive\n\n"
                         continue

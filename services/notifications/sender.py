@@ -149,8 +149,10 @@ class Sender:
                 if rows:
                     await self.deliver_all(rows)
                     continue  # more may be due already
+                # asyncio.timeout: wait_for (3.11) can swallow a cancellation in a loop.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.settings.notify_poll_s)
+                    async with asyncio.timeout(self.settings.notify_poll_s):
+                        await self._wake.wait()
 
     async def deliver_all(self, rows: list[Notification]) -> None:
         """Send a claimed batch, `notify_concurrency` at a time. Cancelled, the sends
