@@ -56,6 +56,9 @@ async def test_redelivered_and_replayed_messages_create_nothing_new(settings: Se
             timeout=30,
             what="routing committed",
         )
+        # The snapshot below is of a settled state: every stored event relayed and projected
+        # (the clocks' events follow registration by a moment).
+        await wait_for(lambda: _settled(settings), timeout=30, what="everything projected")
     before = registrations(settings)
     events_before = case_counts(settings)
     assert events_before[1] == sent
