@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -112,6 +113,17 @@ def parse_when(text: str) -> dict[str, Any]:
         ]
         when[name] = parsed[0] if len(parsed) == 1 else parsed
     return when
+
+
+@dataclass(frozen=True)
+class ConfigPage:
+    """One page of stored configuration: its kind in the API, its template and navigation
+    section, and how its form is filled from a stored body."""
+
+    kind: str
+    template: str
+    section: str
+    form_of: Callable[[Mapping[str, Any]], dict[str, Any]]
 
 
 def sla_form(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -481,9 +493,7 @@ def router(console: Console) -> APIRouter:
     async def config_section(
         request: Request,
         viewer: Viewer,
-        kind: str,
-        template: str,
-        section: str,
+        page: ConfigPage,
         *,
         fragment: bool,
         status_code: int = 200,
@@ -492,19 +502,21 @@ def router(console: Console) -> APIRouter:
         saved: int | None = None,
         expected_version: int | None = None,
     ) -> HTMLResponse:
-        config, history, problem = await config_of(viewer, kind)
+        """One configuration page (or its section, for htmx), its form filled from the
+        stored version unless `form` says otherwise (what was typed, what was saved)."""
+        config, history, problem = await config_of(viewer, page.kind)
         return render(
             request,
             viewer,
-            template,
+            page.template,
             status_code,
-            section=section,
-            kind=kind,
+            section=page.section,
+            kind=page.kind,
             fragment=fragment,
             config=config,
             history=history,
             load_error=problem,
-            form=form,
+            form=page.form_of(config.get("body", {})) if form is None else form,
             errors=errors or {},
             saved=saved,
             expected_version=config.get("version", 0)
@@ -528,31 +540,18 @@ def router(console: Console) -> APIRouter:
 
     # SLA policies
 
+    sla = ConfigPage("sla_policies", "admin_sla.html", "sla", sla_form)
+
     @pages.get("/admin/sla")
     async def sla_page(
         request: Request, viewer: Annotated[Viewer, needs("config.read")]
     ) -> HTMLResponse:
-        config, history, problem = await config_of(viewer, "sla_policies")
-        return render(
-            request,
-            viewer,
-            "admin_sla.html",
-            section="sla",
-            kind="sla_policies",
-            fragment=False,
-            config=config,
-            history=history,
-            load_error=problem,
-            form=sla_form(config.get("body", {})),
-            errors={},
-            saved=None,
-            expected_version=config.get("version", 0),
-        )
+        return await config_section(request, viewer, sla, fragment=False)
 
     @pages.post("/admin/sla")
     async def change_sla(request: Request, viewer: ActingViewer) -> Response:
         form = _form_values(await request.form())
-        current = await console.get(viewer, "/v1/admin/config/sla_policies")
+        current = await console.get(viewer, f"/v1/admin/config/{sla.kind}")
         base = current.body.get("body", {}) if current.ok else {}
         body, errors, places = sla_body(form, base)
         shown = _resubmitted_sla(form)
@@ -562,9 +561,7 @@ def router(console: Console) -> APIRouter:
             return await config_section(
                 request,
                 viewer,
-                "sla_policies",
-                "admin_sla.html",
-                "sla",
+                sla,
                 fragment=True,
                 status_code=422,
                 form=shown,
@@ -572,16 +569,14 @@ def router(console: Console) -> APIRouter:
                 expected_version=_int(form.get("expected_version")),
             )
         answer = await store(
-            viewer, "sla_policies", form.get("expected_version", ""), form["reason"], body
+            viewer, sla.kind, form.get("expected_version", ""), form["reason"], body
         )
         if not answer.ok:
             errors = _placed(_config_errors(answer), places)
             return await config_section(
                 request,
                 viewer,
-                "sla_policies",
-                "admin_sla.html",
-                "sla",
+                sla,
                 fragment=True,
                 status_code=refused_status(answer),
                 form=shown,
@@ -591,9 +586,7 @@ def router(console: Console) -> APIRouter:
         return await config_section(
             request,
             viewer,
-            "sla_policies",
-            "admin_sla.html",
-            "sla",
+            sla,
             fragment=True,
             form=sla_form(answer.body["body"]),
             saved=answer.body["version"],
@@ -608,31 +601,18 @@ def router(console: Console) -> APIRouter:
             "breaks": ", ".join(body.get("breaks") or []),
         }
 
+    calendar = ConfigPage("calendar", "admin_calendar.html", "calendar", calendar_form)
+
     @pages.get("/admin/calendar")
     async def calendar_page(
         request: Request, viewer: Annotated[Viewer, needs("config.read")]
     ) -> HTMLResponse:
-        config, history, problem = await config_of(viewer, "calendar")
-        return render(
-            request,
-            viewer,
-            "admin_calendar.html",
-            section="calendar",
-            kind="calendar",
-            fragment=False,
-            config=config,
-            history=history,
-            load_error=problem,
-            form=calendar_form(config.get("body", {})),
-            errors={},
-            saved=None,
-            expected_version=config.get("version", 0),
-        )
+        return await config_section(request, viewer, calendar, fragment=False)
 
     @pages.post("/admin/calendar")
     async def change_calendar(request: Request, viewer: ActingViewer) -> Response:
         form = _form_values(await request.form())
-        current = await console.get(viewer, "/v1/admin/config/calendar")
+        current = await console.get(viewer, f"/v1/admin/config/{calendar.kind}")
         body = dict(current.body.get("body", {})) if current.ok else {}
         body["extra_closed"] = _days(form.get("extra_closed", ""))
         body["extra_working"] = _days(form.get("extra_working", ""))
@@ -643,7 +623,7 @@ def router(console: Console) -> APIRouter:
         answer = None
         if not errors:
             answer = await store(
-                viewer, "calendar", form.get("expected_version", ""), form["reason"], body
+                viewer, calendar.kind, form.get("expected_version", ""), form["reason"], body
             )
             if not answer.ok:
                 errors = calendar_errors(_config_errors(answer))
@@ -651,9 +631,7 @@ def router(console: Console) -> APIRouter:
             return await config_section(
                 request,
                 viewer,
-                "calendar",
-                "admin_calendar.html",
-                "calendar",
+                calendar,
                 fragment=True,
                 status_code=refused_status(answer) if answer is not None else 422,
                 form=form,
@@ -664,9 +642,7 @@ def router(console: Console) -> APIRouter:
         return await config_section(
             request,
             viewer,
-            "calendar",
-            "admin_calendar.html",
-            "calendar",
+            calendar,
             fragment=True,
             form=calendar_form(answer.body["body"]),
             saved=answer.body["version"],
@@ -677,26 +653,13 @@ def router(console: Console) -> APIRouter:
     def rules_form(body: Mapping[str, Any]) -> dict[str, str]:
         return {"rules": yaml.safe_dump(dict(body), allow_unicode=True, sort_keys=False, width=100)}
 
+    rules = ConfigPage("classification", "admin_rules.html", "rules", rules_form)
+
     @pages.get("/admin/rules")
     async def rules_page(
         request: Request, viewer: Annotated[Viewer, needs("config.read")]
     ) -> HTMLResponse:
-        config, history, problem = await config_of(viewer, "classification")
-        return render(
-            request,
-            viewer,
-            "admin_rules.html",
-            section="rules",
-            kind="classification",
-            fragment=False,
-            config=config,
-            history=history,
-            load_error=problem,
-            form=rules_form(config.get("body", {})),
-            errors={},
-            saved=None,
-            expected_version=config.get("version", 0),
-        )
+        return await config_section(request, viewer, rules, fragment=False)
 
     @pages.post("/admin/rules")
     async def change_rules(request: Request, viewer: ActingViewer) -> Response:
@@ -715,7 +678,7 @@ def router(console: Console) -> APIRouter:
         if not errors:
             answer = await store(
                 viewer,
-                "classification",
+                rules.kind,
                 form.get("expected_version", ""),
                 form["reason"],
                 _json_ready(body),
@@ -726,9 +689,7 @@ def router(console: Console) -> APIRouter:
             return await config_section(
                 request,
                 viewer,
-                "classification",
-                "admin_rules.html",
-                "rules",
+                rules,
                 fragment=True,
                 status_code=refused_status(answer) if answer is not None else 422,
                 form=form,
@@ -739,9 +700,7 @@ def router(console: Console) -> APIRouter:
         return await config_section(
             request,
             viewer,
-            "classification",
-            "admin_rules.html",
-            "rules",
+            rules,
             fragment=True,
             form=rules_form(answer.body["body"]),
             saved=answer.body["version"],
