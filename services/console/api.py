@@ -126,7 +126,7 @@ class Api:
                 transport=transport, base_url="http://console", timeout=self.timeout_s
             ) as client:
                 response = await client.request(method, path, **arguments)
-        return Answer(response.status_code, _json_of(response), response.headers)
+        return Answer(response.status_code, json_of(response), response.headers)
 
     async def raw(
         self, method: str, path: str, *, token: str | None, params: dict[str, Any] | None = None
@@ -145,7 +145,8 @@ class Api:
             return response
 
 
-def _json_of(response: httpx.Response) -> Any:
+def json_of(response: httpx.Response) -> Any:
+    """The decoded JSON body of an answer, or None when it is not JSON."""
     if "json" not in response.headers.get("content-type", ""):
         return None
     try:

@@ -23,7 +23,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.datastructures import FormData
 
 from contracts.events import FEEDBACK_NUMBER_PATTERN
-from services.console.api import Answer
+from services.console.api import Answer, json_of
 from services.console.session import ActingViewer, Viewer, needs
 
 if TYPE_CHECKING:
@@ -311,13 +311,6 @@ def local_time(value: Any, zone: ZoneInfo, with_seconds: bool = False) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S" if with_seconds else "%Y-%m-%d %H:%M")
 
 
-def _json_or_none(response: Any) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
-
-
 def router(console: Console) -> APIRouter:
     pages = APIRouter(include_in_schema=False)
     zone = console.settings.zone  # the service centre's (FEEDBACK_TIMEZONE)
@@ -386,7 +379,7 @@ def router(console: Console) -> APIRouter:
             "GET", f"/v1/cases/{number}/evidence/{sha256}", token=viewer.token
         )
         if answer.status_code != 200:
-            problem = Answer(answer.status_code, _json_or_none(answer))
+            problem = Answer(answer.status_code, json_of(answer))
             return refused(request, viewer, problem)
         kept = ("content-type", "content-disposition", "x-content-type-options", "cache-control")
         return Response(
