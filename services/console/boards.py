@@ -100,11 +100,7 @@ def router(console: Console) -> APIRouter:
     pages = APIRouter(include_in_schema=False)
     zone = console.settings.zone
 
-    def local(moment: str | None) -> str:
-        """An API time (ISO, UTC) as the centre's local minute."""
-        if not moment:
-            return "—"
-        return datetime.fromisoformat(moment).astimezone(zone).strftime("%Y-%m-%d %H:%M")
+    local = console.local_time
 
     def page(request: Request, viewer: Viewer, template: str, **context: Any) -> HTMLResponse:
         status = int(context.pop("status_code", 200))

@@ -298,27 +298,10 @@ def _in_zone(typed: str, zone: ZoneInfo) -> str:
     return moment.isoformat()
 
 
-def local_time(value: Any, zone: ZoneInfo, with_seconds: bool = False) -> str:
-    """An API time (ISO 8601) as the service centre's local time, for people."""
-    if not value:
-        return "—"
-    try:
-        moment = datetime.fromisoformat(str(value))
-    except ValueError:
-        return str(value)
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(zone)
-    return moment.strftime("%Y-%m-%d %H:%M:%S" if with_seconds else "%Y-%m-%d %H:%M")
-
-
 def router(console: Console) -> APIRouter:
     pages = APIRouter(include_in_schema=False)
     zone = console.settings.zone  # the service centre's (FEEDBACK_TIMEZONE)
 
-    def centre_time(value: Any, with_seconds: bool = False) -> str:
-        return local_time(value, zone, with_seconds)
-
-    console.templates.env.filters["centre_time"] = centre_time
     console.templates.env.globals["case_forms"] = FORMS
 
     async def load(viewer: Viewer, number: str) -> Answer | dict[str, Any]:

@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
@@ -67,6 +69,19 @@ NAVIGATION = (
 )
 
 
+def local_time(value: Any, zone: ZoneInfo, with_seconds: bool = False) -> str:
+    """An API time (ISO 8601) as the service centre's local time, for people."""
+    if not value:
+        return "—"
+    try:
+        moment = datetime.fromisoformat(str(value))
+    except ValueError:
+        return str(value)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(zone)
+    return moment.strftime("%Y-%m-%d %H:%M:%S" if with_seconds else "%Y-%m-%d %H:%M")
+
+
 def _namer(names: Mapping[Any, str]) -> Any:
     by_code = {
         str(code.value if hasattr(code, "value") else code): label for code, label in names.items()
@@ -98,6 +113,8 @@ class Console:
         env = self.templates.env
         env.globals["t"] = _t
         env.globals["labels"] = labels
+        # Every time a person reads, in the service centre's zone (the API gives UTC).
+        env.filters["centre_time"] = self.local_time
         env.filters["department"] = labels.department
         env.filters["category"] = labels.category
         # Codes a person reads as words (Chinese names; the code itself in English pages).
@@ -107,6 +124,9 @@ class Console:
             ("emotion_name", EMOTION_LABELS),
         ):
             env.filters[name] = _namer(names)
+
+    def local_time(self, value: Any, with_seconds: bool = False) -> str:
+        return local_time(value, self.settings.zone, with_seconds)
 
     async def stop(self) -> None:
         await self.live.stop()
