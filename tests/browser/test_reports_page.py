@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import openpyxl
 import pytest
+from playwright.sync_api import expect
 
 from tests.browser.conftest import Site, StaffUser, screenshot, sign_in
 
@@ -165,7 +166,8 @@ def test_the_report_draws_the_api_figures_downloads_and_search_keeps_to_departme
     assert page.get_by_role("link", name=first["feedback_number"]).count() == 0
     page.goto(f"{site.base_url}/search")
     search_for(page, first["feedback_number"])
-    assert results.get_by_text("没有你可查看的此编号案例。").is_visible()
+    # The answer comes by htmx after the typing pause: wait for it, as for the hits above.
+    expect(results.get_by_text("没有你可查看的此编号案例。")).to_be_visible()
     # Reports are not theirs at all.
     page.goto(f"{site.base_url}/reports")
     assert page.get_by_role("link", name="下载 XLSX").count() == 0
