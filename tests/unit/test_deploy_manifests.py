@@ -6,6 +6,7 @@ the compose environment, or is listed below as optional with a default, with the
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from importlib import resources
@@ -262,16 +263,103 @@ def test_one_deployment_per_service_with_health_probes() -> None:
     assert container["args"] == ["topics", "apply"]
 
 
+def _ingress_paths() -> list[tuple[str, str]]:
+    """(path, service) in the Ingress's order."""
+    [ingress] = _of_kind("Ingress")
+    return [
+        (p["path"], p["backend"]["service"]["name"])
+        for rule in ingress["spec"]["rules"]
+        for p in rule["http"]["paths"]
+    ]
+
+
+def _ingress_target(path: str) -> str:
+    """The service ingress-nginx sends `path` to, as it matches with use-regex: each path is
+    `location ~* "^<path>"`, the locations ordered by descending length of the path text
+    (a stable sort), and the first match wins."""
+    ordered = sorted(_ingress_paths(), key=lambda entry: -len(entry[0]))
+    for pattern, service in ordered:
+        if re.match(pattern, path, re.IGNORECASE):
+            return service
+    raise AssertionError(f"no ingress path matches {path}")
+
+
 def test_ingress_sends_each_path_to_a_service_that_exists() -> None:
     services = {s["metadata"]["name"] for s in _of_kind("Service")}
     [ingress] = _of_kind("Ingress")
-    paths = [p for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
-    assert {p["backend"]["service"]["name"] for p in paths} <= services
-    by_path = {p["path"]: p["backend"]["service"]["name"] for p in paths}
-    assert by_path["/"] == "feedback-projections"  # the console
-    assert by_path["/v1/feedback"] == "feedback-intake"
-    assert by_path["/v1/auth"] in services
-    assert len(by_path) == len(paths), "a path listed twice"
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/use-regex"] == "true"
+    paths = _ingress_paths()
+    assert {service for _, service in paths} <= services
+    assert len({path for path, _ in paths}) == len(paths), "a path listed twice"
+    for path, _ in paths:
+        re.compile(path)  # RE2 is stricter than Python: keep them plain
+        assert "(?" not in path and "\\" not in path, f"{path}: no look-arounds or escapes"
+    assert _ingress_target("/") == "feedback-projections"  # the console
+
+
+# A value for each path parameter the routers declare, as a client would send it.
+SAMPLE_PARAMETERS = {
+    "number": "F20240520-0001",
+    "file_format": "xlsx",
+    "kind": "sla_policies",
+    "channel": "store",
+    "lang": "en",
+}
+
+
+def _served_routes(service: str, settings: Settings) -> set[tuple[str, str]]:
+    """(method, path template) of every route the service's HTTP app declares, mounts as
+    their prefix with "/*"."""
+    from unittest import mock
+
+    from fastapi.routing import iter_route_contexts
+
+    from services import runtime
+
+    # The case store connects at construction; its routes only need it at request time.
+    with mock.patch.object(runtime, "CaseStore", mock.MagicMock):
+        app = runtime.create_app(settings, (service,))
+    routes: set[tuple[str, str]] = set()
+    for route in iter_route_contexts(app.routes):
+        assert route.path, f"{service}: a route without a path ({route!r})"
+        methods = route.methods or {"GET"}  # a mount serves files
+        suffix = "/*" if not route.methods else ""
+        routes |= {(m, route.path + suffix) for m in methods if m != "HEAD"}
+    return routes
+
+
+def _concrete(template: str) -> str:
+    def value(match: re.Match[str]) -> str:
+        return SAMPLE_PARAMETERS.get(match.group(1), f"sample-{match.group(1)}")
+
+    return re.sub(r"\{(\w+)(?::\w+)?\}", value, template).replace("/*", "/file.js")
+
+
+def test_ingress_sends_every_route_to_a_service_that_serves_it() -> None:
+    """Every route any service declares, as a request: the Ingress's matching (replayed
+    above) picks a Service, and that service's app declares the same method and path."""
+    [config] = _of_kind("ConfigMap")
+    settings = Settings(
+        database_url="postgresql://nobody@127.0.0.1:1/none",
+        kafka_bootstrap_servers="127.0.0.1:1",
+        pii_key=base64.b64encode(b"k" * 32).decode(),
+        auth_token_key=base64.b64encode(b"t" * 32).decode(),
+        # As deployed: every pod serves the console, which calls the API through the ingress.
+        console_api_url=config["data"]["FEEDBACK_CONSOLE_API_URL"],
+    )
+    served = {f"feedback-{s}": _served_routes(s, settings) for s in ALL_SERVICES}
+    # Guard against an empty enumeration passing vacuously.
+    assert ("GET", "/v1/feedback/{number}") in served["feedback-projections"]
+    assert ("POST", "/v1/feedback/{number}/supplements") in served["feedback-intake"]
+    assert ("POST", "/v1/cases/{number}/accept") in served["feedback-routing"]
+    assert sum(len(routes) for routes in served.values()) > 200
+    misrouted = []
+    for service, routes in served.items():
+        for method, template in sorted(routes):
+            target = _ingress_target(_concrete(template))
+            if (method, template) not in served.get(target, set()):
+                misrouted.append(f"{method} {template} ({service}) -> {target}")
+    assert misrouted == []
 
 
 def test_compose_runs_three_brokers_postgres_topics_and_every_service() -> None:
