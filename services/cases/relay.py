@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
+from uuid import UUID
 
 import psycopg
 from aiokafka.admin import AIOKafkaAdminClient
@@ -29,6 +30,7 @@ from services.common import deadletters
 from services.common.bus import HeadedRecord, publish, publish_all
 from services.common.database import RELAY_LOCK
 from services.common.metrics import count_dead_letters
+from services.common.observability import FEEDBACK_NUMBER_HEADER, case_publish_spans
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,9 @@ class _Section:
     dead_letters: list[tuple[DeadLetter, bytes]] = field(default_factory=list)
     # department -> how many of its messages had no topic to go to
     skipped: dict[str, int] = field(default_factory=dict)
+    # case -> its feedback number, and the headers of its events (trace context goes there)
+    cases: dict[UUID, str] = field(default_factory=dict)
+    headers: dict[UUID, list[dict[str, str]]] = field(default_factory=dict)
 
 
 SCHEMA = [
@@ -154,7 +159,12 @@ class OutboxRelay:
         # Decoding and serialising 1,000 events is CPU work of tens of milliseconds: in a
         # thread, so the event loop (HTTP, other consumers) is not held meanwhile.
         section = await asyncio.to_thread(self._decode, notifications, existing)
-        await publish_all(self.broker, self.settings, section.records)
+        topic = self.settings.topic(topics.FEEDBACK_EVENTS)
+        with case_publish_spans(topic, section.cases) as traced:
+            for case_id, context in traced.items():
+                for headers in section.headers[case_id]:
+                    headers.update(context)
+            await publish_all(self.broker, self.settings, section.records)
         if section.dead_letters:
             # Kept and published before the position moves past them: at least once, and
             # their ids (fixed by the notification id) make a repeat record nothing.
@@ -213,12 +223,16 @@ class OutboxRelay:
                 else:
                     section.skipped[department] = section.skipped.get(department, 0) + 1
             # Which event this is, for any subscriber to drop a repeat without reading the
-            # body (the body says it too: feedback_id, version, position).
+            # body (the body says it too: feedback_id, version, position), and which
+            # feedback, for its logs (observability.ConsumeContext binds it).
             headers = {
                 "event-id": f"{message.feedback_id}:{message.version}",
                 "case-version": str(message.version),
                 "position": str(message.position),
+                FEEDBACK_NUMBER_HEADER: message.feedback_number,
             }
+            section.cases[message.feedback_id] = message.feedback_number
+            section.headers.setdefault(message.feedback_id, []).append(headers)
             section.records += [
                 (destination, message.key(), body, headers) for destination in destinations
             ]

@@ -26,6 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 from faststream._internal.middlewares import BaseMiddleware
 
@@ -236,6 +237,61 @@ def trace_headers() -> dict[str, str]:
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier
+
+
+@contextmanager
+def case_publish_spans(
+    destination: str, cases: Mapping[UUID, str]
+) -> Iterator[dict[UUID, dict[str, str]]]:
+    """PRODUCER spans around publishing stored events of `cases` (feedback id -> number);
+    yields each case's headers (`traceparent`), empty when tracing is off.
+
+    Stored events carry no trace context, so each case's trace is its own: trace id = the
+    feedback id (a random UUID, 128 bits like a trace id), below a fixed parent that is
+    never recorded. Every relayed event of a case, and what subscribers do with it, is then
+    one trace, found by the feedback id; logs join by the feedback number."""
+    if not _tracing or not cases:
+        yield {}
+        return
+    from opentelemetry import propagate, trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
+
+    tracer = trace.get_tracer("feedback.kafka")
+    spans = []
+    headers: dict[UUID, dict[str, str]] = {}
+    for case_id, number in cases.items():
+        root = SpanContext(
+            trace_id=case_id.int,
+            span_id=(case_id.int & 0xFFFF_FFFF_FFFF_FFFF) or 1,
+            is_remote=True,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED),
+        )
+        span = tracer.start_span(
+            f"{destination} publish",
+            context=trace.set_span_in_context(NonRecordingSpan(root)),
+            kind=trace.SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.type": "publish",
+                "messaging.destination.name": destination,
+                "feedback.number": number,
+                "feedback.id": str(case_id),
+            },
+        )
+        spans.append(span)
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(span))
+        headers[case_id] = carrier
+    try:
+        yield headers
+    except BaseException as error:
+        for span in spans:
+            span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+        raise
+    finally:
+        for span in spans:
+            span.end()
 
 
 def instrument_app(app: FastAPI) -> None:
