@@ -57,6 +57,15 @@ INTAKE_LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 
+# Refused before anything was recorded because too many registrations were waiting
+# (Settings.intake_max_pending): answered 503 with Retry-After, or SMTP 451.
+INTAKE_REFUSED_BUSY = Counter(
+    "feedback_intake_refused_busy",
+    "Feedback refused by intake because too many registrations were waiting (HTTP 503 "
+    "with Retry-After, SMTP 451), by channel.",
+    ["channel"],
+)
+
 CLOCK_EVENTS = Counter(
     "feedback_sla_clock_events",
     "SLA clock warnings and breaches the sla scheduler recorded on cases.",

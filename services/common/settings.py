@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     number_block_size: int = Field(default=1, ge=1, le=1000)
     # How long intake waits for Kafka's acknowledgement before answering 503.
     publish_timeout_s: float = Field(default=10.0, gt=0)
+    # Registrations waiting for a batch in one intake process; beyond it intake answers 503
+    # with Retry-After (SMTP 451) instead of growing memory. Above one batch import's chunk
+    # (2,048 rows) plus `max_connections`; about 5 s of the target 1,000 feedback/s.
+    intake_max_pending: int = Field(default=5_000, ge=1)
     # Cases per store transaction. eventsourcing 9.5.6 with psycopg 3.3.9 stalled forever in
     # a pipeline sync inserting ~2,000 event rows at once (500 cases); 200 cases (~600 rows)
     # was fine and routes ~1,100 cases/s here (100: ~870/s).

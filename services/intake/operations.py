@@ -16,11 +16,13 @@ from services.access.roles import Actor
 from services.common.boundary import text_flaw
 from services.common.deadletters import describe
 from services.intake.channels.chat_social import PUSH_PARSERS
+from services.intake.channels.common import busy_refusal
 from services.intake.channels.email import TRANSIENT_FAULTS, EmailIntake
 from services.intake.deadletters import DeadLetters
 from services.intake.pii_vault import PiiVault
 from services.intake.registration import (
     DuplicateInProgress,
+    IntakeBusy,
     IntakeUnavailable,
     Registrar,
     cleaned,
@@ -83,6 +85,8 @@ def operations_router(
             raise HTTPException(413, detail=f"an email is at most {limit} bytes")
         try:
             received = await email_intake.receive(raw, receiver="eml-import")
+        except IntakeBusy as error:
+            raise busy_refusal(error) from error
         except TRANSIENT_FAULTS as error:
             raise HTTPException(
                 503,

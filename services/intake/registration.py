@@ -36,7 +36,7 @@ from services.common.bus import (
 )
 from services.common.database import INTAKE_OUTBOX_LOCK
 from services.common.masking import Personal, mask_contacts
-from services.common.metrics import INTAKE_LATENCY
+from services.common.metrics import INTAKE_LATENCY, INTAKE_REFUSED_BUSY
 from services.common.observability import FEEDBACK_NUMBER_HEADER, bind, trace_headers
 from services.common.settings import Settings
 from services.intake.numbering import FeedbackNumbering
@@ -210,6 +210,15 @@ class IntakeUnavailable(Exception):
     """The bus did not acknowledge the feedback; nothing was registered."""
 
 
+class IntakeBusy(IntakeUnavailable):
+    """Too many registrations were waiting (Settings.intake_max_pending): refused before
+    anything was recorded, so the same request may simply be sent again later."""
+
+    # What intake tells the sender to wait (HTTP Retry-After): a batch takes milliseconds,
+    # a full queue drains in a few seconds.
+    RETRY_AFTER_S = 2
+
+
 class DuplicateInProgress(Exception):
     """The same delivery is being registered by a concurrent request right now."""
 
@@ -274,8 +283,14 @@ class Registrar:
         self.numbering = numbering
         self.vault = vault
         self.outbox_waiting = asyncio.Event()
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        # Bounded: when batches cannot keep up, callers are refused (IntakeBusy), not kept.
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(settings.intake_max_pending)
         self._in_flight: set[asyncio.Task[None]] = set()
+
+    @property
+    def waiting(self) -> int:
+        """Registrations queued for a batch (at most Settings.intake_max_pending)."""
+        return self._queue.qsize()
 
     async def register(
         self, submission: Submission, idempotency_key: str | None = None
@@ -316,7 +331,11 @@ class Registrar:
             asyncio.get_running_loop().create_future(),
             trace=trace_headers(),
         )
-        self._queue.put_nowait(pending)
+        try:
+            self._queue.put_nowait(pending)
+        except asyncio.QueueFull:
+            INTAKE_REFUSED_BUSY.labels(submission.channel.value).inc()
+            raise IntakeBusy(f"{self._queue.maxsize} registrations are waiting already") from None
         try:
             accepted = await asyncio.shield(pending.outcome)
         except BaseException as error:

@@ -44,6 +44,7 @@ from services.intake.channels.common import (
     Short,
     Tier,
     answer,
+    busy_refusal,
     fresh,
     json_body_schema,
     parse_json_body,
@@ -55,6 +56,7 @@ from services.intake.evidence import EvidenceStore
 from services.intake.pii_vault import Contact
 from services.intake.registration import (
     DuplicateInProgress,
+    IntakeBusy,
     IntakeUnavailable,
     InvalidSubmission,
     Registrar,
@@ -416,6 +418,8 @@ async def _accept_push(
             reason = "; ".join(str(e.get("msg")) for e in error.errors)
         letter = await deadletters.keep(source, reason, raw)
         return {"status": "kept as a dead letter", "dead_letter_id": str(letter)}
+    except IntakeBusy as error:
+        raise busy_refusal(error) from error
     except (IntakeUnavailable, DuplicateInProgress) as error:
         raise HTTPException(503, detail="not accepted now; retry") from error
     if repairs:

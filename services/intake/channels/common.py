@@ -19,6 +19,7 @@ from services.intake.pii_vault import Contact
 from services.intake.registration import (
     Accepted,
     DuplicateInProgress,
+    IntakeBusy,
     IntakeUnavailable,
     InvalidSubmission,
 )
@@ -79,6 +80,9 @@ async def answer(registration: object) -> FeedbackAccepted | JSONResponse:
         return JSONResponse(
             {"detail": "the same delivery is still being registered; retry"}, status_code=409
         )
+    except IntakeBusy as error:
+        refusal = busy_refusal(error)
+        return JSONResponse({"detail": refusal.detail}, 503, headers=refusal.headers)
     except IntakeUnavailable:
         return JSONResponse(
             {"detail": "feedback could not be accepted now (message bus unavailable); retry"},
@@ -86,6 +90,17 @@ async def answer(registration: object) -> FeedbackAccepted | JSONResponse:
             headers={"Retry-After": "5"},
         )
     return FeedbackAccepted.of(accepted)
+
+
+def busy_refusal(error: IntakeBusy) -> HTTPException:
+    """503 with Retry-After for feedback refused because too many registrations were
+    waiting: nothing was recorded, so the sender sends the same again later."""
+    return HTTPException(
+        503,
+        detail=f"intake is busy ({error}); nothing was registered: send it again in "
+        f"{IntakeBusy.RETRY_AFTER_S} s",
+        headers={"Retry-After": str(IntakeBusy.RETRY_AFTER_S)},
+    )
 
 
 class RequestHandledRoute(APIRoute):

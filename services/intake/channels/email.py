@@ -53,6 +53,7 @@ from services.intake.pii_vault import Contact
 from services.intake.registration import (
     MAX_REFERENCE_CHARS,
     DuplicateInProgress,
+    IntakeBusy,
     IntakeUnavailable,
     InvalidSubmission,
     Registrar,
@@ -526,6 +527,9 @@ class _SmtpHandler:
         )
         try:
             received = await self.intake.receive(raw, receiver="smtp")
+        except IntakeBusy:
+            # Nothing was recorded: the sending server keeps the mail and tries again.
+            return "451 4.3.2 Too busy to take mail now: try again later"
         except Exception:
             log.exception("email not accepted now; the sender will retry")
             return "451 Requested action aborted: try again later"

@@ -44,13 +44,22 @@ from services.access.http import require, staff_of
 from services.access.roles import Actor
 from services.access.tokens import customer_token_valid
 from services.common.boundary import Checked, clean_text, excerpt, text_flaw
-from services.intake.channels.common import CustomerIn, FeedbackAccepted, Short, Text, Tier, answer
+from services.intake.channels.common import (
+    CustomerIn,
+    FeedbackAccepted,
+    Short,
+    Text,
+    Tier,
+    answer,
+    busy_refusal,
+)
 from services.intake.channels.tables import MAX_ROWS, Table, TableError, header_flaws, read_table
 from services.intake.deadletters import DeadLetters
 from services.intake.pii_vault import Contact
 from services.intake.registration import (
     Accepted,
     DuplicateInProgress,
+    IntakeBusy,
     IntakeUnavailable,
     InvalidSubmission,
     Registrar,
@@ -260,6 +269,11 @@ async def register_rows(registrar: Registrar, rows: Sequence[_Row]) -> dict[int,
                 *(registrar.register_durably(submission) for _, submission in chunk),
                 return_exceptions=True,
             )
+            busy = next((o for o in outcomes if isinstance(o, IntakeBusy)), None)
+            if busy is not None:
+                # The file is refused as a whole (503); importing it again registers only
+                # the rows not registered yet.
+                raise busy
             for (number, _), outcome in zip(chunk, outcomes, strict=True):
                 results[number] = _outcome(outcome)
     return results
@@ -343,7 +357,10 @@ def records_router(
         flawed_header = header_flaws(plan.table)
         if flawed_header:
             summary.cleaned.append(RowCleaned(row=1, feedback_number=None, removed=flawed_header))
-        results = await register_rows(registrar, plan.rows)
+        try:
+            results = await register_rows(registrar, plan.rows)
+        except IntakeBusy as error:
+            raise busy_refusal(error) from error
         cleaned: list[tuple[_Row, Accepted]] = []
         for row in plan.rows:
             result = results.get(row.number)

@@ -132,7 +132,7 @@ def web_router(
         openapi_extra=json_body_schema(FeedbackIn, headers={"Idempotency-Key": 200}),
         responses={
             422: {"description": "invalid feedback"},
-            503: {"description": "bus unavailable"},
+            503: {"description": "bus unavailable, or intake busy (see Retry-After)"},
         },
     )
 
