@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import json
 import logging
 import os
 import secrets
+import shutil
 import signal
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -81,20 +87,83 @@ def local_keys(state_dir: Path | None) -> dict[str, str]:
     return {variable: local_key(variable, state_dir) for variable in LOCAL_KEYS}
 
 
+class Watchdog:
+    """deploy/watchdog.py, started before the children it guards: if this process dies
+    without stopping them (kill -9), it stops them. Started in a session of its own, so
+    Ctrl-C and signals to this process's group do not reach it; only its stdin, a pipe
+    whose one writer is this process, ends it."""
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[str] | None = None
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, str(Path(__file__).with_name("watchdog.py"))],
+                stdin=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+        except OSError as error:
+            log.warning("no watchdog (%s): kill -9 would leave the broker and PostgreSQL", error)
+
+    def _tell(self, **message: str) -> None:
+        if self._process is None or self._process.stdin is None:
+            return
+        try:
+            self._process.stdin.write(json.dumps(message) + "\n")
+            self._process.stdin.flush()
+        except OSError as error:  # it died: carry on unguarded
+            log.warning("watchdog gone (%s)", error)
+            self._process = None
+
+    # Folders as the children's command lines name them (absolute).
+    def guard_postgres(self, data_dir: Path) -> None:
+        self._tell(kind="postgres", folder=str(data_dir))
+
+    def guard_kafka(self, data_dir: Path) -> None:
+        self._tell(kind="kafka", folder=str(data_dir))
+
+    def remove_after(self, folder: Path) -> None:
+        self._tell(kind="remove", folder=str(folder))
+
+    def release(self) -> None:
+        """The children are stopped: the watchdog leaves without doing anything."""
+        self._tell(kind="done")
+        if self._process is not None and self._process.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._process.stdin.close()
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+
+
 @contextmanager
 def local_infrastructure(state_dir: Path | None) -> Iterator[LocalInfrastructure]:
-    """Start (or reuse from the environment) PostgreSQL and Kafka; stop what was started.
+    """Start (or reuse from the environment) PostgreSQL and Kafka; stop what was started,
+    also when this process is killed outright (a watchdog process stops them then).
 
     With `state_dir`, data survives restarts there; without, everything is temporary.
     """
-    postgres = start_postgres(
-        state_dir / "pgdata" if state_dir else None, keep_data=state_dir is not None
-    )
+    temporary = state_dir is None
+    root = Path(tempfile.mkdtemp(prefix="feedback-local-")) if state_dir is None else state_dir
+    # Absolute: the watchdog finds the children by the folders in their command lines.
+    root = root.resolve()
+    watchdog = Watchdog()
+    watchdog.guard_postgres(root / "pgdata")
+    watchdog.guard_kafka(root / "kafka")
+    if temporary:
+        watchdog.remove_after(root)
     try:
-        kafka = start_kafka(state_dir / "kafka" if state_dir else None)
+        postgres = start_postgres(root / "pgdata", keep_data=not temporary)
         try:
-            yield LocalInfrastructure(postgres, kafka)
+            kafka = start_kafka(root / "kafka")
+            try:
+                yield LocalInfrastructure(postgres, kafka)
+            finally:
+                kafka.stop()
         finally:
-            kafka.stop()
+            postgres.stop()
     finally:
-        postgres.stop()
+        if temporary:
+            shutil.rmtree(root, ignore_errors=True)
+        watchdog.release()
