@@ -154,6 +154,16 @@ class LocalKafka:
         if self._owns_data_dir and self.data_dir is not None:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
+    def start_again(self) -> None:
+        """Start a stopped broker again on its ports and data, where its clients expect it
+        (a test's outage ends). Only for a broker started here with a data folder of its own
+        choosing: a temporary one is deleted by `stop`."""
+        if self.data_dir is None or self._owns_data_dir or self.controller_port is None:
+            raise KafkaStartError("only a local broker with a kept data folder can start again")
+        port = int(self.bootstrap_servers.rpartition(":")[2])
+        again = start_kafka(self.data_dir, port=port, controller_port=self.controller_port)
+        self.process, self.log_file = again.process, again.log_file
+
 
 def _run_in_own_loop(probe: Any) -> bool:
     """Run an async probe from sync code, even when the caller has a running event loop."""

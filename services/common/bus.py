@@ -7,11 +7,15 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, ClassVar, Protocol
+from weakref import WeakKeyDictionary
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import OutOfOrderSequenceNumber, ProducerFenced, TopicAlreadyExistsError
 from faststream import AckPolicy
+from faststream.exceptions import IncorrectState
 from faststream.kafka import KafkaBroker
+from faststream.kafka.publisher.producer import AioKafkaFastProducerImpl
 
 from contracts import topics
 from services.common.metrics import broker_middlewares
@@ -152,6 +156,7 @@ async def publish_records(
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.publish_timeout_s
+    generation = _renewal_of(broker).generation
     futures: list[asyncio.Future[Any]] = []
     refused: BaseException | None = None
     # The sender's trace context (none when tracing is off); a record's own headers win.
@@ -181,7 +186,62 @@ async def publish_records(
                 outcomes[index] = TimeoutError("no acknowledgement from Kafka in time")
             else:
                 outcomes[index] = future.exception()
+    ended = next((o for o in outcomes if isinstance(o, _PRODUCER_ENDED)), None)
+    if ended is not None:
+        _renew_producer(broker, generation, ended)
     return outcomes
+
+
+# After these the producer never sends again. aiokafka 0.14's idempotent producer gives a
+# sequence number to a batch that expires unsent (Kafka away longer than a request timeout);
+# once Kafka is back it refuses the next batch as out of order, and the producer's sender
+# stops for good (the Java client bumps its epoch instead; aio-libs/aiokafka#1017). A
+# producer whose renewal could not start yet leaves FastStream's IncorrectState.
+_PRODUCER_ENDED = (OutOfOrderSequenceNumber, ProducerFenced, IncorrectState)
+
+
+class _Renewal:
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.generation = 0  # producers replaced so far
+        self.task: asyncio.Task[None] | None = None
+
+
+_RENEWALS: WeakKeyDictionary[KafkaBroker, _Renewal] = WeakKeyDictionary()
+
+
+def _renewal_of(broker: KafkaBroker) -> _Renewal:
+    return _RENEWALS.setdefault(broker, _Renewal())
+
+
+def _renew_producer(broker: KafkaBroker, generation: int, error: BaseException) -> None:
+    """Replace the broker's Kafka producer (a new producer id, sequences from 0) in the
+    background, once for all publishers that saw the same one fail: callers answer on time
+    meanwhile (intake a 503, the relay a retry), and the next publish uses the new one."""
+    renewal = _renewal_of(broker)
+    if renewal.generation != generation or (renewal.task and not renewal.task.done()):
+        return
+
+    async def renew() -> None:
+        async with renewal.lock:
+            if renewal.generation != generation:
+                return
+            log.warning("the Kafka producer stopped sending (%r): replacing it", error)
+            producer = broker.config.producer
+            assert isinstance(producer, AioKafkaFastProducerImpl)
+            try:
+                await producer.disconnect()
+                # The options FastStream built the first producer from.
+                fresh = AIOKafkaProducer(**broker._connection_kwargs)
+                await producer.connect(fresh, producer.serializer, producer.codec)
+            except Exception:
+                # Kafka still away: the next publish fails with IncorrectState and tries again.
+                log.exception("replacing the Kafka producer failed; retrying on the next publish")
+                return
+            renewal.generation += 1
+            log.warning("the Kafka producer was replaced")
+
+    renewal.task = asyncio.create_task(renew(), name="kafka-producer-renewal")
 
 
 Handler = Callable[..., Awaitable[None]]
