@@ -33,7 +33,7 @@ from services.cases.store import CaseStore
 from services.common import boundary, config_store, kafka_positions
 from services.common.boundary import excerpt, shown_errors
 from services.common.bus import ensure_topics, make_broker, platform_topics
-from services.common.database import apply_schema, open_pool
+from services.common.database import apply_schema, open_pool, schema_lock
 from services.common.deadletters import SCHEMA as DEADLETTERS_SCHEMA
 from services.common.deadletters import configure_sealing
 from services.common.metrics import ConsumerLag, metrics_router
@@ -163,7 +163,10 @@ class Platform:
         self.broker = make_broker(settings, client_id="feedback-" + "-".join(self.services))
         self.pool = open_pool(settings.database_url, max_size=20)
         if {"routing", "relay", "sla"} & set(self.services):
-            self.store = CaseStore(settings.database_url)
+            # The store creates its tables; routing, relay and sla processes starting at
+            # once on a new database raced there and one exited (found by kill -9 tests).
+            with schema_lock(settings.database_url):
+                self.store = CaseStore(settings.database_url)
         if "routing" in self.services:
             assert self.store is not None
             self.routing_pool = ConnectionPool(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -40,13 +41,21 @@ def open_pool(database_url: str, *, min_size: int = 1, max_size: int = 10) -> As
     )
 
 
-def apply_schema(database_url: str, statements: Iterable[str]) -> None:
-    """Create tables idempotently; every service calls this for its own tables at start."""
+@contextmanager
+def schema_lock(database_url: str) -> Iterator[psycopg.Connection]:
+    """One process at a time creates tables: several services may start at once against
+    one database, and concurrent CREATE TABLE IF NOT EXISTS of one table can fail in
+    PostgreSQL's catalog (duplicate key in pg_type) instead of finding it there."""
     with psycopg.connect(database_url, autocommit=True) as conn:
-        # Several services may start at once against one database.
         conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK,))
         try:
-            for statement in statements:
-                conn.execute(statement.encode())
+            yield conn
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK,))
+
+
+def apply_schema(database_url: str, statements: Iterable[str]) -> None:
+    """Create tables idempotently; every service calls this for its own tables at start."""
+    with schema_lock(database_url) as conn:
+        for statement in statements:
+            conn.execute(statement.encode())
