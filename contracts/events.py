@@ -329,6 +329,19 @@ class ClockBreached(CaseEvent):
     owner: str | None = None
 
 
+# The deadlines' own facts (the sla service's): consumers that only follow the case's
+# life, not its clocks, skip them.
+CLOCK_EVENTS = (
+    ClockStarted,
+    ClockPaused,
+    ClockResumed,
+    ClockRecomputed,
+    ClockMet,
+    ClockWarned,
+    ClockBreached,
+)
+
+
 class EscalationRaised(CaseEvent):
     """One step up the ladder (owner → supervisor → department head)."""
 

@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from contracts import topics
 from contracts.codes import FeedbackType
 from contracts.events import (
+    CLOCK_EVENTS,
     CaseArchived,
     CaseClosed,
     CaseEvent,
@@ -502,6 +503,10 @@ async def apply_event(
     problem = deadletters.unstorable_time(event)
     if problem:
         raise deadletters.Unapplicable(f"{type(event).__name__}: {problem}")
+    if isinstance(event, CLOCK_EVENTS):
+        # No callback depends on a deadline, and the system's timing is not the customer's
+        # interaction (the churn sweep's "silent since"): two writes per clock event saved.
+        return
     if isinstance(event, CaseRegistered):
         await _registered(conn, event, rules, calendar)
         return

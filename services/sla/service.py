@@ -144,21 +144,26 @@ class SlaService:
         if not unseen:
             return work
         work.next_offset = unseen[-1].offset + 1
+        messages: list[contract.CaseEventMessage] = []
         for record in unseen:
             try:
                 message = contract.case_event_adapter.validate_json(record.value or b"")
             except ValidationError:
                 continue  # the read side keeps unreadable case events as dead letters
-            if not isinstance(message, DECIDES_ON):
-                continue  # its own clock events, and facts no clock depends on
-            case = work.cases.get(message.feedback_id) or self._case(message.feedback_id)
+            # Not its own clock events, nor facts no clock depends on.
+            if isinstance(message, DECIDES_ON):
+                messages.append(message)
+        # The slice's cases in one read; then each decides in the order of its events.
+        work.cases = self.store.get_cases(m.feedback_id for m in messages)
+        for message in messages:
+            case = work.cases.get(message.feedback_id)
             if case is None:
+                log.warning("no case %s in the store", message.feedback_id)
                 continue
             try:
                 self._decide(case, message)
             except CaseError as error:
                 log.warning("%s: %s", message.feedback_number, error)
-            work.cases[case.id] = case
         return work
 
     def commit(self, work: Decisions) -> None:
