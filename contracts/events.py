@@ -329,6 +329,11 @@ class ClockBreached(CaseEvent):
     owner: str | None = None
 
 
+def type_names(*kinds: type[CaseEvent]) -> frozenset[str]:
+    """The `event_type` values of these events (what the relay's event-type header says)."""
+    return frozenset(str(kind.model_fields["event_type"].default) for kind in kinds)
+
+
 # The deadlines' own facts (the sla service's): consumers that only follow the case's
 # life, not its clocks, skip them.
 CLOCK_EVENTS = (

@@ -27,7 +27,7 @@ from contracts.events import DeadLetter
 from services.cases.published import department_topics, to_contract
 from services.cases.store import CaseStore
 from services.common import deadletters
-from services.common.bus import HeadedRecord, publish, publish_all
+from services.common.bus import EVENT_TYPE_HEADER, HeadedRecord, publish, publish_all
 from services.common.database import RELAY_LOCK
 from services.common.metrics import count_dead_letters
 from services.common.observability import FEEDBACK_NUMBER_HEADER, case_publish_spans
@@ -227,6 +227,7 @@ class OutboxRelay:
             # feedback, for its logs (observability.ConsumeContext binds it).
             headers = {
                 "event-id": f"{message.feedback_id}:{message.version}",
+                EVENT_TYPE_HEADER: str(type(message).model_fields["event_type"].default),
                 "case-version": str(message.version),
                 "position": str(message.position),
                 FEEDBACK_NUMBER_HEADER: message.feedback_number,

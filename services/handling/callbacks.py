@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from contracts import topics
 from contracts.codes import FeedbackType
 from contracts.events import (
+    CASE_EVENTS,
     CLOCK_EVENTS,
     CaseArchived,
     CaseClosed,
@@ -53,9 +54,10 @@ from contracts.events import (
     FeedbackClassified,
     FeedbackRouted,
     case_event_adapter,
+    type_names,
 )
 from services.common import deadletters, kafka_positions
-from services.common.bus import batch_subscriber, partition_slices, publish
+from services.common.bus import batch_subscriber, concerns, partition_slices, publish
 from services.common.settings import Settings
 from services.sla.calendar import BusinessCalendar, parse_target
 
@@ -496,6 +498,10 @@ async def _resolved(
     )
 
 
+# What this consumer follows: every case event but the clocks' (see apply_event).
+FOLLOWED = type_names(*CASE_EVENTS) - type_names(*CLOCK_EVENTS)
+
+
 async def apply_event(
     conn: Any, event: CaseEvent, rules: CallbackRules, calendar: BusinessCalendar
 ) -> None:
@@ -570,6 +576,8 @@ def register_callbacks(
     calendar: BusinessCalendar,
 ) -> None:
     async def apply(conn: Any, record: Any) -> None:
+        if not concerns(record, FOLLOWED):
+            return
         event = case_event_adapter.validate_json(record.value or b"")
         await apply_event(conn, event, rules, calendar)
 

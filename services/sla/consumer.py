@@ -14,9 +14,9 @@ from psycopg_pool import AsyncConnectionPool
 from contracts import events as contract
 from contracts import topics
 from services.common import kafka_positions
-from services.common.bus import batch_subscriber, partition_slices, publish
+from services.common.bus import batch_subscriber, concerns, partition_slices, publish
 from services.common.settings import Settings
-from services.sla.service import GROUP, TIMERS, SlaService, apply_timers
+from services.sla.service import GROUP, OWN_EVENT_TYPES, TIMERS, SlaService, apply_timers
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ def register_sla(
         return sla.calendar.due(breached_due, rule.parsed, rule.time)
 
     async def apply(conn: Any, record: Any) -> None:
+        if not concerns(record, OWN_EVENT_TYPES):
+            return
         message = contract.case_event_adapter.validate_json(record.value or b"")
         await apply_timers(conn, message, escalate_after)
 

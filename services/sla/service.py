@@ -45,6 +45,7 @@ from pydantic import ValidationError
 from contracts import events as contract
 from services.cases.domain import Case, CaseError, clock_key
 from services.cases.store import CaseStore, KafkaPosition
+from services.common.bus import concerns
 from services.common.metrics import count_clock_event
 from services.sla.calendar import BusinessCalendar, Target
 from services.sla.policies import Policies, Rule
@@ -78,6 +79,7 @@ OWN_EVENTS = (
     contract.EscalationRaised,
     contract.EscalationRequested,
 )
+OWN_EVENT_TYPES = contract.type_names(*OWN_EVENTS)
 
 
 # The case events `_decide` acts on: for any other the case is not even loaded.
@@ -97,6 +99,7 @@ DECIDES_ON = (
     contract.InformationRequested,
     contract.InformationSupplied,
 )
+DECIDES_ON_TYPES = contract.type_names(*DECIDES_ON)
 
 
 class Clock(Protocol):
@@ -146,6 +149,8 @@ class SlaService:
         work.next_offset = unseen[-1].offset + 1
         messages: list[contract.CaseEventMessage] = []
         for record in unseen:
+            if not concerns(record, DECIDES_ON_TYPES):
+                continue
             try:
                 message = contract.case_event_adapter.validate_json(record.value or b"")
             except ValidationError:

@@ -77,6 +77,7 @@ async def test_relayed_messages_name_the_feedback_and_carry_the_case_trace(
             assert headers[FEEDBACK_NUMBER_HEADER] == number, (topic, headers)
             body = json.loads(record.value)
             assert headers["event-id"] == f"{body['feedback_id']}:{body['version']}"
+            assert headers["event-type"] == body["event_type"]  # consumers filter by it
             # W3C: version-traceid-parentid-flags; the case's trace is its feedback id.
             _, trace_id, _, _ = headers[TRACEPARENT].split("-")
             assert trace_id == case_id.hex, (topic, headers[TRACEPARENT])
