@@ -161,7 +161,11 @@ class Platform:
         boundary.configure(settings.max_future_skew_s)
         configure_sealing(settings.pii_key_bytes)
         self.broker = make_broker(settings, client_id="feedback-" + "-".join(self.services))
-        self.pool = open_pool(settings.database_url, max_size=20)
+        # Without PostgreSQL a request waits for a connection no longer than for Kafka: then
+        # intake answers 503 (PoolTimeout), not after psycopg_pool's default 30 s.
+        self.pool = open_pool(
+            settings.database_url, max_size=20, timeout=settings.publish_timeout_s
+        )
         if {"routing", "relay", "sla"} & set(self.services):
             # The store creates its tables; routing, relay and sla processes starting at
             # once on a new database raced there and one exited (found by kill -9 tests).

@@ -12,15 +12,20 @@ cleaned and kept, with the original in a dead letter (see `clean_text`, `sane_or
   (`FEEDBACK_MAX_FUTURE_SKEW_S`); everything downstream can then store, order and show them.
 - Numbers: finite.
 - Echoes: an error shows at most a bounded, printable excerpt of what was sent.
+- Versions: a message on the bus whose `schema_version` is newer than any this code's
+  contracts know was written by a newer producer; the dead letter says so
+  (`unsupported_schema_version`), to be replayed once the consumer is upgraded.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, ClassVar
+from functools import cache
+from typing import Any, ClassVar, get_args
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
@@ -217,3 +222,37 @@ def shown_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
             item["input"] = excerpt(error["input"])
         shown.append(item)
     return shown
+
+
+@cache
+def newest_schema_version() -> int:
+    """The newest `schema_version` of any contract message this code reads."""
+    from contracts import events
+
+    return max(
+        int(version)
+        for model in vars(events).values()
+        if isinstance(model, type) and issubclass(model, BaseModel)
+        if "schema_version" in model.model_fields
+        for version in get_args(model.model_fields["schema_version"].annotation)
+    )
+
+
+def unsupported_schema_version(raw: bytes) -> str | None:
+    """Why a bus message cannot be read here if a newer producer wrote it (its
+    `schema_version` is above `newest_schema_version`), else None. Only for a message that
+    already failed to decode: it parses the body again."""
+    try:
+        document = json.loads(raw)
+    except ValueError:  # not JSON, or not UTF-8
+        return None
+    version = document.get("schema_version") if isinstance(document, dict) else None
+    if not isinstance(version, int) or isinstance(version, bool):
+        return None
+    newest = newest_schema_version()
+    if version <= newest:
+        return None
+    return (
+        f"unsupported schema_version {version} (this consumer reads up to {newest}): "
+        "a newer producer's message, to replay once this consumer is upgraded"
+    )

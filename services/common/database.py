@@ -35,9 +35,18 @@ RELAY_LOCK = 7321002  # the one case-event relay
 INTAKE_OUTBOX_LOCK = 7321003  # the one intake outbox drainer
 
 
-def open_pool(database_url: str, *, min_size: int = 1, max_size: int = 10) -> AsyncConnectionPool:
+def open_pool(
+    database_url: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 30.0
+) -> AsyncConnectionPool:
+    """`timeout`: how long a caller waits for a connection before PoolTimeout (while
+    PostgreSQL is away the pool has none to give)."""
     return AsyncConnectionPool(
-        database_url, min_size=min_size, max_size=max_size, open=False, kwargs={"autocommit": True}
+        database_url,
+        min_size=min_size,
+        max_size=max_size,
+        timeout=timeout,
+        open=False,
+        kwargs={"autocommit": True},
     )
 
 

@@ -29,7 +29,7 @@ from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ValidationError
 
 from contracts.events import DeadLetter
-from services.common.boundary import EARLIEST, clean_text
+from services.common.boundary import EARLIEST, clean_text, unsupported_schema_version
 from services.common.masking import mask_contacts
 
 SCHEMA = [
@@ -161,6 +161,10 @@ def of_record(
     adds what else identifies it (e.g. the feedback id)."""
     raw: bytes = record.value or b""
     encoding = encoding_of(raw)
+    # A newer producer's message fails validation like a broken one; the reason tells them apart.
+    newer = unsupported_schema_version(raw)
+    if newer is not None:
+        reason = f"{newer}; {reason}"
     metadata = {
         **{clean_text(k): clean_text(v) for k, v in (metadata or {}).items()},
         "topic": str(record.topic),
