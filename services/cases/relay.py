@@ -134,6 +134,8 @@ class OutboxRelay:
         # is only a safety net.
         async for _ in conn.notifies(timeout=self.settings.relay_idle_poll_s, stop_after=1):
             break
+        if self.settings.relay_gather_ms:
+            await asyncio.sleep(self.settings.relay_gather_ms / 1000)
 
     async def _try_lock(self, conn: psycopg.AsyncConnection[Any]) -> bool:
         cursor = await conn.execute("SELECT pg_try_advisory_lock(%s)", (RELAY_LOCK,))

@@ -261,6 +261,8 @@ def batch_subscriber(
         # An empty poll is followed by a sleep this long (FastStream): short, so a quiet
         # consumer answers the next event within tens of milliseconds.
         batch_timeout_ms=50,
+        fetch_min_bytes=64 * 1024 if settings.consumer_fetch_wait_ms else 1,
+        fetch_max_wait_ms=settings.consumer_fetch_wait_ms or 500,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
         # Each handler validates its records' bytes with its own pydantic model: FastStream's

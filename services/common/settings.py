@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     # was fine and routes ~1,100 cases/s here (100: ~870/s).
     consumer_batch_size: int = Field(default=200, ge=1, le=250)
     relay_batch_size: int = Field(default=1000, ge=1, le=10_000)
+    # How long a consumer's fetch may wait on the broker for a fuller batch (64 KiB), and the
+    # relay after a wake-up for more commits: each batch costs a transaction and fixed
+    # per-batch work in every consumer, so under a steady load small waits buy large batches
+    # (at the price of that much latency per hop when quiet). At ~70 feedback/s, 100/50 ms
+    # cut the pipeline's CPU per feedback by 17 % (bench.pipeline); 0 turns either off.
+    consumer_fetch_wait_ms: int = Field(default=50, ge=0, le=1000)
+    relay_gather_ms: int = Field(default=20, ge=0, le=1000)
     # The relay wakes on PostgreSQL NOTIFY; this is only its fallback poll.
     relay_idle_poll_s: float = Field(default=1.0, gt=0)
     # Evidence (attachments): a content-addressed folder; sizes and types enforced.

@@ -39,6 +39,8 @@ OPTIONAL: dict[str, str] = {
     "consumer_batch_size": "tuned default",
     "relay_batch_size": "tuned default",
     "relay_idle_poll_s": "fallback poll only",
+    "consumer_fetch_wait_ms": "tuned default",
+    "relay_gather_ms": "tuned default",
     "evidence_s3_endpoint_url": "AWS itself; set for another S3-compatible store",
     "evidence_s3_region": "the SDK's default region",
     "max_attachment_bytes": "default limit",
@@ -316,8 +318,12 @@ def _served_routes(service: str, settings: Settings) -> set[tuple[str, str]]:
 
     from services import runtime
 
-    # The case store connects at construction; its routes only need it at request time.
-    with mock.patch.object(runtime, "CaseStore", mock.MagicMock):
+    # The case store connects at construction (under the schema lock); its routes only
+    # need it at request time.
+    with (
+        mock.patch.object(runtime, "CaseStore", mock.MagicMock),
+        mock.patch.object(runtime, "schema_lock", mock.MagicMock()),
+    ):
         app = runtime.create_app(settings, (service,))
     routes: set[tuple[str, str]] = set()
     for route in iter_route_contexts(app.routes):
