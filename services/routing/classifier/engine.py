@@ -112,6 +112,11 @@ CONCEPT_FLAGS: dict[str, Flag] = {
 }
 
 
+# The fields whose model explanations a decision names (the danger kind's stand for the
+# urgent score's): the others' are not computed.
+_EXPLAINED = frozenset({"type", "subcategory", "department", "priority", "danger"})
+
+
 class Classifier:
     """The rules, and, when trained (`Classifier.trained`), the statistical model that reads
     the text and the rules' findings together and decides."""
@@ -140,7 +145,10 @@ class Classifier:
             for pattern in rule.patterns:
                 self._patterns.append((ref, re.compile(pattern, re.IGNORECASE)))
         for key, refs in terms.items():
-            self._automaton.add_word(key, (len(key), tuple(refs)))
+            # Only a term that begins or ends with an English letter or digit can run into
+            # a neighbouring word: the others skip the boundary check.
+            bounded = bool(key) and (_is_word_char(key[0]) or _is_word_char(key[-1]))
+            self._automaton.add_word(key, (len(key), tuple(refs), bounded))
         self._automaton.make_automaton()
         self._breaks = frozenset(rulebook.negation.clause_breaks)
         self._cues = tuple(c.lower() for c in rulebook.negation.cues)
@@ -200,9 +208,9 @@ class Classifier:
             if key not in best or best[key][0] < ref.weight * boost:
                 best[key] = (ref.weight * boost, term)
 
-        for end, (length, refs) in self._automaton.iter(lowered):
+        for end, (length, refs, bounded) in self._automaton.iter(lowered):
             start = end - length + 1
-            if not _on_word_boundaries(lowered, start, end):
+            if bounded and not _on_word_boundaries(lowered, start, end):
                 continue  # "issue" is not "sue", "leaking" not "leak"
             for ref, term in refs:
                 hit(ref, start, term)
@@ -254,7 +262,7 @@ class Classifier:
         tier = feedback.customer_tier
         # The rules already ran once for this text: their tokens are passed, not redone.
         tokens = features(feedback.text, tier) + rule_tokens
-        found = model.predict(feedback.text, tier, tokens=tokens)
+        found = model.predict(feedback.text, tier, tokens=tokens, explained=_EXPLAINED)
         category, _, subcategory = found["subcategory"].label.partition("/")
         feedback_type = FeedbackType(found["type"].label)
         priority = Priority(found["priority"].label)

@@ -26,12 +26,13 @@ import logging
 import os
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import joblib
 import numpy as np
@@ -64,8 +65,9 @@ class Example:
     labels: dict[str, str]
 
 
-@dataclass(frozen=True)
-class Prediction:
+class Prediction(NamedTuple):
+    # A named tuple, not a frozen dataclass: nine are made per text, and a frozen
+    # dataclass's __init__ costs about a microsecond each.
     label: str
     probability: float
     because: tuple[str, ...]  # the features that weighed most for the label
@@ -82,46 +84,61 @@ def _segmenter() -> Any:
     return rjieba
 
 
+_ASCII_WORD = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+
+
 @dataclass(frozen=True)
 class Lexicon:
     """Concepts and their terms (config/lexicon.yaml): Chinese by substring, English on
-    word boundaries."""
+    word boundaries (no ASCII letter or digit either side, as a regex's `(?<![a-z0-9])`).
+    Both are one Aho-Corasick pass over the text, not a regex per concept."""
 
     chinese: Any  # an Aho-Corasick automaton: term -> concepts
-    english: tuple[tuple[str, re.Pattern[str]], ...]
+    english: Any  # an Aho-Corasick automaton: term -> (its length, concepts)
 
     def concepts(self, norm: str) -> set[str]:
         found: set[str] = set()
         for _, names in self.chinese.iter(norm):
             found.update(names)
-        for name, pattern in self.english:
-            if name not in found and pattern.search(norm):
-                found.add(name)
+        last = len(norm) - 1
+        for end, (length, names) in self.english.iter(norm):
+            start = end - length + 1
+            if (start == 0 or norm[start - 1] not in _ASCII_WORD) and (
+                end == last or norm[end + 1] not in _ASCII_WORD
+            ):
+                found.update(names)
         return found
 
 
 @cache
 def lexicon(path: Path = LEXICON) -> Lexicon:
-    import ahocorasick
     import yaml
 
     raw = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else {}
-    automaton = ahocorasick.Automaton()
     chinese: dict[str, set[str]] = {}
-    english = []
+    english: dict[str, set[str]] = {}
     for name, groups in (raw or {}).items():
         for term in groups.get("zh", []):
             chinese.setdefault(normalized(str(term)), set()).add(name)
-        terms = [re.escape(normalized(str(t))) for t in groups.get("en", [])]
-        if terms:
-            english.append(
-                (name, re.compile(r"(?<![a-z0-9])(?:" + "|".join(terms) + r")(?![a-z0-9])"))
-            )
-    for term, names in chinese.items():
-        automaton.add_word(term, tuple(sorted(names)))
-    if chinese:
-        automaton.make_automaton()
-    return Lexicon(automaton if chinese else _Nothing(), tuple(english))
+        for term in groups.get("en", []):
+            english.setdefault(normalized(str(term)), set()).add(name)
+    return Lexicon(
+        _automaton({term: tuple(sorted(names)) for term, names in chinese.items()}),
+        _automaton({term: (len(term), tuple(sorted(names))) for term, names in english.items()}),
+    )
+
+
+def _automaton(values: dict[str, Any]) -> Any:
+    import ahocorasick
+
+    values = {term: value for term, value in values.items() if term}
+    if not values:
+        return _Nothing()
+    automaton = ahocorasick.Automaton()
+    for term, value in values.items():
+        automaton.add_word(term, value)
+    automaton.make_automaton()
+    return automaton
 
 
 class _Nothing:
@@ -138,11 +155,12 @@ def features(text: str, tier: str = "normal") -> list[str]:
     concepts = sorted(lexicon().concepts(norm))
     tokens += [f"lex:{c}" for c in concepts]
     tokens += [f"lex:{a}&{b}" for i, a in enumerate(concepts) for b in concepts[i + 1 :]]
+    cut = _segmenter().cut
     for run in _CJK.findall(norm):
-        tokens += list(run)
+        tokens += run
         tokens += [run[i : i + 2] for i in range(len(run) - 1)]
         tokens += [run[i : i + 3] for i in range(len(run) - 2)]
-        tokens += [f"w:{w}" for w in _segmenter().cut(run) if len(w) > 1]
+        tokens += [f"w:{w}" for w in cut(run) if len(w) > 1]
     words = _WORD.findall(norm)
     tokens += [f"e:{w}" for w in words]
     tokens += [f"e:{a}_{b}" for a, b in pairwise(words)]
@@ -200,7 +218,9 @@ class TextModel:
             classes = tuple(str(c) for c in model.classes_)
             self.fields[name] = (at, at + len(classes), classes)
             at += len(classes)
-        self.weights = np.hstack(columns)
+        # Row-major: a text gathers the rows of its features (np.hstack of the transposed
+        # coefficients is column-major, which made that gather 16 µs instead of 1).
+        self.weights = np.ascontiguousarray(np.hstack(columns))
         self.bias = np.concatenate(biases)
         # Where each field's classes start and how many: one softmax per field, all at once.
         spans = list(self.fields.values())
@@ -217,48 +237,72 @@ class TextModel:
         return features(text, tier) + (self.rule_tokens(text, tier) if self.rule_tokens else [])
 
     def predict(
-        self, text: str, tier: str = "normal", explain: int = 3, tokens: list[str] | None = None
+        self,
+        text: str,
+        tier: str = "normal",
+        explain: int = 3,
+        tokens: list[str] | None = None,
+        explained: Collection[str] | None = None,
     ) -> dict[str, Prediction]:
-        counts: dict[int, int] = {}
-        for token in tokens if tokens is not None else self.tokens(text, tier):
-            column = self.vocabulary.get(token)
-            if column is not None:
-                counts[column] = counts.get(column, 0) + 1
-        cols = np.fromiter(counts, dtype=np.int64, count=len(counts))
-        values = (1.0 + np.log(np.fromiter(counts.values(), dtype=np.float32))) * self.idf[cols]
-        norm = float(np.linalg.norm(values))
+        """Every field's label and probability, the danger kind and the urgent score; the
+        features that weighed most for the fields in `explained` (all when None; each
+        field's explanation is computed on its own, so a subset changes none of them)."""
+        # Per text, the work is a handful of small numpy calls; the Python around them is
+        # kept to lists and dicts (numpy scalars cost ~100 ns an access), which is what
+        # holds throughput on one core (bench/classifier.py).
+        vocabulary = self.vocabulary
+        counted = Counter(tokens if tokens is not None else self.tokens(text, tier))
+        present = [
+            (column, n)
+            for column, n in zip(map(vocabulary.get, counted), counted.values(), strict=True)
+            if column is not None
+        ]
+        cols = np.array([column for column, _ in present], dtype=np.int64)
+        values = self.idf[cols]
+        if any(n > 1 for _, n in present):  # sublinear tf: 1 + log(n), exactly 1 for n = 1
+            counts = np.array([n for _, n in present], dtype=np.float32)
+            values = (1.0 + np.log(counts)) * values
+        norm = float(np.sqrt(values.dot(values)))  # np.linalg.norm's own computation
         if norm:
             values /= norm
-        rows = self.weights[cols]  # the features' weights for every class
+        rows = self.weights.take(cols, axis=0)  # the features' weights for every class
         scores = values @ rows + self.bias
         scores -= np.repeat(np.maximum.reduceat(scores, self.starts), self.sizes)
         exp = np.exp(scores)
         probabilities = exp / np.repeat(np.add.reduceat(exp, self.starts), self.sizes)
+        p = probabilities.tolist()
         chosen: list[tuple[str, int]] = []  # (field, its winning column)
         for name, (start, end, _) in self.fields.items():
             if name not in DANGER_FIELDS:
-                chosen.append((name, start + int(np.argmax(probabilities[start:end]))))
+                # The first of equal maxima, as numpy's argmax.
+                chosen.append((name, max(range(start, end), key=p.__getitem__)))
         # The likeliest danger kind (its own yes/no model).
         kind, p_danger, danger_column = "none", 0.0, -1
         if self.dangers:
-            yes = np.array([column for _, column in self.dangers])
-            at = int(np.argmax(probabilities[yes]))
-            kind, danger_column = self.dangers[at][0], int(yes[at])
-            p_danger = float(probabilities[danger_column])
+            kind, danger_column = max(self.dangers, key=lambda danger: p[danger[1]])
+            p_danger = p[danger_column]
             chosen.append(("danger", danger_column))
-        because = self._because(values, rows, cols, [column for _, column in chosen], explain)
+        told = [(name, column) for name, column in chosen if explained is None or name in explained]
+        because = dict(
+            zip(
+                [name for name, _ in told],
+                self._because(values, rows, cols, [column for _, column in told], explain),
+                strict=True,
+            )
+        )
         found: dict[str, Prediction] = {}
-        for (name, column), why in zip(chosen, because, strict=True):
+        for name, column in chosen:
+            why = because.get(name, ())
             start, _, classes = self.fields.get(name, (column, 0, ("",)))
             label = kind if name == "danger" else classes[column - start]
-            found[name] = Prediction(label, float(probabilities[column]), why)
+            found[name] = Prediction(label, p[column], why)
         if "danger" not in found:
             found["danger"] = Prediction("none", 0.0, ())
         p_urgent = 0.0
         if "urgent" in self.fields:
             start, _, classes = self.fields["urgent"]
             if "yes" in classes:  # the probability of "yes", whichever won
-                p_urgent = float(probabilities[start + classes.index("yes")])
+                p_urgent = p[start + classes.index("yes")]
         found["urgent_p"] = Prediction("yes", p_urgent, ())
         # The urgent decision's score: the mean of P(urgent) and the likeliest danger kind's
         # P (each its own logistic regression over the same features). Two views of one
@@ -282,10 +326,15 @@ class TextModel:
         if explain <= 0 or not len(cols):
             return [() for _ in columns]
         weighed = rows[:, columns] * (values * self.explainable[cols])[:, None]
-        order = np.argsort(-weighed, axis=0)[:explain]
+        order = (-weighed).argsort(axis=0)[:explain]  # each column sorted on its own
+        positive = (weighed[order, np.arange(len(columns))] > 0).tolist()
+        names = self.names[cols[order]].tolist()
+        # Rows are ranks, columns the classes: one tuple per class, its positive features.
         return [
-            tuple(str(self.names[cols[i]]) for i in order[:, k] if weighed[i, k] > 0)
-            for k in range(len(columns))
+            tuple(name for name, pushed in zip(ranked, pushes, strict=True) if pushed)
+            for ranked, pushes in zip(
+                zip(*names, strict=True), zip(*positive, strict=True), strict=True
+            )
         ]
 
 
