@@ -8,6 +8,7 @@ import asyncio
 import logging
 from typing import Any
 
+from psycopg import errors
 from psycopg_pool import AsyncConnectionPool
 
 from services.cases.domain import CaseError
@@ -20,11 +21,16 @@ SYSTEM = "archiving"
 async def archive_closed(store: CaseStore, pool: AsyncConnectionPool, after_days: float) -> int:
     """Archive the cases closed longer ago than `after_days`; returns how many."""
     async with pool.connection() as conn:
-        cursor = await conn.execute(
-            "SELECT feedback_id FROM registrations WHERE status = 'closed' "
-            "AND updated_at < now() - make_interval(secs => %s) LIMIT 500",
-            (after_days * 86400,),
-        )
+        try:
+            cursor = await conn.execute(
+                "SELECT feedback_id FROM registrations WHERE status = 'closed' "
+                "AND updated_at < now() - make_interval(secs => %s) LIMIT 500",
+                (after_days * 86400,),
+            )
+        except errors.UndefinedTable:
+            # The projections service creates the read model; a service started before it
+            # on a new database has nothing to archive yet (not a failure to report).
+            return 0
         due: list[Any] = [row[0] for row in await cursor.fetchall()]
     archived = 0
     for case_id in due:
