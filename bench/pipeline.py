@@ -168,15 +168,11 @@ def pipeline_running() -> Iterator[Pipeline]:
         port = free_port()
         pipeline = Pipeline(infrastructure, env, f"http://127.0.0.1:{port}")
         try:
-            pipeline.services["intake"] = subprocess.Popen(
-                _command(("intake",), port, 1), env=env
-            )
+            pipeline.services["intake"] = subprocess.Popen(_command(("intake",), port, 1), env=env)
             _wait_healthy(pipeline.base_url)
             for name in CONSUMERS:
                 own_port = free_port()
-                pipeline.services[name] = subprocess.Popen(
-                    _command((name,), own_port, 1), env=env
-                )
+                pipeline.services[name] = subprocess.Popen(_command((name,), own_port, 1), env=env)
                 _wait_healthy(f"http://127.0.0.1:{own_port}")
             yield pipeline
         finally:
@@ -192,6 +188,19 @@ def _visible(url: str) -> int:
             return 0
         found = conn.execute("SELECT count(*) FROM registrations").fetchone()
     return int(found[0]) if found else 0
+
+
+def _wait_drained(url: str, quiet_s: float = 2.0, limit_s: float = 300) -> None:
+    """Until no new registration row appeared for `quiet_s` (the backlog is worked off)."""
+    last, since = -1, time.monotonic()
+    began = since
+    while time.monotonic() - began < limit_s:
+        now_visible = _visible(url)
+        if now_visible != last:
+            last, since = now_visible, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+        time.sleep(0.2)
 
 
 # --- phases -----------------------------------------------------------------------------
@@ -384,16 +393,26 @@ def run(duration_s: float = DURATION_S) -> list[str]:
             ]
             cpu_lines, per_feedback = _cpu_lines(sustained)
             lines += cpu_lines
-            latencies = asyncio.run(
-                _latency(pipeline.base_url, url, LATENCY_RATE, LATENCY_S)
-            )
-            ms = [v * 1000 for v in latencies]
-            sent = int(LATENCY_RATE * LATENCY_S)
-            lines.append(
-                f"received -> visible at {LATENCY_RATE:.0f}/s for {LATENCY_S:.0f} s: "
-                f"n={len(ms)}/{sent} p50 {percentile(ms, 0.5):.0f} ms, "
-                f"p99 {percentile(ms, 0.99):.0f} ms, max {max(ms):.0f} ms"
-            )
+            # The pipeline's own latency at half what it sustains, then at the target's 500/s
+            # (beyond what it sustains, that one measures the backlog).
+            comfortable = max(10.0, round(0.5 * sustained.delivered_per_s / 10) * 10)
+            latency_figures: dict[str, float] = {}
+            for rate in (comfortable, LATENCY_RATE):
+                latencies = asyncio.run(_latency(pipeline.base_url, url, rate, LATENCY_S))
+                ms = [v * 1000 for v in latencies]
+                sent = int(rate * LATENCY_S)
+                lines.append(
+                    f"received -> visible at {rate:.0f}/s for {LATENCY_S:.0f} s: "
+                    f"n={len(ms)}/{sent} p50 {percentile(ms, 0.5):.0f} ms, "
+                    f"p99 {percentile(ms, 0.99):.0f} ms, max {max(ms):.0f} ms"
+                )
+                latency_figures[f"received_to_visible_at_{rate:.0f}_p50_ms"] = round(
+                    percentile(ms, 0.5)
+                )
+                latency_figures[f"received_to_visible_at_{rate:.0f}_p99_ms"] = round(
+                    percentile(ms, 0.99)
+                )
+                _wait_drained(url)
             sustained_rate = sustained.delivered_per_s if kept_up else warm.delivered_per_s
             lines.append(
                 f"ratios: sustained / bus limit {sustained_rate / bus:.1%}, sustained / "
@@ -411,9 +430,7 @@ def run(duration_s: float = DURATION_S) -> list[str]:
                 "sustained_kept_up": kept_up,
                 "sustained_seconds": duration_s,
                 "cpu_ms_per_feedback": {k: round(v, 3) for k, v in per_feedback.items()},
-                "latency_rate_per_s": LATENCY_RATE,
-                "received_to_visible_p50_ms": round(percentile(ms, 0.5)),
-                "received_to_visible_p99_ms": round(percentile(ms, 0.99)),
+                **latency_figures,
             }
     finally:
         texts.unlink(missing_ok=True)

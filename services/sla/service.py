@@ -428,11 +428,14 @@ async def apply_timers(conn: Any, message: contract.CaseEvent, escalate_after: A
     case_id = message.feedback_id
     key = clock_key(getattr(message, "clock", "") or "", getattr(message, "subject", None))
 
-    async def put(kind: str, fire_at: datetime) -> None:
+    async def put(**fire_at: datetime) -> None:
+        # One statement for the clock's timers (warn and breach together).
+        kinds = list(fire_at)
         await conn.execute(
-            "INSERT INTO sla_timers (case_id, clock_key, kind, fire_at) VALUES (%s, %s, %s, %s) "
+            "INSERT INTO sla_timers (case_id, clock_key, kind, fire_at) "
+            "SELECT %s, %s, kind, at FROM unnest(%s::text[], %s::timestamptz[]) AS t(kind, at) "
             "ON CONFLICT (case_id, clock_key, kind) DO UPDATE SET fire_at = excluded.fire_at",
-            (case_id, key, kind, fire_at),
+            (case_id, key, kinds, [fire_at[k] for k in kinds]),
         )
 
     async def drop(*kinds: str) -> None:
@@ -443,8 +446,7 @@ async def apply_timers(conn: Any, message: contract.CaseEvent, escalate_after: A
 
     match message:
         case contract.ClockStarted() | contract.ClockResumed() | contract.ClockRecomputed():
-            await put("warn", message.warn_at)
-            await put("breach", message.due_at)
+            await put(warn=message.warn_at, breach=message.due_at)
         case contract.ClockPaused():
             await drop("warn", "breach")
         case contract.ClockMet():
@@ -453,6 +455,6 @@ async def apply_timers(conn: Any, message: contract.CaseEvent, escalate_after: A
             await drop("warn")
         case contract.ClockBreached():
             await drop("breach")
-            await put("escalate", escalate_after(message.due_at))
+            await put(escalate=escalate_after(message.due_at))
         case contract.EscalationRaised(level=level) if level >= 2 and message.clock:
             await drop("escalate")
