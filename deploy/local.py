@@ -39,14 +39,19 @@ def stop_on_sigterm() -> Iterator[None]:
 
     def terminate(signum: int, _frame: object) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        log.warning("SIGTERM: stopping")
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        log.warning("%s: stopping", signal.Signals(signum).name)
         raise SystemExit(0)
 
     previous = signal.signal(signal.SIGTERM, terminate)
+    # The terminal closed: stop the same way (Python's default for SIGHUP is to die on the
+    # spot, leaving the children to the watchdog).
+    previous_hangup = signal.signal(signal.SIGHUP, terminate)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGHUP, previous_hangup)
 
 
 @dataclass
@@ -125,9 +130,11 @@ class Watchdog:
     def remove_after(self, folder: Path) -> None:
         self._tell(kind="remove", folder=str(folder))
 
-    def release(self) -> None:
-        """The children are stopped: the watchdog leaves without doing anything."""
-        self._tell(kind="done")
+    def release(self, *, stopped: bool = True) -> None:
+        """With `stopped`, the children are stopped: the watchdog leaves without doing
+        anything. Without (stopping them failed), closing the pipe alone has it stop them."""
+        if stopped:
+            self._tell(kind="done")
         if self._process is not None and self._process.stdin is not None:
             with contextlib.suppress(OSError):
                 self._process.stdin.close()
@@ -153,6 +160,8 @@ def local_infrastructure(state_dir: Path | None) -> Iterator[LocalInfrastructure
     watchdog.guard_kafka(root / "kafka")
     if temporary:
         watchdog.remove_after(root)
+    # Each set once its child stopped; unless both are, the watchdog stops what is left.
+    kafka_stopped = postgres_stopped = False
     try:
         postgres = start_postgres(root / "pgdata", keep_data=not temporary)
         try:
@@ -161,9 +170,12 @@ def local_infrastructure(state_dir: Path | None) -> Iterator[LocalInfrastructure
                 yield LocalInfrastructure(postgres, kafka)
             finally:
                 kafka.stop()
+                kafka_stopped = True
         finally:
             postgres.stop()
+            postgres_stopped = True
     finally:
-        if temporary:
+        stopped = kafka_stopped and postgres_stopped
+        if temporary and stopped:
             shutil.rmtree(root, ignore_errors=True)
-        watchdog.release()
+        watchdog.release(stopped=stopped)

@@ -6,8 +6,8 @@ The run starts this process first and tells it, one JSON line at a time on its s
 folders to guard. That pipe's only writer is the run: when the run ends, however it ends,
 the kernel closes it. End of file after a `done` line is a clean stop (the run stopped its
 children itself); end of file without one means the run is gone: every process whose
-command line has a guarded marker (`kafka.Kafka <folder>/server.properties`, `postgres -D
-<data folder>`) is stopped, then temporary folders are removed.
+arguments name a guarded folder exactly (`kafka.Kafka <folder>/server.properties`, a
+`postgres` program with `-D <data folder>`) is stopped, then temporary folders are removed.
 
 Why not prctl(PR_SET_PDEATHSIG) on the children: `pg_ctl` daemonises PostgreSQL (the
 setting is cleared on fork, and on the user switch the embedded server makes when run as
@@ -36,8 +36,9 @@ GRACE_S = 10.0
 
 @dataclass(frozen=True)
 class Target:
-    # what the process's command line contains: the program and the folder it runs on
-    marker: str
+    # consecutive arguments of the process's command line, each compared whole (a
+    # neighbouring run's folder that merely starts with this one is not it)
+    marker: tuple[str, ...]
     # the signal that stops it gracefully
     signum: int
     # a PostgreSQL data folder: left running while another live process holds the server
@@ -56,12 +57,12 @@ class Guarded:
         message = json.loads(line)
         match message.get("kind"):
             case "kafka":
-                marker = f"kafka.Kafka {message['folder']}/server.properties"
+                marker = ("kafka.Kafka", f"{message['folder']}/server.properties")
                 self.targets.append(Target(marker, signal.SIGTERM))
             case "postgres":
                 folder = str(message["folder"])
                 # SIGINT: fast shutdown (sessions ended, no waiting for clients)
-                self.targets.append(Target(f"postgres -D {folder}", signal.SIGINT, folder))
+                self.targets.append(Target(("-D", folder), signal.SIGINT, folder))
             case "remove":
                 self.removals.append(str(message["folder"]))
             case "done":
@@ -70,9 +71,15 @@ class Guarded:
                 raise ValueError(f"unknown watchdog message {other!r}")
 
 
-def processes_naming(text: str) -> list[int]:
-    """Live processes (not zombies) whose command line (arguments joined by spaces)
-    contains `text`."""
+def _names(arguments: list[str], marker: tuple[str, ...]) -> bool:
+    width = len(marker)
+    if marker[0] == "-D" and not (arguments and Path(arguments[0]).name == "postgres"):
+        return False  # only the server itself (pg_ctl names the folder too)
+    return any(tuple(arguments[i : i + width]) == marker for i in range(len(arguments) - width + 1))
+
+
+def processes_naming(marker: tuple[str, ...]) -> list[int]:
+    """Live processes (not zombies) whose arguments contain `marker`, consecutively."""
     me = os.getpid()
     proc = Path("/proc")
     if proc.is_dir():
@@ -81,20 +88,28 @@ def processes_naming(text: str) -> list[int]:
             if not entry.name.isdigit() or int(entry.name) == me:
                 continue
             try:
-                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                raw = (entry / "cmdline").read_bytes()
+                arguments = raw.rstrip(b"\0").decode().split("\0")
                 state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
             except (OSError, IndexError, UnicodeDecodeError):
                 continue
-            if text in command and state != "Z":
+            if state != "Z" and _names(arguments, marker):
                 found.append(int(entry.name))
         return found
+    # Without /proc (macOS): ps joins the arguments with spaces; folders without spaces
+    # (the local default's) still split back exactly.
     listing = subprocess.run(
         ["ps", "-axww", "-o", "pid=,stat=,command="], capture_output=True, text=True, check=False
     ).stdout
     found = []
     for row in listing.splitlines():
         pid, status, command = [*row.strip().split(None, 2), "", ""][:3]
-        if pid.isdigit() and int(pid) != me and text in command and not status.startswith("Z"):
+        if (
+            pid.isdigit()
+            and int(pid) != me
+            and not status.startswith("Z")
+            and _names(command.split(), marker)
+        ):
             found.append(int(pid))
     return found
 
@@ -124,28 +139,33 @@ def _signal(pid: int, signum: int) -> None:
         os.kill(pid, signum)
 
 
+def _say(text: str) -> None:
+    # The run's terminal may be gone (closing it is one way the run died): saying so must
+    # not stop the clean-up.
+    with contextlib.suppress(OSError):
+        print(text, file=sys.stderr, flush=True)
+
+
 def clean_up(guarded: Guarded, run_pid: int) -> None:
     """Stop every guarded process, gracefully and then for sure; remove temporary folders."""
-    stopping: list[str] = []
+    stopping: list[tuple[str, ...]] = []
     for target in guarded.targets:
         data = target.postgres_data
         if data is not None and (holders := _other_holders(data, run_pid)):
-            print(f"watchdog: PostgreSQL in {data} still held by {holders}", file=sys.stderr)
+            _say(f"watchdog: PostgreSQL in {data} still held by {holders}")
             continue
         pids = processes_naming(target.marker)
         for pid in pids:
             _signal(pid, target.signum)
         if pids:
             stopping.append(target.marker)
-            print(
-                f"watchdog: run {run_pid} gone; stopping {pids} ({target.marker})", file=sys.stderr
-            )
+            _say(f"watchdog: run {run_pid} gone; stopping {pids} ({' '.join(target.marker)})")
     deadline = time.monotonic() + GRACE_S
     while time.monotonic() < deadline and any(processes_naming(m) for m in stopping):
         time.sleep(0.1)
     for marker in stopping:
         for pid in processes_naming(marker):
-            print(f"watchdog: killing {pid} ({marker})", file=sys.stderr)
+            _say(f"watchdog: killing {pid} ({' '.join(marker)})")
             _signal(pid, signal.SIGKILL)
     for folder in guarded.removals:
         shutil.rmtree(folder, ignore_errors=True)
@@ -156,7 +176,10 @@ def main() -> None:
     guarded = Guarded()
     for line in sys.stdin:
         if line.strip():
-            guarded.read(line)
+            try:
+                guarded.read(line)
+            except (ValueError, KeyError) as error:  # a torn last line must not skip clean-up
+                _say(f"watchdog: unreadable message {line!r}: {error}")
     if not guarded.done:
         clean_up(guarded, run_pid)
 

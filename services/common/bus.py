@@ -11,13 +11,19 @@ from weakref import WeakKeyDictionary
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import OutOfOrderSequenceNumber, ProducerFenced, TopicAlreadyExistsError
+from aiokafka.errors import (
+    OutOfOrderSequenceNumber,
+    ProducerClosed,
+    ProducerFenced,
+    TopicAlreadyExistsError,
+)
 from faststream import AckPolicy
 from faststream.exceptions import IncorrectState
 from faststream.kafka import KafkaBroker
 from faststream.kafka.publisher.producer import AioKafkaFastProducerImpl
 
 from contracts import topics
+from contracts.events import CASE_EVENTS, type_names
 from services.common.metrics import broker_middlewares
 from services.common.observability import trace_headers
 from services.common.settings import Settings
@@ -196,8 +202,9 @@ async def publish_records(
 # sequence number to a batch that expires unsent (Kafka away longer than a request timeout);
 # once Kafka is back it refuses the next batch as out of order, and the producer's sender
 # stops for good (the Java client bumps its epoch instead; aio-libs/aiokafka#1017). A
-# producer whose renewal could not start yet leaves FastStream's IncorrectState.
-_PRODUCER_ENDED = (OutOfOrderSequenceNumber, ProducerFenced, IncorrectState)
+# producer whose renewal could not start yet leaves FastStream's IncorrectState, one whose
+# replacement failed half-way aiokafka's ProducerClosed.
+_PRODUCER_ENDED = (OutOfOrderSequenceNumber, ProducerFenced, ProducerClosed, IncorrectState)
 
 
 class _Renewal:
@@ -218,6 +225,8 @@ def _renew_producer(broker: KafkaBroker, generation: int, error: BaseException) 
     """Replace the broker's Kafka producer (a new producer id, sequences from 0) in the
     background, once for all publishers that saw the same one fail: callers answer on time
     meanwhile (intake a 503, the relay a retry), and the next publish uses the new one."""
+    if not broker.running:
+        return  # stopping: FastStream's IncorrectState then means "disconnected on purpose"
     renewal = _renewal_of(broker)
     if renewal.generation != generation or (renewal.task and not renewal.task.done()):
         return
@@ -280,14 +289,18 @@ def _raw_bodies(message: Any) -> Any:
 # The relay names each case event's type in this header, so that a consumer can pass over
 # the events it has no use for without validating their bodies.
 EVENT_TYPE_HEADER = "event-type"
+KNOWN_EVENT_TYPES = type_names(*CASE_EVENTS)
 
 
 def concerns(record: Any, wanted: frozenset[str]) -> bool:
     """Whether a consumer record may be one of the `wanted` event types: yes unless its
-    event-type header names another (a record without the header is read to find out)."""
+    event-type header names another type this version knows. A record without the header,
+    or naming a type from a newer version, is read: validating it makes it a dead letter
+    that can be replayed after the upgrade, instead of passing it over unseen."""
     for key, value in record.headers or ():
         if key == EVENT_TYPE_HEADER:
-            return bytes(value).decode() in wanted
+            name = bytes(value).decode()
+            return name in wanted or name not in KNOWN_EVENT_TYPES
     return True
 
 
