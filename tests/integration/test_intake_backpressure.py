@@ -137,6 +137,8 @@ async def test_full_queue_refuses_with_retry_after_and_delivers_what_it_accepted
             )
             assert batch.status_code == 503, batch.text
             assert batch.headers["Retry-After"] == str(IntakeBusy.RETRY_AFTER_S)
+            # A file says how far it got (here nowhere) and that importing it again is safe.
+            assert "0 row(s) of this file were registered" in batch.json()["detail"]
 
             code, answer = await asyncio.to_thread(_smtp_answer, settings, _mail("SMTP 来信"))
             assert code == 451, answer

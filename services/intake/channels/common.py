@@ -94,13 +94,16 @@ async def answer(registration: object) -> FeedbackAccepted | JSONResponse:
 
 def busy_refusal(error: IntakeBusy) -> HTTPException:
     """503 with Retry-After for feedback refused because too many registrations were
-    waiting: nothing was recorded, so the sender sends the same again later."""
-    return HTTPException(
-        503,
-        detail=f"intake is busy ({error}); nothing was registered: send it again in "
-        f"{IntakeBusy.RETRY_AFTER_S} s",
-        headers={"Retry-After": str(IntakeBusy.RETRY_AFTER_S)},
-    )
+    waiting: nothing was recorded (a file says how far it got), so the sender sends the
+    same again later."""
+    if getattr(error, "registered", None) is not None:
+        detail = f"{error}; retry in {IntakeBusy.RETRY_AFTER_S} s"
+    else:
+        detail = (
+            f"intake is busy ({error}); nothing was registered: send it again in "
+            f"{IntakeBusy.RETRY_AFTER_S} s"
+        )
+    return HTTPException(503, detail=detail, headers={"Retry-After": str(IntakeBusy.RETRY_AFTER_S)})
 
 
 class RequestHandledRoute(APIRoute):

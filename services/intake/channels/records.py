@@ -262,21 +262,35 @@ async def register_rows(registrar: Registrar, rows: Sequence[_Row]) -> dict[int,
         (repeats if reference in seen else firsts).append((row.number, row.submission))
         seen.add(reference)
     results: dict[int, Accepted | str] = {}
+    # Never more at once than half of what may wait: a file must fit beside other traffic.
+    size = max(1, min(REGISTER_CHUNK, registrar.settings.intake_max_pending // 2))
     for group in (firsts, repeats):
-        for start in range(0, len(group), REGISTER_CHUNK):
-            chunk = group[start : start + REGISTER_CHUNK]
+        for start in range(0, len(group), size):
+            chunk = group[start : start + size]
             outcomes = await asyncio.gather(
                 *(registrar.register_durably(submission) for _, submission in chunk),
                 return_exceptions=True,
             )
             busy = next((o for o in outcomes if isinstance(o, IntakeBusy)), None)
             if busy is not None:
-                # The file is refused as a whole (503); importing it again registers only
-                # the rows not registered yet.
-                raise busy
+                # The file is refused as a whole (503); importing the same file again
+                # registers only the rows not registered yet.
+                done = len(results) + sum(isinstance(o, Accepted) for o in outcomes)
+                raise ImportInterrupted(done) from busy
             for (number, _), outcome in zip(chunk, outcomes, strict=True):
                 results[number] = _outcome(outcome)
     return results
+
+
+class ImportInterrupted(IntakeBusy):
+    """Intake filled up part-way through a file: some rows are registered already."""
+
+    def __init__(self, registered: int) -> None:
+        super().__init__(
+            f"intake is busy; {registered} row(s) of this file were registered: import the "
+            "same file again (registered rows are not registered twice)"
+        )
+        self.registered = registered
 
 
 def _outcome(outcome: Accepted | BaseException) -> Accepted | str:
