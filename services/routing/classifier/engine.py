@@ -362,7 +362,9 @@ class Classifier:
         ):
             department = book.general_department
 
-        for flag in flags:
+        # In a fixed order: flags weighing the same emotions equally tie, and a set's order
+        # (string hashes, seeded per process) made the emotion differ between processes.
+        for flag in sorted(flags):
             felt = book.flag_emotions.get(flag)
             if felt is not None:
                 groups["emotion"].by_label[felt.value] += book.flag_emotion_weight
