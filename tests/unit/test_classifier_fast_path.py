@@ -5,9 +5,14 @@ the training set. Speed work on the fast path must not change a decision."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from functools import cache
+from pathlib import Path
 
+import joblib
 import numpy as np
 import pytest
 import yaml
@@ -135,3 +140,41 @@ def test_english_concepts_agree_with_the_regex_on_the_training_set() -> None:
     for text, _ in _training_texts():
         norm = normalized(text)
         assert lexicon().concepts(norm) == _by_regex(norm), text
+
+
+def test_a_cached_model_predicts_as_the_trained_one(hybrid: Classifier, tmp_path: Path) -> None:
+    """What `predict` derives from the weights is not pickled but rebuilt on load."""
+    model = hybrid.model
+    assert model is not None
+    rules = model.rule_tokens
+    model.rule_tokens = None  # as `trained` stores it
+    try:
+        joblib.dump(model, tmp_path / "model.joblib")
+    finally:
+        model.rule_tokens = rules
+    loaded = joblib.load(tmp_path / "model.joblib")
+    assert "feature_names" not in model.__getstate__()
+    loaded.rule_tokens = model.rule_tokens
+    for text, tier in _training_texts()[::50]:
+        assert loaded.predict(text, tier) == model.predict(text, tier), text
+
+
+def test_the_rules_decide_alike_in_every_process() -> None:
+    """Two flags pulling towards two emotions with equal weight (wide_impact: anxious,
+    public_opinion: angry): the tie must not be broken by a set's hash order."""
+    text = "我们是一家律师事务所，想批量采购二十台打印机，请问有企业报价吗？"
+    script = (
+        "from services.routing.classifier import Classifier, load_rulebook\n"
+        f"print(Classifier(load_rulebook()).rule_tokens({text!r}, 'normal'))"
+    )
+    seen = {
+        subprocess.run(
+            [sys.executable, "-c", script],
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in range(6)
+    }
+    assert len(seen) == 1, seen

@@ -11,9 +11,9 @@ score, the mean of the yes/no urgent model's P and the likeliest danger kind's P
 model per kind: safety, property, outage, public opinion, fraud, data leak), at a threshold
 chosen by cross-validation (`bench/classifier_cv.py`); the kind names the case's flag.
 
-Trained once (about 17 s for 2,250 texts on this machine) and cached on disk by the hash of
-the training data, the lexicon, the rule book, this code and the libraries' versions, so
-services start fast. The cache is a pickle (joblib) in the user's own cache folder
+Trained once (about 33 s for 3,662 texts on this machine's two shared cores) and cached on
+disk by the hash of the training data, the lexicon, the rule book, this code and the
+libraries' versions, so services start fast. The cache is a pickle (joblib) in the user's own cache folder
 (`FEEDBACK_CACHE_DIR`): whoever can write there can run code as the service, like anyone
 who can write its virtual environment.
 """
@@ -54,6 +54,10 @@ FIELDS = ("type", "subcategory", "department", "priority", "emotion", "urgent", 
 # few positives each, separate best with weaker regularisation (5-fold CV on the training
 # set, bench/classifier_cv.py).
 C_OF: dict[str, float] = {name: 16.0 for name in DANGER_FIELDS}
+# This module's and the rules engine's source as this process imported them: read when
+# the model is trained instead, a file edited since import would file a model made by the
+# old code under the new code's key.
+_CODE = b"".join(Path(__file__).with_name(name).read_bytes() for name in ("model.py", "engine.py"))
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
 
@@ -171,6 +175,10 @@ def _identity(tokens: list[str]) -> list[str]:
     return tokens
 
 
+# TextModel's attributes that `_prepare` derives from the others.
+_DERIVED = frozenset({"owner", "labels", "decided", "urgent_yes", "feature_names"})
+
+
 class TextModel:
     """One vectorizer, one logistic regression per field. `rule_tokens` adds tokens of its own
     to each text's (the rules' findings: the model learns how far to trust each rule)."""
@@ -232,6 +240,33 @@ class TextModel:
             for name, (start, _, classes) in self.fields.items()
             if name in DANGER_FIELDS and "yes" in classes
         )
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """What `predict` reads besides the weights, derived from them: not pickled, so a
+        cached model stays as small and as quick to load as before."""
+        spans = list(self.fields.values())
+        # Per column: its field's index (to spread a field's max and sum over its classes)
+        # and its label; the fields decided by their own argmax (the danger kinds are not).
+        self.owner = np.repeat(np.arange(len(spans), dtype=np.int64), self.sizes)
+        self.labels: list[str] = [label for _, _, classes in spans for label in classes]
+        self.decided = tuple(
+            (name, start, end)
+            for name, (start, end, _) in self.fields.items()
+            if name not in DANGER_FIELDS
+        )
+        urgent = self.fields.get("urgent")
+        self.urgent_yes = (
+            urgent[0] + urgent[2].index("yes") if urgent and "yes" in urgent[2] else -1
+        )
+        self.feature_names: list[str] = self.names.tolist()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in _DERIVED}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._prepare()
 
     def tokens(self, text: str, tier: str) -> list[str]:
         return features(text, tier) + (self.rule_tokens(text, tier) if self.rule_tokens else [])
@@ -251,58 +286,59 @@ class TextModel:
         # kept to lists and dicts (numpy scalars cost ~100 ns an access), which is what
         # holds throughput on one core (bench/classifier.py).
         vocabulary = self.vocabulary
-        counted = Counter(tokens if tokens is not None else self.tokens(text, tier))
-        present = [
-            (column, n)
-            for column, n in zip(map(vocabulary.get, counted), counted.values(), strict=True)
+        known = [
+            column
+            for column in map(
+                vocabulary.get, tokens if tokens is not None else self.tokens(text, tier)
+            )
             if column is not None
         ]
-        cols = np.array([column for column, _ in present], dtype=np.int64)
+        # Columns in the order their tokens first occur, as the arithmetic below always saw
+        # them (a different order could change a sum in its last bit).
+        counted = Counter(known)
+        present = list(counted)
+        cols = np.array(present, dtype=np.int64)
         values = self.idf[cols]
-        if any(n > 1 for _, n in present):  # sublinear tf: 1 + log(n), exactly 1 for n = 1
-            counts = np.array([n for _, n in present], dtype=np.float32)
+        if len(present) < len(known):  # sublinear tf: 1 + log(n), exactly 1 for n = 1
+            counts = np.array(list(counted.values()), dtype=np.float32)
             values = (1.0 + np.log(counts)) * values
         norm = float(np.sqrt(values.dot(values)))  # np.linalg.norm's own computation
         if norm:
             values /= norm
         rows = self.weights.take(cols, axis=0)  # the features' weights for every class
         scores = values @ rows + self.bias
-        scores -= np.repeat(np.maximum.reduceat(scores, self.starts), self.sizes)
+        owner = self.owner
+        scores -= np.maximum.reduceat(scores, self.starts).take(owner)
         exp = np.exp(scores)
-        probabilities = exp / np.repeat(np.add.reduceat(exp, self.starts), self.sizes)
-        p = probabilities.tolist()
+        p = (exp / np.add.reduceat(exp, self.starts).take(owner)).tolist()
         chosen: list[tuple[str, int]] = []  # (field, its winning column)
-        for name, (start, end, _) in self.fields.items():
-            if name not in DANGER_FIELDS:
-                # The first of equal maxima, as numpy's argmax.
-                chosen.append((name, max(range(start, end), key=p.__getitem__)))
+        for name, start, end in self.decided:
+            part = p[start:end]
+            chosen.append((name, start + part.index(max(part))))  # the first of equal maxima
         # The likeliest danger kind (its own yes/no model).
         kind, p_danger, danger_column = "none", 0.0, -1
         if self.dangers:
             kind, danger_column = max(self.dangers, key=lambda danger: p[danger[1]])
             p_danger = p[danger_column]
             chosen.append(("danger", danger_column))
-        told = [(name, column) for name, column in chosen if explained is None or name in explained]
+        told = chosen if explained is None else [c for c in chosen if c[0] in explained]
         because = dict(
             zip(
                 [name for name, _ in told],
-                self._because(values, rows, cols, [column for _, column in told], explain),
+                self._because(values, rows, cols, present, [column for _, column in told], explain),
                 strict=True,
             )
         )
-        found: dict[str, Prediction] = {}
-        for name, column in chosen:
-            why = because.get(name, ())
-            start, _, classes = self.fields.get(name, (column, 0, ("",)))
-            label = kind if name == "danger" else classes[column - start]
-            found[name] = Prediction(label, p[column], why)
-        if "danger" not in found:
+        labels = self.labels
+        found: dict[str, Prediction] = {
+            name: Prediction(labels[column], p[column], because.get(name, ()))
+            for name, column in chosen
+        }
+        if danger_column >= 0:
+            found["danger"] = Prediction(kind, p_danger, because.get("danger", ()))
+        else:
             found["danger"] = Prediction("none", 0.0, ())
-        p_urgent = 0.0
-        if "urgent" in self.fields:
-            start, _, classes = self.fields["urgent"]
-            if "yes" in classes:  # the probability of "yes", whichever won
-                p_urgent = p[start + classes.index("yes")]
+        p_urgent = p[self.urgent_yes] if self.urgent_yes >= 0 else 0.0  # whichever won
         found["urgent_p"] = Prediction("yes", p_urgent, ())
         # The urgent decision's score: the mean of P(urgent) and the likeliest danger kind's
         # P (each its own logistic regression over the same features). Two views of one
@@ -318,23 +354,20 @@ class TextModel:
         values: np.ndarray,
         rows: np.ndarray,
         cols: np.ndarray,
+        present: list[int],
         columns: list[int],
         explain: int,
     ) -> list[tuple[str, ...]]:
         """For each of `columns` (a class of a field), the explainable features that pushed
         it most."""
-        if explain <= 0 or not len(cols):
+        if explain <= 0 or not present or not columns:
             return [() for _ in columns]
-        weighed = rows[:, columns] * (values * self.explainable[cols])[:, None]
-        order = (-weighed).argsort(axis=0)[:explain]  # each column sorted on its own
-        positive = (weighed[order, np.arange(len(columns))] > 0).tolist()
-        names = self.names[cols[order]].tolist()
-        # Rows are ranks, columns the classes: one tuple per class, its positive features.
+        weighed = rows.take(columns, axis=1) * (values * self.explainable[cols])[:, None]
+        ranked = (-weighed).argsort(axis=0)[:explain].T.tolist()  # each column on its own
+        names = self.feature_names
         return [
-            tuple(name for name, pushed in zip(ranked, pushes, strict=True) if pushed)
-            for ranked, pushes in zip(
-                zip(*names, strict=True), zip(*positive, strict=True), strict=True
-            )
+            tuple(names[present[row]] for row in rows_of if pushes[row] > 0)
+            for rows_of, pushes in zip(ranked, weighed.T.tolist(), strict=True)
         ]
 
 
@@ -382,8 +415,7 @@ def trained(
         return None
     digest = hashlib.sha256(VERSION.encode() + fingerprint)
     # What shapes the tokens and the model: this code, the rules engine, the libraries.
-    for source in (Path(__file__), Path(__file__).with_name("engine.py")):
-        digest.update(source.read_bytes())
+    digest.update(_CODE)
     for library in ("scikit-learn", "rjieba", "numpy"):
         digest.update(f"{library}={importlib.metadata.version(library)}".encode())
     digest.update(LEXICON.read_bytes() if LEXICON.exists() else b"")
