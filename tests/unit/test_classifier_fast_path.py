@@ -56,7 +56,7 @@ def test_predict_matches_the_reference_on_the_training_set(hybrid: Classifier) -
     model = hybrid.model
     assert model is not None
     texts = _training_texts()
-    assert len(texts) >= 3500
+    assert len(texts) >= 2900  # the whole training set (config/training/*.psv)
     for text, tier in texts:
         tokens = model.tokens(text, tier)
         found = model.predict(text, tier, tokens=tokens)

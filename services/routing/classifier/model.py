@@ -57,7 +57,11 @@ C_OF: dict[str, float] = {name: 16.0 for name in DANGER_FIELDS}
 # This module's and the rules engine's source as this process imported them: read when
 # the model is trained instead, a file edited since import would file a model made by the
 # old code under the new code's key.
-_CODE = b"".join(Path(__file__).with_name(name).read_bytes() for name in ("model.py", "engine.py"))
+# evaluation.py parses the training files.
+_CODE = b"".join(
+    Path(__file__).with_name(name).read_bytes()
+    for name in ("model.py", "engine.py", "evaluation.py")
+)
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
 
@@ -416,7 +420,7 @@ def trained(
     digest = hashlib.sha256(VERSION.encode() + fingerprint)
     # What shapes the tokens and the model: this code, the rules engine, the libraries.
     digest.update(_CODE)
-    for library in ("scikit-learn", "rjieba", "numpy"):
+    for library in ("scikit-learn", "rjieba", "numpy", "pyahocorasick"):
         digest.update(f"{library}={importlib.metadata.version(library)}".encode())
     digest.update(LEXICON.read_bytes() if LEXICON.exists() else b"")
     for path in files:
