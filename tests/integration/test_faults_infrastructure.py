@@ -294,11 +294,11 @@ def client_of(platform: PlatformProcess) -> httpx.AsyncClient:
 
 
 async def load_around(
-    platform: PlatformProcess, label: str, outage: Any, recovered_s: float = 6.0
+    platform: PlatformProcess, label: str, outage: Any, recovered_s: float = 4.0
 ) -> tuple[Load, float, float]:
     """Load for a while, `outage()` (an async callable returning once the fault is over)
-    in its middle, then load on for `recovered_s`; returns the load and when the outage
-    began and ended (seconds into the load)."""
+    in its middle, then load on until everything was taken for `recovered_s`; returns the
+    load and when the outage began and ended (seconds into the load)."""
     async with client_of(platform) as client:
         load = Load(client, platform.accepted)
         stop = asyncio.Event()
@@ -308,7 +308,14 @@ async def load_around(
         down_at = load.now()
         await outage()
         up_at = load.now()
-        await asyncio.sleep(recovered_s)
+        # Load on until it has been taken for `recovered_s` since the last refusal (a slow
+        # leader election on a loaded machine moves that moment), at most 30 s.
+        deadline = up_at + 30
+        while load.now() < deadline:
+            refused = [a.at for a in load.answers if a.status != 202]
+            if load.now() - max([up_at, *refused]) >= recovered_s:
+                break
+            await asyncio.sleep(0.2)
         stop.set()
         await running
         await load.retry_refused(timeout=60)
