@@ -69,13 +69,7 @@ SCHEMA = [
 ]
 # Clock events this service writes itself: it does not decide on them again.
 OWN_EVENTS = (
-    contract.ClockStarted,
-    contract.ClockPaused,
-    contract.ClockResumed,
-    contract.ClockRecomputed,
-    contract.ClockMet,
-    contract.ClockWarned,
-    contract.ClockBreached,
+    *contract.CLOCK_EVENTS,
     contract.EscalationRaised,
     contract.EscalationRequested,
 )
