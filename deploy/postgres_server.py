@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deploy.watchdog import alive as process_alive
+
 
 @dataclass
 class LocalPostgres:
@@ -85,19 +87,9 @@ def _stop_orphan(data_dir: Path) -> None:
         pids = [int(p) for p in json.loads(pids_file.read_text())]
     except (ValueError, TypeError):
         pids = []
-    alive = [p for p in pids if _alive(p)]
+    alive = [p for p in pids if process_alive(p)]
     if alive != pids:
         pids_file.write_text(json.dumps(alive))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def create_database(admin_url: str, name: str) -> str:

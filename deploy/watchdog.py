@@ -121,10 +121,11 @@ def _other_holders(data_folder: str, run_pid: int) -> list[int]:
         pids = [int(p) for p in json.loads((Path(data_folder) / ".handle_pids.json").read_text())]
     except (OSError, ValueError, TypeError):
         return []
-    return [p for p in pids if p != run_pid and _alive(p)]
+    return [p for p in pids if p != run_pid and alive(p)]
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether a process with this pid exists (one of another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
