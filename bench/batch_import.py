@@ -14,7 +14,7 @@ from collections.abc import Callable
 import httpx
 import psutil
 
-from bench.harness import RunningServices, platform_process
+from bench.harness import RunningServices, cpu_seconds, platform_process, process_tree
 from services.intake.channels.records import MAX_ROWS
 
 ROWS = MAX_ROWS
@@ -31,24 +31,6 @@ def table(rows: int) -> bytes:
     return "".join(lines).encode("gb18030")
 
 
-def _tree(process: psutil.Process) -> list[psutil.Process]:
-    try:
-        return [process, *process.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
-def _cpu(processes: list[psutil.Process]) -> float:
-    total = 0.0
-    for process in processes:
-        try:
-            times = process.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system + times.children_user + times.children_system
-    return total
-
-
 def _meters(running: RunningServices) -> dict[str, Callable[[], float]]:
     """CPU seconds so far of each part: services, PostgreSQL, Kafka (where found)."""
     services = [
@@ -57,7 +39,7 @@ def _meters(running: RunningServices) -> dict[str, Callable[[], float]]:
         if "bench.serve_all" in " ".join(p.cmdline())
     ]
     meters: dict[str, Callable[[], float]] = {
-        "services": lambda: _cpu([q for p in services for q in _tree(p)])
+        "services": lambda: cpu_seconds([q for p in services for q in process_tree(p)])
     }
     import psycopg
 
@@ -66,11 +48,11 @@ def _meters(running: RunningServices) -> dict[str, Callable[[], float]]:
     if row is not None:
         postmaster = psutil.Process(int(row[0])).parent()
         if postmaster is not None:
-            meters["postgresql"] = lambda: _cpu(_tree(postmaster))
+            meters["postgresql"] = lambda: cpu_seconds(process_tree(postmaster))
     kafka = running.infrastructure.kafka.process
     if kafka is not None:
         broker = psutil.Process(kafka.pid)
-        meters["kafka"] = lambda: _cpu(_tree(broker))
+        meters["kafka"] = lambda: cpu_seconds(process_tree(broker))
     return meters
 
 

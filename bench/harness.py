@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
+import psutil
 
 from deploy.local import LocalInfrastructure, local_infrastructure, local_keys
 
@@ -117,3 +118,26 @@ def summary(label: str, latencies_s: list[float]) -> str:
         f"{label}: n={len(ms)} median={statistics.median(ms):.1f} ms "
         f"p90={percentile(ms, 0.90):.1f} ms p99={percentile(ms, 0.99):.1f} ms max={max(ms):.1f} ms"
     )
+
+
+def process_tree(process: psutil.Process) -> list[psutil.Process]:
+    """The process and its descendants now (none when it is gone)."""
+    try:
+        return [process, *process.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def cpu_seconds(processes: list[psutil.Process], *, reaped_children: bool = True) -> float:
+    """CPU seconds (user + system) these processes used so far; with `reaped_children`,
+    also what their exited, waited-for children used. Processes gone meanwhile count 0."""
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+        if reaped_children:
+            total += times.children_user + times.children_system
+    return total

@@ -46,7 +46,14 @@ import psycopg
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench.harness import _command, _wait_healthy, free_port, percentile
+from bench.harness import (
+    _command,
+    _wait_healthy,
+    cpu_seconds,
+    free_port,
+    percentile,
+    process_tree,
+)
 from deploy.local import LocalInfrastructure, local_infrastructure, local_keys
 from services.routing.classifier.evaluation import HOLDOUT_SET, TUNE_SET, load_labelled
 
@@ -138,22 +145,15 @@ def _postgres_processes(url: str) -> list[psutil.Process]:
         found = conn.execute("SHOW data_directory").fetchone()
     assert found is not None
     postmaster = int((Path(found[0]) / "postmaster.pid").read_text().split()[0])
-    root = psutil.Process(postmaster)
-    return [root, *root.children(recursive=True)]
+    return process_tree(psutil.Process(postmaster))
 
 
-def cpu_seconds(pipeline: Pipeline, extra: dict[str, list[psutil.Process]]) -> dict[str, float]:
-    totals: dict[str, float] = {}
-    for name, processes in {**pipeline.components(), **extra}.items():
-        total = 0.0
-        for process in processes:
-            try:
-                times = process.cpu_times()
-            except psutil.NoSuchProcess:
-                continue
-            total += times.user + times.system
-        totals[name] = total
-    return totals
+def component_cpu(pipeline: Pipeline) -> dict[str, float]:
+    """CPU seconds so far of each component's processes (live ones only)."""
+    return {
+        name: cpu_seconds(processes, reaped_children=False)
+        for name, processes in pipeline.components().items()
+    }
 
 
 @contextmanager
@@ -244,8 +244,7 @@ def _load(pipeline: Pipeline, texts: Path, seconds: float, delay_ms: int) -> Loa
     rows_before = _rows_written(url)
     command = [wrk, "-t2", f"-c{WRK_CONNECTIONS}", f"-d{seconds:.0f}s", "-s", str(WRK_SCRIPT)]
     load_env = {**os.environ, "FEEDBACK_TEXTS": str(texts), "FEEDBACK_DELAY_MS": str(delay_ms)}
-    cpu_before = cpu_seconds(pipeline, {})
-    began = time.monotonic()
+    cpu_before = component_cpu(pipeline)
     generator = subprocess.Popen(
         [*command, pipeline.base_url], env=load_env, stdout=subprocess.PIPE, text=True
     )
@@ -271,11 +270,10 @@ def _load(pipeline: Pipeline, texts: Path, seconds: float, delay_ms: int) -> Loa
             break
         time.sleep(0.1)
     time.sleep(1.5)  # let idle consumers' last commits and statistics land
-    cpu_after = cpu_seconds(pipeline, {})
+    cpu_after = component_cpu(pipeline)
     cpu = {name: cpu_after[name] - cpu_before.get(name, 0.0) for name in cpu_after}
     cpu["load generator"] = generator_cpu
     rows = _rows_written(url) - rows_before
-    del began
     return LoadRun(
         seconds=figures["seconds"],
         accepted=accepted,
