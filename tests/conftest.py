@@ -40,18 +40,23 @@ def kafka() -> Iterator[LocalKafka]:
     broker.stop()
 
 
-@pytest.fixture
-def settings(postgres: LocalPostgres, kafka: LocalKafka) -> Settings:
+def fresh_settings(postgres: LocalPostgres, kafka: LocalKafka, **overrides: Any) -> Settings:
+    """Settings of a platform of its own on the session's servers: a new database, its own
+    topic prefix and new keys; `overrides` for whatever else a test sets."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     return Settings(
         database_url=create_database(postgres.url, name),
         kafka_bootstrap_servers=kafka.bootstrap_servers,
         topic_prefix=f"{name}.",
-        topic_partitions=4,
         pii_key=base64.b64encode(secrets.token_bytes(32)).decode(),
         auth_token_key=base64.b64encode(secrets.token_bytes(32)).decode(),
-        publish_timeout_s=5.0,
+        **overrides,
     )
+
+
+@pytest.fixture
+def settings(postgres: LocalPostgres, kafka: LocalKafka) -> Settings:
+    return fresh_settings(postgres, kafka, topic_partitions=4, publish_timeout_s=5.0)
 
 
 def free_port() -> int:

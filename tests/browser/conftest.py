@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from services.common.settings import Settings
-from tests.conftest import serve_in_thread, signed_in
+from tests.conftest import fresh_settings, serve_in_thread, signed_in
 
 CHROMIUM = os.environ.get("FEEDBACK_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).parent / "screenshots"
@@ -81,21 +81,7 @@ def browser_context_args() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def site(postgres: Any, kafka: Any) -> Iterator[Site]:
-    import base64
-    import uuid
-
-    from deploy.postgres_server import create_database
-
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    settings = Settings(
-        database_url=create_database(postgres.url, name),
-        kafka_bootstrap_servers=kafka.bootstrap_servers,
-        topic_prefix=f"{name}.",
-        topic_partitions=2,
-        pii_key=base64.b64encode(secrets.token_bytes(32)).decode(),
-        auth_token_key=base64.b64encode(secrets.token_bytes(32)).decode(),
-        publish_timeout_s=5.0,
-    )
+    settings = fresh_settings(postgres, kafka, topic_partitions=2, publish_timeout_s=5.0)
     with serve_in_thread(settings) as base_url:
         yield Site(base_url, settings, signed_in(settings, "admin", username="test-admin"))
 

@@ -14,14 +14,11 @@ checks its own feedback, told apart by a prefix in the description, and the whol
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
-import secrets
 import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,9 +32,16 @@ from psycopg import sql
 
 from contracts import topics
 from deploy.kafka_broker import LocalKafka
-from deploy.postgres_server import LocalPostgres, create_database
+from deploy.postgres_server import LocalPostgres
 from services.common.settings import Settings
-from tests.conftest import committed_offsets, free_port, messages_in, wait_for, web_form
+from tests.conftest import (
+    committed_offsets,
+    free_port,
+    fresh_settings,
+    messages_in,
+    wait_for,
+    web_form,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -146,15 +150,7 @@ class Deployment:
 def deployment(
     postgres: LocalPostgres, kafka: LocalKafka, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Deployment]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    settings = Settings(
-        database_url=create_database(postgres.url, name),
-        kafka_bootstrap_servers=kafka.bootstrap_servers,
-        topic_prefix=f"{name}.",
-        topic_partitions=4,
-        pii_key=base64.b64encode(secrets.token_bytes(32)).decode(),
-        auth_token_key=base64.b64encode(secrets.token_bytes(32)).decode(),
-    )
+    settings = fresh_settings(postgres, kafka, topic_partitions=4)
     running = Deployment(settings, tmp_path_factory.mktemp("kill9"))
     try:
         yield running
