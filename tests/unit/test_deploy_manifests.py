@@ -7,18 +7,22 @@ the compose environment, or is listed below as optional with a default, with the
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import crossplane
 import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 from pydantic import AliasChoices, ValidationError
 
+from deploy import gateway
 from services.common.settings import Settings
 from services.runtime import ALL_SERVICES
 
@@ -91,11 +95,10 @@ OPTIONAL: dict[str, str] = {
     "reports_poll_s": "5 min",
     "rate_limit_per_minute": "default limit",
 }
-# Compose runs on one host: evidence on a shared volume, no ingress for a console.
+# Compose runs on one host: evidence on a shared volume, the gateway on plain HTTP.
 COMPOSE_OPTIONAL = {
     "evidence_s3_bucket",
     "evidence_s3_prefix",
-    "console_api_url",
     "console_secure_cookie",
 }
 
@@ -341,9 +344,9 @@ def _concrete(template: str) -> str:
     return re.sub(r"\{(\w+)(?::\w+)?\}", value, template).replace("/*", "/file.js")
 
 
-def test_ingress_sends_every_route_to_a_service_that_serves_it() -> None:
-    """Every route any service declares, as a request: the Ingress's matching (replayed
-    above) picks a Service, and that service's app declares the same method and path."""
+@functools.cache
+def _served_by_service() -> dict[str, frozenset[tuple[str, str]]]:
+    """(method, path template) each service's app declares, by service (`intake`, ...)."""
     [config] = _of_kind("ConfigMap")
     settings = Settings(
         database_url="postgresql://nobody@127.0.0.1:1/none",
@@ -353,12 +356,19 @@ def test_ingress_sends_every_route_to_a_service_that_serves_it() -> None:
         # As deployed: every pod serves the console, which calls the API through the ingress.
         console_api_url=config["data"]["FEEDBACK_CONSOLE_API_URL"],
     )
-    served = {f"feedback-{s}": _served_routes(s, settings) for s in ALL_SERVICES}
+    served = {s: frozenset(_served_routes(s, settings)) for s in ALL_SERVICES}
     # Guard against an empty enumeration passing vacuously.
-    assert ("GET", "/v1/feedback/{number}") in served["feedback-projections"]
-    assert ("POST", "/v1/feedback/{number}/supplements") in served["feedback-intake"]
-    assert ("POST", "/v1/cases/{number}/accept") in served["feedback-routing"]
+    assert ("GET", "/v1/feedback/{number}") in served["projections"]
+    assert ("POST", "/v1/feedback/{number}/supplements") in served["intake"]
+    assert ("POST", "/v1/cases/{number}/accept") in served["routing"]
     assert sum(len(routes) for routes in served.values()) > 200
+    return served
+
+
+def test_ingress_sends_every_route_to_a_service_that_serves_it() -> None:
+    """Every route any service declares, as a request: the Ingress's matching (replayed
+    above) picks a Service, and that service's app declares the same method and path."""
+    served = {f"feedback-{s}": routes for s, routes in _served_by_service().items()}
     misrouted = []
     for service, routes in served.items():
         for method, template in sorted(routes):
@@ -382,3 +392,143 @@ def test_compose_runs_three_brokers_postgres_topics_and_every_service() -> None:
         assert "/health" in " ".join(entry["healthcheck"]["test"])
         assert entry["depends_on"]["topics"]["condition"] == "service_completed_successfully"
         assert entry["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+# The Compose gateway (deploy/gateway/): nginx, routes written from the Ingress.
+GATEWAY = DEPLOY / "gateway"
+
+
+def test_gateway_routes_are_written_from_the_ingress() -> None:
+    """One route table: the committed routes are what `python -m deploy.gateway` writes from
+    the Ingress now (change the Ingress, run it, commit both)."""
+    assert (GATEWAY / "feedback-routes.conf").read_text() == gateway.routes_config(), (
+        "deploy/gateway/feedback-routes.conf is stale: run `python -m deploy.gateway`"
+    )
+    assert {service for _, service in gateway.ingress_paths()} <= set(ALL_SERVICES)
+    assert sorted(gateway.deployed_services()) == sorted(ALL_SERVICES)
+
+
+def _nginx(path: Path) -> list[dict[str, Any]]:
+    """The parsed directives of an nginx configuration with its includes inlined, checked as
+    nginx checks them (known directives in their contexts, with their numbers of arguments)."""
+    payload = crossplane.parse(str(path), combine=True)
+    assert payload["status"] == "ok", payload["errors"]
+    parsed: list[dict[str, Any]] = payload["config"][0]["parsed"]
+    return parsed
+
+
+def _block(directives: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [d for d in directives if d["directive"] == name]
+
+
+def _gateway_servers() -> dict[int, list[dict[str, Any]]]:
+    """Each server block of the gateway by the port it listens on."""
+    [http] = _block(_nginx(GATEWAY / "nginx.conf"), "http")
+    servers: dict[int, list[dict[str, Any]]] = {}
+    for server in _block(http["block"], "server"):
+        [listen] = _block(server["block"], "listen")
+        servers[int(listen["args"][0])] = server["block"]
+    return servers
+
+
+def test_the_gateway_config_parser_is_live(tmp_path: Path) -> None:
+    (tmp_path / "nginx.conf").write_text("events {}\nhttp { location / { return 204; } }\n")
+    with pytest.raises(AssertionError, match="not allowed here"):
+        _nginx(tmp_path / "nginx.conf")
+
+
+def _gateway_target(server: list[dict[str, Any]], path: str) -> tuple[str, str]:
+    """(host, path) the gateway's server sends a request for `path` to, as nginx picks the
+    location: an exact (`=`) match first, else the regex locations in the order they are
+    written, the first that matches (`~*`: case-insensitive, searched, not anchored unless
+    the pattern is). The test below refuses any other kind of location, so this is all of
+    nginx's matching that applies."""
+    locations = _block(server, "location")
+    exact = [loc for loc in locations if loc["args"][0] == "="]
+    regex = [loc for loc in locations if loc["args"][0] == "~*"]
+    chosen = next((loc for loc in exact if loc["args"][1] == path), None)
+    if chosen is None:
+        chosen = next((loc for loc in regex if re.search(loc["args"][1], path, re.I)), None)
+    assert chosen is not None, f"no gateway location matches {path}"
+    block = chosen["block"]
+    if _block(block, "return"):
+        return "gateway", path
+    [assignment] = _block(block, "set")
+    [proxy_pass] = _block(block, "proxy_pass")
+    variable, upstream = assignment["args"]
+    assert proxy_pass["args"] == [variable]
+    target = urlsplit(upstream)
+    assert target.scheme == "http"
+    assert target.port == gateway.SERVICE_PORT
+    # A URI in the proxied variable replaces the request's; without one it passes as sent.
+    return str(target.hostname), target.path or path
+
+
+def test_gateway_sends_every_route_to_a_service_that_serves_it() -> None:
+    """As the Ingress test above, on the gateway's own files: every route any service
+    declares, sent to either of the gateway's servers, reaches a Compose service whose app
+    declares the same method and path; and each service's /health and /metrics are reachable
+    as /health/<service>, /metrics/<service>."""
+    served = _served_by_service()
+    compose = _compose()["services"]
+    servers = _gateway_servers()
+    assert set(servers) == {8000, 8080}
+    for port, server in servers.items():
+        kinds = {loc["args"][0] for loc in _block(server, "location")}
+        assert kinds <= {"=", "~*"}, f"{port}: a location kind the replay does not model"
+        # Not vacuous: the paths two services share go to the one that serves each.
+        assert _gateway_target(server, "/v1/feedback") == ("intake", "/v1/feedback")
+        assert _gateway_target(server, "/v1/feedback/F1") == ("projections", "/v1/feedback/F1")
+        misrouted = []
+        for service, routes in served.items():
+            for method, template in sorted(routes):
+                path = _concrete(template)
+                target, sent = _gateway_target(server, path)
+                if (
+                    target not in compose
+                    or sent != path
+                    or (method, template) not in served[target]
+                ):
+                    misrouted.append(f"{port}: {method} {template} ({service}) -> {target} {sent}")
+        assert misrouted == []
+        for service in ALL_SERVICES:
+            for endpoint in ("health", "metrics"):
+                assert ("GET", f"/{endpoint}") in served[service]
+                reached = _gateway_target(server, f"/{endpoint}/{service}")
+                assert reached == (service, f"/{endpoint}")
+
+
+def test_compose_gateway_is_the_one_http_entrance() -> None:
+    compose = _compose()
+    services = compose["services"]
+    entry = services["gateway"]
+    assert entry["image"].startswith("nginx:")
+    mounted = {
+        Path(volume.split(":")[1]).name: DEPLOY / volume.split(":")[0]
+        for volume in entry["volumes"]
+    }
+    assert mounted == {
+        "nginx.conf": GATEWAY / "nginx.conf",
+        "feedback-routes.conf": GATEWAY / "feedback-routes.conf",
+    }
+    assert all(path.is_file() for path in mounted.values())
+    # The include in nginx.conf names the routes file where it is mounted.
+    assert "include feedback-routes.conf;" in (GATEWAY / "nginx.conf").read_text()
+    servers = _gateway_servers()
+    # Published: the outer server only, where the client is the peer and X-Forwarded-For is
+    # replaced; the inner one (which believes the console's X-Forwarded-For) is not.
+    assert entry["ports"] == ["8000:8000"]
+    assert not _block(servers[8000], "set_real_ip_from")
+    [http] = _block(_nginx(GATEWAY / "nginx.conf"), "http")
+    forwarded = [d["args"] for d in _block(http["block"], "proxy_set_header")]
+    assert ["X-Forwarded-For", "$remote_addr"] in forwarded
+    environment = compose["x-feedback-environment"]
+    assert environment["FEEDBACK_CONSOLE_API_URL"] == "http://gateway:8080"
+    assert _gateway_target(servers[8080], "/gateway/health")[0] == "gateway"
+    assert "http://127.0.0.1:8080/gateway/health" in entry["healthcheck"]["test"]
+    # The services believe X-Forwarded-For from any peer, so no peer but the gateway may
+    # reach their HTTP port from outside.
+    assert environment["FORWARDED_ALLOW_IPS"] == "*"
+    for service in ALL_SERVICES:
+        published = [str(p).split(":")[-1] for p in services[service].get("ports", [])]
+        assert environment["FEEDBACK_HTTP_PORT"] not in published, service
