@@ -67,7 +67,11 @@ class LocalInfrastructure:
 
 
 # The secrets a process needs, by variable, with the file the local default keeps each in.
-LOCAL_KEYS = {"FEEDBACK_PII_KEY": "pii.key", "FEEDBACK_AUTH_TOKEN_KEY": "auth.key"}
+LOCAL_KEYS = {
+    "FEEDBACK_PII_KEY": "pii.key",
+    "FEEDBACK_AUTH_TOKEN_KEY": "auth.key",
+    "FEEDBACK_MODEL_SIGNING_KEY": "model.key",
+}
 
 
 def local_key(variable: str, state_dir: Path | None) -> str:

@@ -236,6 +236,172 @@ def evaluate_rules(
             typer.echo(f"    {item.line}: {item.text[:40]}  {diff}")
 
 
+@app.command(name="train")
+def train_model(
+    dry_run: Annotated[
+        bool, typer.Option(help="train and compare, print the figures, store nothing")
+    ] = False,
+    list_: Annotated[
+        bool, typer.Option("--list", help="list the stored versions and their figures")
+    ] = False,
+    activate: Annotated[
+        int | None,
+        typer.Option(help="make this stored version active again (a roll-back), nothing trained"),
+    ] = None,
+    training: Annotated[
+        list[Path] | None,
+        typer.Option(help="a training file (repeatable; default: config/training/*.psv)"),
+    ] = None,
+    state_dir: Annotated[Path, typer.Option(help="the local default's data folder")] = Path(
+        ".feedback"
+    ),
+) -> None:
+    """Train the next classifier model on the training set plus the supervisors'
+    corrections (reclassifications, priority overrides) in the event store; print its
+    frozen-set figures beside the active model's (aggregates only); store it as a new
+    version and make it the active one only when it is not worse: urgent recall not
+    lower than the active's; non-urgent texts made urgent at most max(5 %, the active's);
+    no field's accuracy more than 1 point lower and the mean of all fields not lower;
+    the share sent to triage at most 2 points higher. A worse candidate is stored with
+    its figures only. Services load the active version at start (else they train from
+    config/training). DATABASE_URL or the local default's database; models are signed
+    with FEEDBACK_MODEL_SIGNING_KEY. Exit 1 when the candidate is worse (dry run too)."""
+    import getpass
+    import socket
+
+    from deploy.local import local_key
+    from deploy.postgres_server import start_postgres
+    from services.cases.store import CaseStore
+    from services.common.config_store import effective
+    from services.routing.classifier.evaluation import FROZEN_EVAL, TRAINING, load_labelled
+    from services.routing.classifier.model import training_files
+    from services.routing.classifier.registry import ModelRegistry, SigningKeyError, signing_key
+    from services.routing.classifier.training import NOT_WORSE_RULE, side_by_side, train
+
+    local = not os.environ.get("DATABASE_URL")
+    encoded = os.environ.get("FEEDBACK_MODEL_SIGNING_KEY") or (
+        local_key("FEEDBACK_MODEL_SIGNING_KEY", state_dir) if local else None
+    )
+    if encoded is None and not (dry_run or list_):
+        typer.echo(
+            "FEEDBACK_MODEL_SIGNING_KEY is not set: models cannot be stored or activated "
+            "(--dry-run and --list work without it)",
+            err=True,
+        )
+        raise typer.Exit(2)
+    try:
+        # Without a key nothing stored can be verified: compared, as the services without
+        # one run, with the model trained from config/training.
+        key = signing_key(encoded) if encoded else os.urandom(32)
+    except SigningKeyError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2) from None
+    files = list(training or training_files(TRAINING))
+    missing = [str(path) for path in files if not path.is_file()]
+    if missing or not files:
+        typer.echo(f"no training file: {', '.join(missing) or TRAINING}", err=True)
+        raise typer.Exit(2)
+    server = start_postgres(state_dir / "pgdata" if local else None, keep_data=True)
+    try:
+        registry = ModelRegistry(server.url, key)
+        registry.create_schema()
+        # The rule book the services run with (stored version, else the file): the model
+        # learns the rules' findings, so it is trained and compared with those rules.
+        book = effective(server.url).rulebook
+        fingerprint = book.model_dump_json().encode()
+        if list_:
+            _list_models(registry)
+            return
+        if activate is not None:
+            try:
+                registry.activate(activate, fingerprint)
+            except ValueError as error:
+                typer.echo(str(error), err=True)
+                raise typer.Exit(1) from None
+            typer.echo(f"version {activate} is active; services load it at their next start")
+            return
+        if encoded is None:
+            typer.echo("FEEDBACK_MODEL_SIGNING_KEY not set: compared with config/training's model")
+        typer.echo(f"training a candidate on {len(files)} files and the corrections ...")
+        store = CaseStore(server.url, create_table=False)
+        outcome = train(
+            registry,
+            store,
+            book,
+            load_labelled(FROZEN_EVAL),
+            files,
+            TRAINING,
+            created_by=f"cli:{getpass.getuser()}@{socket.gethostname()}",
+            dry_run=dry_run,
+        )
+    finally:
+        server.stop()
+    corrections = outcome.corrections
+    typer.echo(
+        f"training set: {outcome.training_items} texts, of them {len(corrections.found)} "
+        f"corrected cases ({corrections.unusable} left out: labels not in the rule book; "
+        f"{corrections.in_frozen_set} left out: text in the frozen set)"
+    )
+    typer.echo(
+        f"frozen evaluation set: {outcome.active.items} texts (figures only); "
+        f"active: {outcome.active_source}"
+    )
+    for line in side_by_side(outcome.active, outcome.candidate):
+        typer.echo(line)
+    verdict = outcome.verdict
+    if verdict.not_worse:
+        typer.echo(f"not worse ({NOT_WORSE_RULE})")
+    else:
+        typer.echo("worse than the active model:")
+        for reason in verdict.reasons:
+            typer.echo(f"  - {reason}")
+    if dry_run:
+        typer.echo(
+            "dry run: nothing stored; it "
+            + ("would be activated" if verdict.not_worse else "would not be activated")
+        )
+    elif outcome.activated:
+        typer.echo(
+            f"stored and activated as version {outcome.stored_version}; "
+            "services load it at their next start"
+        )
+    else:
+        typer.echo(
+            f"stored as version {outcome.stored_version} (figures only), not activated"
+            + (f": {outcome.note}" if outcome.note else "; the active model stays")
+        )
+    if not verdict.not_worse or (not dry_run and not outcome.activated):
+        raise typer.Exit(1)
+
+
+def _list_models(registry: Any) -> None:
+    from services.routing.classifier.evaluation import FIELDS
+
+    versions = registry.versions()
+    if not versions:
+        typer.echo("no stored model: services train from config/training")
+        return
+    typer.echo(
+        f"{'':2}{'version':>7}  {'created':<16}  {'texts':>6} {'corr.':>5}  "
+        f"{'mean':>6} {'recall':>6} {'alarms':>6} {'triage':>6}  by / decision"
+    )
+    for v in versions:
+        f = v.figures
+        typer.echo(
+            f"{'*' if v.active else ' ':2}{v.version:>7}  {v.created_at:%Y-%m-%d %H:%M}  "
+            f"{v.training_items:>6} {v.corrections:>5}  {f['mean_accuracy']:>6.1%} "
+            f"{f['urgent_recall']:>6.1%} {f['false_alarms']:>6.1%} {f['triage_share']:>6.1%}  "
+            f"{v.created_by} / {v.decision[:60]}"
+        )
+        typer.echo(
+            f"{'':9}fields: " + ", ".join(f"{name} {f['accuracy'][name]:.1%}" for name in FIELDS)
+        )
+    if any(v.active for v in versions):
+        typer.echo("* active: the model services load at start")
+    else:
+        typer.echo("no version active: services train from config/training")
+
+
 deadletter_app = typer.Typer(help="What intake received but could not read, kept with the reason.")
 app.add_typer(deadletter_app, name="deadletter")
 URL = Annotated[str, typer.Option(help="a running platform's HTTP address")]

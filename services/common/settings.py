@@ -177,6 +177,24 @@ class Settings(BaseSettings):
     # number and trace id, for a log pipeline). The CLI reads it before anything else starts
     # (services/common/observability.py); here it is validated.
     log_format: Literal["text", "json"] = "text"
+    # Signs (HMAC-SHA256) the classifier models `feedback train` stores in PostgreSQL: a
+    # service unpickles only a model signed with it, so writing the table is not running
+    # code in the services. A key of its own (base64, 32 bytes; required in deploy/, no
+    # default anywhere); unset, no stored model is loaded (trained from config/training).
+    model_signing_key: SecretStr | None = None
+
+    @field_validator("model_signing_key")
+    @classmethod
+    def _model_key_is_32_bytes(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        try:
+            raw = base64.b64decode(value.get_secret_value(), validate=True)
+        except (binascii.Error, ValueError) as error:
+            raise ValueError("FEEDBACK_MODEL_SIGNING_KEY must be base64") from error
+        if len(raw) != 32:
+            raise ValueError("FEEDBACK_MODEL_SIGNING_KEY must decode to 32 bytes")
+        return value
 
     @field_validator("pii_key", "auth_token_key")
     @classmethod

@@ -12,13 +12,16 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ahocorasick
 
 from contracts.codes import Emotion, FeedbackType, Priority
 from services.routing.classifier.model import TRAINING, TextModel, features, trained
 from services.routing.classifier.rules import Flag, Rule, RuleBook
+
+if TYPE_CHECKING:
+    from services.routing.classifier.registry import ModelRegistry
 
 PRIORITY_ORDER: tuple[Priority, ...] = (
     Priority.low,
@@ -122,16 +125,28 @@ class Classifier:
     the text and the rules' findings together and decides."""
 
     model: TextModel | None = None
+    # The stored version the model is (`feedback train`); None: trained from `folder`.
+    model_version: int | None = None
 
     @classmethod
-    def trained(cls, rulebook: RuleBook, folder: Path = TRAINING) -> Classifier:
-        """Rules plus the model trained on `folder` (rules alone when the rule book turns the
-        model off or there is no training data)."""
+    def trained(
+        cls,
+        rulebook: RuleBook,
+        folder: Path = TRAINING,
+        registry: ModelRegistry | None = None,
+    ) -> Classifier:
+        """Rules plus the registry's active model when it has one made for this rule book
+        and code, else the model trained on `folder` (rules alone when the rule book turns
+        the model off or there is no training data)."""
         classifier = cls(rulebook)
         if rulebook.model.enabled:
-            classifier.model = trained(
-                folder, classifier.rule_tokens, rulebook.model_dump_json().encode()
-            )
+            fingerprint = rulebook.model_dump_json().encode()
+            stored = registry.active(fingerprint) if registry is not None else None
+            if stored is not None:
+                stored.model.rule_tokens = classifier.rule_tokens  # not stored: the live rules
+                classifier.model, classifier.model_version = stored.model, stored.version
+            else:
+                classifier.model = trained(folder, classifier.rule_tokens, fingerprint)
         return classifier
 
     def __init__(self, rulebook: RuleBook) -> None:

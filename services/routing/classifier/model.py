@@ -399,6 +399,18 @@ def training_files(folder: Path = TRAINING) -> list[Path]:
     return sorted(folder.glob("*.psv"))
 
 
+def environment_digest(fingerprint: bytes) -> Any:
+    """A sha256 of what shapes the tokens and the model besides the training data: this
+    code, the rules engine, the libraries, the lexicon and `fingerprint` (the rule book). A
+    model made under another digest may read texts differently: it is not reused."""
+    digest = hashlib.sha256(VERSION.encode() + fingerprint)
+    digest.update(_CODE)
+    for library in ("scikit-learn", "rjieba", "numpy", "pyahocorasick"):
+        digest.update(f"{library}={importlib.metadata.version(library)}".encode())
+    digest.update(LEXICON.read_bytes() if LEXICON.exists() else b"")
+    return digest
+
+
 # Models this process has loaded or trained, by the hash of what they were trained on.
 _LOADED: dict[str, TextModel] = {}
 
@@ -417,12 +429,7 @@ def trained(
     if not files:
         log.warning("no training data in %s: the classifier uses its rules alone", folder)
         return None
-    digest = hashlib.sha256(VERSION.encode() + fingerprint)
-    # What shapes the tokens and the model: this code, the rules engine, the libraries.
-    digest.update(_CODE)
-    for library in ("scikit-learn", "rjieba", "numpy", "pyahocorasick"):
-        digest.update(f"{library}={importlib.metadata.version(library)}".encode())
-    digest.update(LEXICON.read_bytes() if LEXICON.exists() else b"")
+    digest = environment_digest(fingerprint)
     for path in files:
         digest.update(path.read_bytes())
     cache_dir = Path(
