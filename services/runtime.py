@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from contracts import topics
 from services.access import audit as access_audit
 from services.access import users as staff_users
 from services.access.http import access_router
@@ -32,7 +33,12 @@ from services.cases.relay import OutboxRelay
 from services.cases.store import CaseStore
 from services.common import boundary, config_store, kafka_positions
 from services.common.boundary import excerpt, shown_errors
-from services.common.bus import ensure_topics, make_broker, platform_topics
+from services.common.bus import (
+    consume_exactly_once,
+    ensure_topics,
+    make_broker,
+    platform_topics,
+)
 from services.common.database import apply_schema, open_pool, schema_lock
 from services.common.deadletters import SCHEMA as DEADLETTERS_SCHEMA
 from services.common.deadletters import configure_sealing
@@ -188,16 +194,19 @@ class Platform:
             )
             self.retry_parked = register_routing(self.broker, settings, self.routing)
         if "projections" in self.services:
-            registrations.register_projections(
-                self.broker, settings, self.pool, self.configured.calendars.get(None)
-            )
+            calendar = self.configured.calendars.get(None)
             self.callback_rules = callbacks.load_callback_rules()
-            callbacks.register_callbacks(
+            # The read models and the callbacks read the case events in one subscription.
+            consume_exactly_once(
                 self.broker,
                 settings,
                 self.pool,
-                self.callback_rules,
-                self.configured.calendars.get(None),
+                topics.FEEDBACK_EVENTS,
+                registrations.GROUP,
+                [
+                    registrations.consumer(calendar),
+                    callbacks.consumer(self.callback_rules, calendar),
+                ],
             )
         if "projections" in self.services and settings.reports_dir is not None:
             self.reports = report_schedule.ReportSchedule(

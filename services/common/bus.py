@@ -20,6 +20,7 @@ from aiokafka.errors import (
 from faststream import AckPolicy
 from faststream.exceptions import IncorrectState
 from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.publisher.producer import AioKafkaFastProducerImpl
 
 from contracts import topics
@@ -280,6 +281,32 @@ def batch_subscriber(
         title=group,
     )
     return subscriber
+
+
+def consume_exactly_once(
+    broker: KafkaBroker,
+    settings: Settings,
+    pool: Any,
+    topic: str,
+    group: str,
+    consumers: Sequence[Any],
+    after_batch: Callable[[], None] | None = None,
+) -> None:
+    """One subscription for a service's exactly-once consumers of `topic`
+    (`kafka_positions.SliceConsumer`s): each partition slice is applied by all of them in
+    one transaction, each past its own stored position; `after_batch` runs once a batch
+    is committed."""
+    from services.common.kafka_positions import apply_slice_together
+
+    async def publish_dead_letter(letter: Keyed) -> None:
+        await publish(broker, settings, letter)
+
+    @batch_subscriber(broker, settings, topic, group)
+    async def on_records(body: list[Any], msg: KafkaMessage) -> None:
+        for records in partition_slices(msg).values():
+            await apply_slice_together(pool, consumers, records, publish_dead_letter)
+        if after_batch is not None:
+            after_batch()
 
 
 def _raw_bodies(message: Any) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -57,17 +58,21 @@ async def claim_unseen(
     conn: AsyncConnection[Any], consumer: str, topic: str, partition: int, records: list[Any]
 ) -> list[Any]:
     """Lock this partition's position for the transaction and return the records after it."""
-    await conn.execute(
-        "INSERT INTO consumer_positions (consumer, topic, partition, next_offset) "
-        "VALUES (%s, %s, %s, 0) ON CONFLICT DO NOTHING",
-        (consumer, topic, partition),
-    )
-    cursor = await conn.execute(
+    # One statement when the position exists (every slice but a partition's first).
+    select = (
         "SELECT next_offset FROM consumer_positions "
-        "WHERE consumer = %s AND topic = %s AND partition = %s FOR UPDATE",
-        (consumer, topic, partition),
+        "WHERE consumer = %s AND topic = %s AND partition = %s FOR UPDATE"
     )
+    cursor = await conn.execute(select, (consumer, topic, partition))
     row = await cursor.fetchone()
+    if row is None:
+        await conn.execute(
+            "INSERT INTO consumer_positions (consumer, topic, partition, next_offset) "
+            "VALUES (%s, %s, %s, 0) ON CONFLICT DO NOTHING",
+            (consumer, topic, partition),
+        )
+        cursor = await conn.execute(select, (consumer, topic, partition))
+        row = await cursor.fetchone()
     next_offset = int(row[0]) if row else 0
     return [r for r in records if r.offset >= next_offset]
 
@@ -117,6 +122,62 @@ async def apply_slice(
             deadletters.describe(error)[:300],
         )
     return await _apply(pool, consumer, records, apply, publish, isolate=True)
+
+
+@dataclass(frozen=True)
+class SliceConsumer:
+    """One exactly-once consumer of a topic: its position's name and how it applies records
+    (`apply` one at a time, `apply_all` a whole slice when it can)."""
+
+    name: str
+    apply: ApplyRecord
+    apply_all: ApplyRecords | None = None
+
+
+async def apply_slice_together(
+    pool: AsyncConnectionPool,
+    consumers: Sequence[SliceConsumer],
+    records: list[Any],
+    publish: PublishDeadLetter,
+) -> None:
+    """Several consumers of one subscription apply a slice in one transaction, each past
+    its own position: one fetch, one transaction and one commit instead of one per consumer.
+
+    When a record cannot be applied by one of them (`deadletters.is_permanent`), each
+    consumer applies the slice on its own (`apply_slice`), so only the consumer that cannot
+    apply a record keeps it as a dead letter; positions make the repeat harmless."""
+    if len(consumers) == 1:
+        only = consumers[0]
+        await apply_slice(pool, only.name, records, only.apply, publish, apply_all=only.apply_all)
+        return
+    topic, partition = records[0].topic, records[0].partition
+    try:
+        async with pool.connection() as conn, conn.transaction():
+            for consumer in consumers:
+                unseen = await claim_unseen(conn, consumer.name, topic, partition, records)
+                if not unseen:
+                    continue
+                if consumer.apply_all is not None:
+                    await consumer.apply_all(conn, unseen)
+                else:
+                    for record in unseen:
+                        await consumer.apply(conn, record)
+                await advance(conn, consumer.name, topic, partition, unseen[-1].offset + 1)
+        return
+    except Exception as error:
+        if not deadletters.is_permanent(error):
+            raise
+        log.warning(
+            "%s: a record of %s/%s cannot be applied together (%s); each consumer on its own",
+            "+".join(c.name for c in consumers),
+            topic,
+            partition,
+            deadletters.describe(error)[:300],
+        )
+    for consumer in consumers:
+        await apply_slice(
+            pool, consumer.name, records, consumer.apply, publish, apply_all=consumer.apply_all
+        )
 
 
 async def _apply(

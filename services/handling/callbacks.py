@@ -11,8 +11,8 @@ Rules (`config/callbacks.yaml`, refused at start with the key and the reason):
 - churn warning: a customer whose last case event is older than 90 days (a daily sweep);
 - quarterly survey: each customer with a case closed in the quarter just ended, once.
 
-Exactly once: the consumer (group `callbacks`) writes its tables and its Kafka position in
-one transaction (`kafka_positions.apply_slice`); a case's `last_version` drops events relayed
+Exactly once: the consumer (read with the projections in their group) writes its tables and
+its Kafka position in one transaction (`kafka_positions.apply_slice_together`); a case's `last_version` drops events relayed
 twice, and task ids are uuid5 of the type and the case (or customer and period), so a
 redelivery, a rerun of a sweep or two instances sweeping at once create nothing twice.
 
@@ -26,6 +26,7 @@ import asyncio
 import logging
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -33,13 +34,10 @@ from typing import Any, Protocol
 
 import psycopg
 import yaml
-from faststream.kafka import KafkaBroker
-from faststream.kafka.annotations import KafkaMessage
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from contracts import topics
 from contracts.codes import FeedbackType
 from contracts.events import (
     CASE_EVENTS,
@@ -50,21 +48,20 @@ from contracts.events import (
     CaseRegistered,
     CaseReopened,
     CaseResolved,
-    DeadLetter,
     FeedbackClassified,
     FeedbackRouted,
     case_event_adapter,
     type_names,
 )
 from services.common import deadletters, kafka_positions
-from services.common.bus import batch_subscriber, concerns, partition_slices, publish
-from services.common.settings import Settings
+from services.common.bus import concerns
 from services.sla.calendar import BusinessCalendar, parse_target
 
 log = logging.getLogger(__name__)
 
 RULES_FILE = Path(__file__).resolve().parents[2] / "config" / "callbacks.yaml"
-GROUP = "callbacks"
+# Read in the projections service's subscription (see `consumer`).
+GROUP = "projections"
 CONSUMER = "callbacks"
 # Three years and a leap day: the least the archive is kept (requirements: at least 3 years).
 MIN_RETENTION_DAYS = 1095
@@ -366,63 +363,201 @@ def _task(
 
 # --- The consumer of feedback.events ----------------------------------------------------------
 
-
-async def _create(conn: Any, task: dict[str, Any]) -> None:
-    await conn.execute(_INSERT_TASK + " ON CONFLICT (id) DO NOTHING", task)
-
-
-async def _touch_customer(
-    conn: Any, customer_ref: str, tier: str, department: str | None, number: str, at: datetime
-) -> None:
-    await conn.execute(
-        """
-        INSERT INTO callback_customers (customer_ref, customer_tier, department,
-            last_feedback_number, last_event_at)
-        VALUES (%s, %s, %s, %s, %s)
-        ON CONFLICT (customer_ref) DO UPDATE SET
-            customer_tier = EXCLUDED.customer_tier,
-            department = coalesce(EXCLUDED.department, callback_customers.department),
-            last_feedback_number = EXCLUDED.last_feedback_number,
-            last_event_at = EXCLUDED.last_event_at
-        WHERE callback_customers.last_event_at <= EXCLUDED.last_event_at
-        """,
-        (customer_ref, tier, department, number, at),
-    )
+_CASE_COLUMNS = (
+    "feedback_id", "feedback_number", "customer_ref", "customer_tier", "feedback_type",
+    "department", "product_model", "purchase_date", "last_version", "last_event_at",
+    "closed_at", "archived_at",
+)  # fmt: skip
+_CASE_TYPES = (
+    "uuid", "text", "text", "text", "text", "text", "text", "date", "integer", "timestamptz",
+    "timestamptz", "timestamptz",
+)  # fmt: skip
+_TASK_COLUMNS = (
+    "id", "type", "feedback_id", "feedback_number", "customer_ref", "department", "goal",
+    "script", "priority", "window_from", "due_at", "created_at", "updated_at",
+)  # fmt: skip
+_TASK_TYPES = (
+    "uuid", "text", "uuid", "text", "text", "text", "text", "text", "boolean", "timestamptz",
+    "timestamptz", "timestamptz", "timestamptz",
+)  # fmt: skip
 
 
-async def _registered(
-    conn: Any, event: CaseRegistered, rules: CallbackRules, calendar: BusinessCalendar
-) -> None:
+def _unnest(columns: tuple[str, ...], types: tuple[str, ...]) -> str:
+    arrays = ", ".join(f"%s::{t}[]" for t in types)
+    return f"SELECT * FROM unnest({arrays}) AS v({', '.join(columns)})"
+
+
+def _arrays(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> list[list[Any]]:
+    return [[row[c] for row in rows] for c in columns]
+
+
+_UPSERT_CASES = f"""
+    INSERT INTO callback_cases ({", ".join(_CASE_COLUMNS)}) {_unnest(_CASE_COLUMNS, _CASE_TYPES)}
+    ON CONFLICT (feedback_id) DO UPDATE SET feedback_type = EXCLUDED.feedback_type,
+        department = EXCLUDED.department, last_version = EXCLUDED.last_version,
+        last_event_at = EXCLUDED.last_event_at, closed_at = EXCLUDED.closed_at,
+        archived_at = EXCLUDED.archived_at
+"""
+# The churn sweep's "last case event" per customer: an older event never overwrites it.
+_TOUCH_CUSTOMERS = """
+    INSERT INTO callback_customers (customer_ref, customer_tier, department,
+        last_feedback_number, last_event_at)
+    SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[])
+    ON CONFLICT (customer_ref) DO UPDATE SET
+        customer_tier = EXCLUDED.customer_tier,
+        department = coalesce(EXCLUDED.department, callback_customers.department),
+        last_feedback_number = EXCLUDED.last_feedback_number,
+        last_event_at = EXCLUDED.last_event_at
+    WHERE callback_customers.last_event_at <= EXCLUDED.last_event_at
+"""
+_NEW_TASKS = f"""
+    INSERT INTO callback_tasks ({", ".join(_TASK_COLUMNS)}) {_unnest(_TASK_COLUMNS, _TASK_TYPES)}
+"""
+# Tasks that follow their case to its new department.
+_MOVE_TASKS = """
+    UPDATE callback_tasks AS t SET department = v.department
+    FROM unnest(%s::uuid[], %s::text[]) AS v(feedback_id, department)
+    WHERE t.feedback_id = v.feedback_id AND t.state <> 'done'
+"""
+
+
+@dataclass(slots=True)
+class _Customer:
+    """The last case event of a customer seen in a slice (the churn sweep's input)."""
+
+    tier: str
+    department: str | None
+    number: str
+    at: datetime
+
+
+class _Slice:
+    """A slice of case events folded in memory: what the tables become, written back with
+    a few statements whatever the slice's length."""
+
+    def __init__(self, cases: dict[uuid.UUID, dict[str, Any]]) -> None:
+        self.cases = cases
+        self.changed: set[uuid.UUID] = set()
+        self.customers: dict[str, _Customer] = {}
+        self.new_tasks: dict[uuid.UUID, dict[str, Any]] = {}
+        self.due_again: dict[uuid.UUID, dict[str, Any]] = {}
+        self.moved: set[uuid.UUID] = set()
+
+    def touch(self, case: dict[str, Any], at: datetime) -> None:
+        # As the upsert would one event at a time: the latest event wins, a department
+        # stays known once known.
+        seen = self.customers.get(case["customer_ref"])
+        if seen is not None and at < seen.at:
+            return
+        department = case["department"] or (seen.department if seen else None)
+        self.customers[case["customer_ref"]] = _Customer(
+            case["customer_tier"], department, case["feedback_number"], at
+        )
+
+    def registered(
+        self, event: CaseRegistered, rules: CallbackRules, calendar: BusinessCalendar
+    ) -> None:
+        if event.feedback_id in self.cases:
+            return  # relayed twice
+        r = event.registration
+        case = {
+            "feedback_id": event.feedback_id,
+            "feedback_number": r.feedback_number,
+            "customer_ref": r.customer_ref,
+            "customer_tier": r.customer_tier,
+            "feedback_type": r.stated_type.value if r.stated_type else None,
+            "department": event.department,
+            "product_model": r.product_model,
+            "purchase_date": r.purchase_date,
+            "last_version": event.version,
+            "last_event_at": event.occurred_at,
+            "closed_at": None,
+            "archived_at": None,
+        }
+        self.cases[event.feedback_id] = case
+        self.changed.add(event.feedback_id)
+        self.touch(case, event.occurred_at)
+        for task in _purchase_tasks(event, rules, calendar):
+            self.new_tasks.setdefault(task["id"], {**task, "updated_at": task["created_at"]})
+
+    def followed(self, event: CaseEvent, rules: CallbackRules, calendar: BusinessCalendar) -> None:
+        case = self.cases.get(event.feedback_id)
+        if case is None or case["last_version"] >= event.version:
+            return  # seen already, or a case registered before this consumer existed
+        case["last_version"] = event.version
+        case["last_event_at"] = event.occurred_at
+        case["department"] = event.department or case["department"]
+        self.changed.add(event.feedback_id)
+        self.touch(case, event.occurred_at)
+        match event:
+            case FeedbackClassified(classification=c):
+                case["feedback_type"] = c.type.value
+            case FeedbackRouted():
+                self.moved.add(event.feedback_id)
+            case CaseResolved():
+                task = _post_complaint_task(event, case, rules, calendar)
+                if task is not None:
+                    # Due again as of now; created when first due (the row's, if stored).
+                    earlier = self.due_again.get(task["id"])
+                    created = earlier["created_at"] if earlier else task["created_at"]
+                    self.due_again[task["id"]] = {
+                        **task,
+                        "created_at": created,
+                        "updated_at": task["created_at"],
+                    }
+            case CaseClosed():
+                case["closed_at"] = event.occurred_at
+            case CaseReopened():
+                case["closed_at"] = None
+            case CaseArchived():
+                case["archived_at"] = event.occurred_at
+
+    async def write(self, conn: Any) -> None:
+        if self.changed:
+            rows = [self.cases[i] for i in sorted(self.changed)]
+            await conn.execute(_UPSERT_CASES, _arrays(rows, _CASE_COLUMNS))
+        if self.customers:
+            refs = sorted(self.customers)
+            touched = [self.customers[ref] for ref in refs]
+            await conn.execute(
+                _TOUCH_CUSTOMERS,
+                (
+                    refs,
+                    [c.tier for c in touched],
+                    [c.department for c in touched],
+                    [c.number for c in touched],
+                    [c.at for c in touched],
+                ),
+            )
+        if self.new_tasks:
+            tasks = list(self.new_tasks.values())
+            await conn.execute(
+                _NEW_TASKS + " ON CONFLICT (id) DO NOTHING", _arrays(tasks, _TASK_COLUMNS)
+            )
+        if self.due_again:
+            # Resolved again after a reopening: the same task is due again (events are
+            # applied once per version, so this happens once per resolution).
+            tasks = list(self.due_again.values())
+            await conn.execute(
+                _NEW_TASKS
+                + """ ON CONFLICT (id) DO UPDATE SET due_at = EXCLUDED.due_at,
+                    priority = EXCLUDED.priority, window_from = EXCLUDED.window_from,
+                    department = EXCLUDED.department, state = 'open', done_at = NULL,
+                    updated_at = EXCLUDED.updated_at""",
+                _arrays(tasks, _TASK_COLUMNS),
+            )
+        if self.moved:
+            moved = sorted(self.moved)
+            await conn.execute(_MOVE_TASKS, (moved, [self.cases[i]["department"] for i in moved]))
+
+
+def _purchase_tasks(
+    event: CaseRegistered, rules: CallbackRules, calendar: BusinessCalendar
+) -> list[dict[str, Any]]:
+    """The after-sales and product-in-use callbacks a registration with a purchase date gets."""
     r = event.registration
-    cursor = await conn.execute(
-        """
-        INSERT INTO callback_cases (feedback_id, feedback_number, customer_ref, customer_tier,
-            feedback_type, department, product_model, purchase_date, last_version, last_event_at)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-        ON CONFLICT (feedback_id) DO NOTHING
-        RETURNING feedback_id
-        """,
-        (
-            event.feedback_id,
-            r.feedback_number,
-            r.customer_ref,
-            r.customer_tier,
-            r.stated_type.value if r.stated_type else None,
-            event.department,
-            r.product_model,
-            r.purchase_date,
-            event.version,
-            event.occurred_at,
-        ),
-    )
-    if await cursor.fetchone() is None:
-        return  # relayed twice
-    await _touch_customer(
-        conn, r.customer_ref, r.customer_tier, event.department, r.feedback_number,
-        event.occurred_at,
-    )  # fmt: skip
     if r.purchase_date is None:
-        return
+        return []
     common: dict[str, Any] = {
         "customer_ref": r.customer_ref,
         "created_at": event.occurred_at,
@@ -432,6 +567,7 @@ async def _registered(
         "priority": rules.high_value(r.customer_tier),
     }
     values = {"purchase_date": r.purchase_date.isoformat(), "product_model": r.product_model or ""}
+    tasks = []
     sales = rules.types.after_sales
     due = day_closes(calendar, r.purchase_date + timedelta(days=sales.due_days))
     # A purchase whose window has passed gets no after-sales callback now.
@@ -439,10 +575,9 @@ async def _registered(
         window = datetime.combine(
             r.purchase_date + timedelta(days=sales.window_from_days), time(0), calendar.zone
         )
-        await _create(
-            conn,
+        tasks.append(
             _task(rules, TaskType.after_sales, str(event.feedback_id), due_at=due,
-                  window_from=window, values=values, **common),
+                  window_from=window, values=values, **common)
         )  # fmt: skip
     in_use = rules.types.product_in_use
     model = (r.product_model or "").casefold()
@@ -450,30 +585,26 @@ async def _registered(
         start = r.purchase_date + timedelta(days=in_use.after_days)
         due = day_closes(calendar, start + timedelta(days=in_use.window_days))
         if due > event.occurred_at:
-            await _create(
-                conn,
+            tasks.append(
                 _task(rules, TaskType.product_in_use, str(event.feedback_id), due_at=due,
                       window_from=datetime.combine(start, time(0), calendar.zone),
-                      values=values, **common),
+                      values=values, **common)
             )  # fmt: skip
+    return tasks
 
 
-async def _resolved(
-    conn: Any,
-    event: CaseResolved,
-    case: dict[str, Any],
-    rules: CallbackRules,
-    calendar: BusinessCalendar,
-) -> None:
+def _post_complaint_task(
+    event: CaseResolved, case: dict[str, Any], rules: CallbackRules, calendar: BusinessCalendar
+) -> dict[str, Any] | None:
     if case["feedback_type"] != FeedbackType.complaint.value:
-        return
+        return None
     rule = rules.types.post_complaint
     start = event.occurred_at
     due = calendar.due(start, parse_target(rule.due), "business")
     first = event.result != "resolved" or rules.high_value(case["customer_tier"])
     if first:
         due = min(due, start + rules.priority_delta)
-    task = _task(
+    return _task(
         rules,
         TaskType.post_complaint,
         str(event.feedback_id),
@@ -486,108 +617,69 @@ async def _resolved(
         priority=first,
         window_from=start,
     )
-    # Resolved again after a reopening: the same task is due again (events are applied
-    # once per version, so this runs once per resolution).
-    await conn.execute(
-        _INSERT_TASK
-        + """ ON CONFLICT (id) DO UPDATE SET due_at = EXCLUDED.due_at,
-            priority = EXCLUDED.priority, window_from = EXCLUDED.window_from,
-            department = EXCLUDED.department, state = 'open', done_at = NULL,
-            updated_at = EXCLUDED.updated_at""",
-        task,
-    )
 
 
-# What this consumer follows: every case event but the clocks' (see apply_event).
+# What this consumer follows: every case event but the clocks' (see apply_events).
 FOLLOWED = type_names(*CASE_EVENTS) - type_names(*CLOCK_EVENTS)
+
+
+async def apply_events(
+    conn: Any, events: list[CaseEvent], rules: CallbackRules, calendar: BusinessCalendar
+) -> None:
+    """Apply case events once, in order; raises `deadletters.Unapplicable` for one it must
+    not store (the caller then applies them one at a time to find it)."""
+    followed = []
+    for event in events:
+        problem = deadletters.unstorable_time(event)
+        if problem:
+            raise deadletters.Unapplicable(f"{type(event).__name__}: {problem}")
+        # No callback depends on a deadline, and the system's timing is not the customer's
+        # interaction (the churn sweep's "silent since"): clock events are passed over.
+        if not isinstance(event, CLOCK_EVENTS):
+            followed.append(event)
+    if not followed:
+        return
+    ids = sorted({e.feedback_id for e in followed})
+    cursor = await conn.execute(
+        f"SELECT {', '.join(_CASE_COLUMNS)} FROM callback_cases WHERE feedback_id = ANY(%s)",
+        (ids,),
+    )
+    folded = _Slice(
+        {row[0]: dict(zip(_CASE_COLUMNS, row, strict=True)) for row in await cursor.fetchall()}
+    )
+    for event in followed:
+        if isinstance(event, CaseRegistered):
+            folded.registered(event, rules, calendar)
+        else:
+            folded.followed(event, rules, calendar)
+    await folded.write(conn)
 
 
 async def apply_event(
     conn: Any, event: CaseEvent, rules: CallbackRules, calendar: BusinessCalendar
 ) -> None:
-    """Apply one case event once; raises `deadletters.Unapplicable` for one it must not store."""
-    problem = deadletters.unstorable_time(event)
-    if problem:
-        raise deadletters.Unapplicable(f"{type(event).__name__}: {problem}")
-    if isinstance(event, CLOCK_EVENTS):
-        # No callback depends on a deadline, and the system's timing is not the customer's
-        # interaction (the churn sweep's "silent since"): two writes per clock event saved.
-        return
-    if isinstance(event, CaseRegistered):
-        await _registered(conn, event, rules, calendar)
-        return
-    cursor = await conn.execute(
-        """
-        UPDATE callback_cases SET last_version = %s, last_event_at = %s,
-            department = coalesce(%s, department)
-        WHERE feedback_id = %s AND last_version < %s
-        RETURNING feedback_id, feedback_number, customer_ref, customer_tier, feedback_type,
-            department
-        """,
-        (event.version, event.occurred_at, event.department, event.feedback_id, event.version),
-    )
-    row = await cursor.fetchone()
-    if row is None:
-        return  # seen already, or a case registered before this consumer existed
-    names = ("feedback_id", "feedback_number", "customer_ref", "customer_tier",
-             "feedback_type", "department")  # fmt: skip
-    case = dict(zip(names, row, strict=True))
-    await _touch_customer(
-        conn, case["customer_ref"], case["customer_tier"], case["department"],
-        case["feedback_number"], event.occurred_at,
-    )  # fmt: skip
-    match event:
-        case FeedbackClassified(classification=c):
-            await conn.execute(
-                "UPDATE callback_cases SET feedback_type = %s WHERE feedback_id = %s",
-                (c.type.value, event.feedback_id),
-            )
-        case FeedbackRouted():
-            # Open tasks follow the case to its new department.
-            await conn.execute(
-                "UPDATE callback_tasks SET department = %s WHERE feedback_id = %s "
-                "AND state <> 'done'",
-                (case["department"], event.feedback_id),
-            )
-        case CaseResolved():
-            await _resolved(conn, event, case, rules, calendar)
-        case CaseClosed():
-            await conn.execute(
-                "UPDATE callback_cases SET closed_at = %s WHERE feedback_id = %s",
-                (event.occurred_at, event.feedback_id),
-            )
-        case CaseReopened():
-            await conn.execute(
-                "UPDATE callback_cases SET closed_at = NULL WHERE feedback_id = %s",
-                (event.feedback_id,),
-            )
-        case CaseArchived():
-            await conn.execute(
-                "UPDATE callback_cases SET archived_at = %s WHERE feedback_id = %s",
-                (event.occurred_at, event.feedback_id),
-            )
+    """Apply one case event once (see `apply_events`)."""
+    await apply_events(conn, [event], rules, calendar)
 
 
-def register_callbacks(
-    broker: KafkaBroker,
-    settings: Settings,
-    pool: AsyncConnectionPool,
-    rules: CallbackRules,
-    calendar: BusinessCalendar,
-) -> None:
+def consumer(rules: CallbackRules, calendar: BusinessCalendar) -> kafka_positions.SliceConsumer:
+    """The callbacks' consumer of `feedback.events`, read in the projections service's
+    subscription (one fetch and one transaction per slice with the read models)."""
+
+    def readable(records: list[Any]) -> list[CaseEvent]:
+        return [
+            case_event_adapter.validate_json(r.value or b"")
+            for r in records
+            if concerns(r, FOLLOWED)
+        ]
+
     async def apply(conn: Any, record: Any) -> None:
-        if not concerns(record, FOLLOWED):
-            return
-        event = case_event_adapter.validate_json(record.value or b"")
-        await apply_event(conn, event, rules, calendar)
+        await apply_events(conn, readable([record]), rules, calendar)
 
-    async def publish_dead_letter(letter: DeadLetter) -> None:
-        await publish(broker, settings, letter)
+    async def apply_all(conn: Any, records: list[Any]) -> None:
+        await apply_events(conn, readable(records), rules, calendar)
 
-    @batch_subscriber(broker, settings, topics.FEEDBACK_EVENTS, GROUP)
-    async def on_case_events(body: list[Any], msg: KafkaMessage) -> None:
-        for records in partition_slices(msg).values():
-            await kafka_positions.apply_slice(pool, CONSUMER, records, apply, publish_dead_letter)
+    return kafka_positions.SliceConsumer(CONSUMER, apply, apply_all)
 
 
 # --- Sweeps: churn and the quarterly survey ---------------------------------------------------

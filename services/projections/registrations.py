@@ -13,16 +13,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from faststream.kafka import KafkaBroker
-from faststream.kafka.annotations import KafkaMessage
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from contracts import topics
-from contracts.events import DeadLetter, case_event_adapter
+from contracts.events import case_event_adapter
 from services.common import deadletters, kafka_positions
-from services.common.bus import batch_subscriber, partition_slices, publish
-from services.common.settings import Settings
 from services.projections import bi, casefile, facts_schema, rebuild, search
 from services.sla.calendar import BusinessCalendar, load_calendars
 
@@ -130,14 +125,9 @@ async def apply_records(conn: Any, records: list[Any], calendar: BusinessCalenda
     return await casefile.apply_events(conn, events, calendar)
 
 
-async def apply_batch(
-    pool: AsyncConnectionPool,
-    records: list[Any],
-    publish_dead_letter: kafka_positions.PublishDeadLetter,
-    calendar: BusinessCalendar,
-) -> int:
-    """Apply one partition slice in one transaction, an event that can never be applied
-    becoming a dead letter; returns how many records were applied."""
+def consumer(calendar: BusinessCalendar) -> kafka_positions.SliceConsumer:
+    """The read models' consumer of `feedback.events` (group `projections`): a slice in
+    one transaction, an event that can never be applied becoming a dead letter."""
 
     async def apply_one(conn: Any, record: Any) -> None:
         await apply_records(conn, [record], calendar)
@@ -145,24 +135,7 @@ async def apply_batch(
     async def apply_all(conn: Any, records: list[Any]) -> None:
         await apply_records(conn, records, calendar)
 
-    return await kafka_positions.apply_slice(
-        pool, CONSUMER, records, apply_one, publish_dead_letter, apply_all=apply_all
-    )
-
-
-def register_projections(
-    broker: KafkaBroker,
-    settings: Settings,
-    pool: AsyncConnectionPool,
-    calendar: BusinessCalendar,
-) -> None:
-    async def publish_dead_letter(letter: DeadLetter) -> None:
-        await publish(broker, settings, letter)
-
-    @batch_subscriber(broker, settings, topics.FEEDBACK_EVENTS, GROUP)
-    async def on_case_events(body: list[Any], msg: KafkaMessage) -> None:
-        for slice_records in partition_slices(msg).values():
-            await apply_batch(pool, slice_records, publish_dead_letter, calendar)
+    return kafka_positions.SliceConsumer(CONSUMER, apply_one, apply_all)
 
 
 COLUMNS = (
