@@ -54,11 +54,11 @@ RATE = 120.0
 CONCURRENCY = 16
 KILL_AFTER = 120
 TAIL = 60
-# Consumer groups and the topic each reads: all must have caught up before checking.
+# Consumer groups and the topic each reads: all must have caught up before checking (the
+# callbacks are read in the projections' group).
 GROUPS = (
     ("routing", topics.FEEDBACK_RECEIVED),
     ("projections", topics.FEEDBACK_EVENTS),
-    ("callbacks", topics.FEEDBACK_EVENTS),
     ("sla", topics.FEEDBACK_EVENTS),
     ("sla-timers", topics.FEEDBACK_EVENTS),
 )
