@@ -220,16 +220,17 @@ def test_a_model_that_does_not_verify_is_never_loaded(
     registry = ModelRegistry(database, key)
     registry.create_schema()
     book = load_rulebook()
-    outcome = train(
-        registry,
-        CaseStore(database),
-        book,
-        load_labelled(FROZEN_EVAL),
-        poor,
-        tmp_path / "poor",
-        "t",
-    )
-    assert outcome.activated
+    store = CaseStore(database)
+    frozen = load_labelled(FROZEN_EVAL)
+    outcome = train(registry, store, book, frozen, poor, tmp_path / "poor", "t")
+    assert outcome.activated and outcome.corrections.found == []
+    # A correction recorded since is trained on: one text more than the files hold.
+    corrected = _register(store, 7, "我家孩子把充电器的小零件吞下去了")
+    _override(store, corrected, "urgent" if corrected.priority != "urgent" else "high")
+    dry = train(registry, store, book, frozen, poor, tmp_path / "poor", "t", dry_run=True)
+    assert [c.feedback_number for c in dry.corrections.found] == ["F20250101-0007"]
+    assert dry.training_items == outcome.training_items + 1
+    assert dry.training_digest != outcome.training_digest
     assert Classifier.trained(book, empty, registry).model_version == outcome.stored_version
 
     # Another key (a row written by someone without ours): not loaded, trained from files.
