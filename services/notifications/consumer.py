@@ -161,23 +161,77 @@ class Planner:
             log.warning("no e-mail, SMS or IM adapter configured: customers are not notified")
 
     async def apply_record(self, conn: AsyncConnection[Any], record: Any) -> None:
-        """One consumer record; raises `ValueError` (a dead letter) for one that can
-        never be applied."""
-        event = case_event_adapter.validate_json(record.value or b"")
-        problem = deadletters.unstorable_time(event)
-        if problem:
-            raise deadletters.Unapplicable(f"{type(event).__name__}: {problem}")
-        await self.apply(conn, event)
+        """One consumer record (the isolation path: a poison record alone); raises
+        `ValueError` (a dead letter) for one that can never be applied."""
+        await self.apply_records(conn, [record])
+
+    async def apply_records(self, conn: AsyncConnection[Any], records: list[Any]) -> None:
+        """A partition slice's records, in offset order (the fast path); raises as
+        `apply_record` does if any of them cannot be applied."""
+        events: list[CaseEvent] = []
+        for record in records:
+            event = case_event_adapter.validate_json(record.value or b"")
+            problem = deadletters.unstorable_time(event)
+            if problem:
+                raise deadletters.Unapplicable(f"{type(event).__name__}: {problem}")
+            events.append(event)
+        await self.apply_events(conn, events)
 
     async def apply(self, conn: AsyncConnection[Any], event: CaseEvent) -> int:
         """Plan what `event` tells; returns how many rows are new."""
-        case = await self._remember(conn, event)
-        if event.occurred_at < datetime.now(UTC) - timedelta(
-            seconds=self.settings.notify_max_event_age_s
-        ):
+        return await self.apply_events(conn, [event])
+
+    async def apply_events(self, conn: AsyncConnection[Any], events: list[CaseEvent]) -> int:
+        """Plan what `events` (in order) tell; returns how many rows are new.
+
+        The slice is folded in memory, as applying its events one by one would leave the
+        tables, and written back with one statement per table: the cases' facts read once,
+        the waiting acknowledgements patched once, the new rows inserted once, the facts
+        written once."""
+        oldest = datetime.now(UTC) - timedelta(seconds=self.settings.notify_max_event_age_s)
+        changes = [(event, _Change.of(event)) for event in events]
+        # Neither a fact nor a message: such an event writes nothing (not even the case).
+        relevant = [(e, c) for e, c in changes if c.facts or isinstance(e, NOTIFYING)]
+        if not relevant:
             return 0
-        rows = self.plan(event, case)
-        return await store.insert(conn, rows) if rows else 0
+        cases = await _load_cases(conn, {e.feedback_id for e, _ in relevant})
+        patches: dict[UUID, dict[str, Any]] = {}
+        released: set[UUID] = set()
+        planned: dict[UUID, Planned] = {}
+        # Acknowledgements planned in this slice, by case: later patches reach them here
+        # (earlier ones are in the facts they were planned from).
+        waiting: dict[UUID, list[UUID]] = {}
+        for event, change in relevant:
+            case = cases.setdefault(event.feedback_id, dict.fromkeys(_FACT_NAMES))
+            case["feedback_number"] = event.feedback_number
+            case.update(change.facts)
+            if change.ack_patch:
+                patches.setdefault(event.feedback_id, {}).update(change.ack_patch)
+                if change.release:
+                    released.add(event.feedback_id)
+                for row_id in waiting.get(event.feedback_id, ()):
+                    row = planned[row_id]
+                    planned[row_id] = row.model_copy(
+                        update={
+                            "payload": {**row.payload, **change.ack_patch},
+                            # least(next attempt, now): due at once.
+                            "hold_s": 0.0 if change.release else row.hold_s,
+                        }
+                    )
+            if event.occurred_at < oldest:
+                continue
+            for row in self.plan(event, case):
+                if row.id in planned:
+                    continue  # the same event twice in the slice: the first one stands
+                planned[row.id] = row
+                if row.template == ACKNOWLEDGEMENT:
+                    waiting.setdefault(row.feedback_id, []).append(row.id)
+        # Acknowledgements written before this slice take every patch of it (and first:
+        # a row this slice plans again, already written, is left alone by the insert).
+        await _refresh_acknowledgements(conn, patches, released)
+        created = await store.insert(conn, list(planned.values())) if planned else 0
+        await _save_cases(conn, cases)
+        return created
 
     def plan(self, event: CaseEvent, case: dict[str, Any]) -> list[Planned]:
         common = {
@@ -378,64 +432,96 @@ class Planner:
             ]
         return rows
 
-    async def _remember(self, conn: AsyncConnection[Any], event: CaseEvent) -> dict[str, Any]:
-        """Update the case facts this event changes; returns them as they now stand.
 
-        Events of one case arrive in order (one partition, keyed by the case), so the
+@dataclass(frozen=True)
+class _Change:
+    """What one event changes in its case's facts, and in a waiting acknowledgement."""
+
+    facts: dict[str, Any]
+    ack_patch: dict[str, Any]
+    release: bool
+
+    @classmethod
+    def of(cls, event: CaseEvent) -> _Change:
+        """Events of one case arrive in order (one partition, keyed by the case), so the
         latest write is the latest fact; a replay passes through older values and ends
         where it was."""
-        facts: dict[str, Any] = {}
-        ack_patch: dict[str, Any] = {}
-        release = False
         match event:
             case CaseRegistered(registration=r):
-                facts = {"customer_ref": r.customer_ref, "channel": r.channel.value}
+                return cls({"customer_ref": r.customer_ref, "channel": r.channel.value}, {}, False)
             case FeedbackClassified(classification=c):
                 facts = {"category": c.category, "priority": c.priority.value}
-                ack_patch = {"category": c.category, "priority": c.priority.value}
+                return cls(facts, dict(facts), False)
             case PriorityOverridden():
-                facts = {"priority": event.priority.value}
+                return cls({"priority": event.priority.value}, {}, False)
             case FeedbackRouted():
-                facts = {"department": event.department, "owner": None}
+                return cls({"department": event.department, "owner": None}, {}, False)
             case SentToTriage() | AssignmentDisputed():
-                facts = {"owner": None}
+                return cls({"owner": None}, {}, False)
             case OwnerAssigned():
-                facts = {"owner": event.owner}
+                return cls({"owner": event.owner}, {}, False)
             case ClockStarted(clock="first_response") | ClockRecomputed(clock="first_response"):
-                facts = {"first_response_due": event.due_at, "first_response_target": event.target}
-                ack_patch = {
-                    "first_response_due": event.due_at.isoformat(),
-                    "first_response_target": event.target,
-                }
-                release = True
-        if not facts and not isinstance(event, NOTIFYING):
-            return {}  # neither a fact nor a message: nothing to write
-        names = ["feedback_number", *facts]
-        updates = ", ".join(f"{n} = EXCLUDED.{n}" for n in names)
-        async with conn.cursor(row_factory=dict_row) as cursor:
-            await cursor.execute(
-                f"INSERT INTO notification_cases (feedback_id, {', '.join(names)}) "
-                f"VALUES (%s, {', '.join(['%s'] * len(names))}) "
-                f"ON CONFLICT (feedback_id) DO UPDATE SET {updates}, updated_at = now() "
-                f"RETURNING {CASE_FACTS}",
-                (event.feedback_id, event.feedback_number, *facts.values()),
-            )
-            case = await cursor.fetchone()
-        if ack_patch:
-            await _refresh_acknowledgement(conn, event, ack_patch, release)
-        return dict(case or {})
+                return cls(
+                    {"first_response_due": event.due_at, "first_response_target": event.target},
+                    {
+                        "first_response_due": event.due_at.isoformat(),
+                        "first_response_target": event.target,
+                    },
+                    True,
+                )
+        return cls({}, {}, False)
 
 
-async def _refresh_acknowledgement(
-    conn: AsyncConnection[Any], event: CaseEvent, patch: dict[str, Any], release: bool
-) -> None:
-    """An acknowledgement still waiting (never claimed) takes what became known, and with
-    `release` leaves at once."""
+_FACT_NAMES = tuple(name.strip() for name in CASE_FACTS.split(","))
+# The facts' column types, for writing a slice's cases back through unnest.
+_FACT_TYPES = {"first_response_due": "timestamptz"}
+
+
+async def _load_cases(
+    conn: AsyncConnection[Any], case_ids: set[UUID]
+) -> dict[UUID, dict[str, Any]]:
+    """The facts of these cases as stored (a case not seen yet is absent)."""
+    async with conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(
+            f"SELECT feedback_id, {CASE_FACTS} FROM notification_cases WHERE feedback_id = ANY(%s)",
+            (list(case_ids),),
+        )
+        return {row.pop("feedback_id"): row for row in await cursor.fetchall()}
+
+
+async def _save_cases(conn: AsyncConnection[Any], cases: dict[UUID, dict[str, Any]]) -> None:
+    """Write the slice's cases back, one statement (each row as the slice left it)."""
+    if not cases:
+        return
+    arrays = [f"%s::{_FACT_TYPES.get(name, 'text')}[]" for name in _FACT_NAMES]
+    updates = ", ".join(f"{name} = EXCLUDED.{name}" for name in _FACT_NAMES)
     await conn.execute(
-        "UPDATE notifications SET payload = payload || %s, next_attempt_at = CASE WHEN %s "
-        "THEN least(next_attempt_at, now()) ELSE next_attempt_at END "
-        "WHERE feedback_id = %s AND template = %s AND state = 'pending' AND attempts = 0",
-        (Jsonb(patch), release, event.feedback_id, ACKNOWLEDGEMENT),
+        f"INSERT INTO notification_cases (feedback_id, {CASE_FACTS}, updated_at) "
+        f"SELECT *, now() FROM unnest(%s::uuid[], {', '.join(arrays)}) "
+        f"ON CONFLICT (feedback_id) DO UPDATE SET {updates}, updated_at = now()",
+        (list(cases), *([case[name] for case in cases.values()] for name in _FACT_NAMES)),
+    )
+
+
+async def _refresh_acknowledgements(
+    conn: AsyncConnection[Any], patches: dict[UUID, dict[str, Any]], released: set[UUID]
+) -> None:
+    """An acknowledgement still waiting (never claimed) takes what became known, and once
+    the first-response clock is known (`released`) leaves at once."""
+    if not patches:
+        return
+    await conn.execute(
+        "UPDATE notifications n SET payload = n.payload || p.patch, next_attempt_at = "
+        "CASE WHEN p.release THEN least(n.next_attempt_at, now()) ELSE n.next_attempt_at END "
+        "FROM unnest(%s::uuid[], %s::jsonb[], %s::boolean[]) AS p(feedback_id, patch, release) "
+        "WHERE n.feedback_id = p.feedback_id AND n.template = %s AND n.state = 'pending' "
+        "AND n.attempts = 0",
+        (
+            list(patches),
+            [Jsonb(patch) for patch in patches.values()],
+            [case_id in released for case_id in patches],
+            ACKNOWLEDGEMENT,
+        ),
     )
 
 
@@ -455,6 +541,11 @@ def register_notifications(
     async def on_case_events(body: list[Any], msg: KafkaMessage) -> None:
         for records in partition_slices(msg).values():
             await kafka_positions.apply_slice(
-                pool, CONSUMER, records, planner.apply_record, publish_dead_letter
+                pool,
+                CONSUMER,
+                records,
+                planner.apply_record,
+                publish_dead_letter,
+                apply_all=planner.apply_records,
             )
         planned()

@@ -153,32 +153,41 @@ COLUMNS = (
 
 
 async def insert(conn: AsyncConnection[Any], rows: list[Planned]) -> int:
-    """Write planned rows; a row already written (same event, recipient, channel) is
-    left alone. Returns how many are new."""
-    created = 0
+    """Write planned rows, all in one statement; a row already written (same event,
+    recipient, channel) is left alone, and of the same row twice the first is written.
+    Returns how many are new."""
+    if not rows:
+        return 0
+    first: dict[UUID, Planned] = {}
     for row in rows:
-        cursor = await conn.execute(
-            "INSERT INTO notifications (id, feedback_id, feedback_number, event_version, "
-            "event_type, audience, recipient, channel, template, language, payload, "
-            "next_attempt_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-            "now() + make_interval(secs => %s)) ON CONFLICT (id) DO NOTHING RETURNING 1",
-            (
-                row.id,
-                row.feedback_id,
-                row.feedback_number,
-                row.event_version,
-                row.event_type,
-                row.audience,
-                row.recipient,
-                row.channel,
-                row.template,
-                row.language,
-                Jsonb(row.payload),
-                row.hold_s,
-            ),
-        )
-        created += await cursor.fetchone() is not None
-    return created
+        first.setdefault(row.id, row)
+    unique = list(first.values())
+    cursor = await conn.execute(
+        "INSERT INTO notifications (id, feedback_id, feedback_number, event_version, "
+        "event_type, audience, recipient, channel, template, language, payload, "
+        "next_attempt_at) SELECT id, feedback_id, feedback_number, event_version, event_type, "
+        "audience, recipient, channel, template, language, payload, "
+        "now() + make_interval(secs => hold_s) FROM unnest(%s::uuid[], %s::uuid[], "
+        "%s::text[], %s::integer[], %s::text[], %s::text[], %s::text[], %s::text[], "
+        "%s::text[], %s::text[], %s::jsonb[], %s::float8[]) AS r(id, feedback_id, "
+        "feedback_number, event_version, event_type, audience, recipient, channel, template, "
+        "language, payload, hold_s) ON CONFLICT (id) DO NOTHING RETURNING 1",
+        (
+            [row.id for row in unique],
+            [row.feedback_id for row in unique],
+            [row.feedback_number for row in unique],
+            [row.event_version for row in unique],
+            [row.event_type for row in unique],
+            [row.audience for row in unique],
+            [row.recipient for row in unique],
+            [row.channel for row in unique],
+            [row.template for row in unique],
+            [row.language for row in unique],
+            [Jsonb(row.payload) for row in unique],
+            [row.hold_s for row in unique],
+        ),
+    )
+    return len(await cursor.fetchall())
 
 
 async def claim(pool: AsyncConnectionPool, limit: int, lease_s: float) -> list[Notification]:

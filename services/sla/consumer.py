@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +17,14 @@ from contracts import topics
 from services.common import kafka_positions
 from services.common.bus import batch_subscriber, concerns, partition_slices, publish
 from services.common.settings import Settings
-from services.sla.service import GROUP, OWN_EVENT_TYPES, TIMERS, SlaService, apply_timers
+from services.sla.service import (
+    GROUP,
+    OWN_EVENT_TYPES,
+    TIMERS,
+    SlaService,
+    fold_timers,
+    write_timers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +46,7 @@ def register_sla(
     def escalate_after(breached_due: datetime) -> datetime:
         return sla.calendar.due(breached_due, rule.parsed, rule.time)
 
-    async def apply(conn: Any, record: Any) -> None:
-        if not concerns(record, OWN_EVENT_TYPES):
-            return
-        message = contract.case_event_adapter.validate_json(record.value or b"")
-        await apply_timers(conn, message, escalate_after)
+    apply, apply_all = timer_appliers(escalate_after)
 
     async def publish_dead_letter(letter: contract.DeadLetter) -> None:
         await publish(broker, settings, letter)
@@ -50,7 +54,33 @@ def register_sla(
     @batch_subscriber(broker, settings, topics.FEEDBACK_EVENTS, TIMERS_GROUP)
     async def on_clock_events(body: list[Any], msg: KafkaMessage) -> None:
         for records in partition_slices(msg).values():
-            await kafka_positions.apply_slice(pool, TIMERS, records, apply, publish_dead_letter)
+            await kafka_positions.apply_slice(
+                pool, TIMERS, records, apply, publish_dead_letter, apply_all=apply_all
+            )
+
+
+def timer_appliers(
+    escalate_after: Callable[[datetime], datetime],
+) -> tuple[kafka_positions.ApplyRecord, kafka_positions.ApplyRecords]:
+    """The timers' `apply_slice` pair: the whole slice (the fast path) and one record (the
+    path that isolates a poison record as a dead letter)."""
+
+    def clock_events(records: list[Any]) -> list[contract.CaseEvent]:
+        # Other case events are passed over by their header, unread.
+        return [
+            contract.case_event_adapter.validate_json(record.value or b"")
+            for record in records
+            if concerns(record, OWN_EVENT_TYPES)
+        ]
+
+    async def apply_all(conn: Any, records: list[Any]) -> None:
+        # The slice folded in memory, then at most two statements (see `fold_timers`).
+        await write_timers(conn, fold_timers(clock_events(records), escalate_after))
+
+    async def apply(conn: Any, record: Any) -> None:
+        await apply_all(conn, [record])
+
+    return apply, apply_all
 
 
 async def schedule_forever(sla: SlaService, idle_s: float = 0.2) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -415,40 +416,68 @@ def _count(fired: list[tuple[str, str]]) -> None:
         count_clock_event(kind, key)
 
 
-async def apply_timers(conn: Any, message: contract.CaseEvent, escalate_after: Any) -> None:
-    """Project a clock event onto the timer table (inside the consumer's transaction)."""
-    if not isinstance(message, OWN_EVENTS):
-        return
-    case_id = message.feedback_id
-    key = clock_key(getattr(message, "clock", "") or "", getattr(message, "subject", None))
+# A timer: (case, clock key, kind: warn, breach or escalate).
+TimerKey = tuple[UUID, str, str]
 
-    async def put(**fire_at: datetime) -> None:
-        # One statement for the clock's timers (warn and breach together).
-        kinds = list(fire_at)
+
+def fold_timers(
+    messages: Iterable[contract.CaseEvent], escalate_after: Callable[[datetime], datetime]
+) -> dict[TimerKey, datetime | None]:
+    """What clock events (in order) leave of each timer they touch: its fire time, or None
+    for deleted. The last write of a timer decides its row, whatever the row was, so a
+    slice needs neither a read nor more than one write per timer."""
+    timers: dict[TimerKey, datetime | None] = {}
+    for message in messages:
+        if not isinstance(message, OWN_EVENTS):
+            continue
+        writes: dict[str, datetime | None] = {}
+        match message:
+            case contract.ClockStarted() | contract.ClockResumed() | contract.ClockRecomputed():
+                writes = {"warn": message.warn_at, "breach": message.due_at}
+            case contract.ClockPaused():
+                writes = {"warn": None, "breach": None}
+            case contract.ClockMet():
+                writes = {"warn": None, "breach": None, "escalate": None}
+            case contract.ClockWarned():
+                writes = {"warn": None}
+            case contract.ClockBreached():
+                writes = {"breach": None, "escalate": escalate_after(message.due_at)}
+            case contract.EscalationRaised(level=level) if level >= 2 and message.clock:
+                writes = {"escalate": None}
+        key = clock_key(getattr(message, "clock", "") or "", getattr(message, "subject", None))
+        for kind, at in writes.items():
+            timers[(message.feedback_id, key, kind)] = at
+    return timers
+
+
+async def write_timers(conn: Any, timers: dict[TimerKey, datetime | None]) -> None:
+    """Write folded timers in the caller's transaction: one upsert for those set, one
+    delete for those dropped (at most two statements, whatever the number of events)."""
+    kept = [(k, at) for k, at in timers.items() if at is not None]
+    dropped = [k for k, at in timers.items() if at is None]
+    if kept:
         await conn.execute(
             "INSERT INTO sla_timers (case_id, clock_key, kind, fire_at) "
-            "SELECT %s, %s, kind, at FROM unnest(%s::text[], %s::timestamptz[]) AS t(kind, at) "
+            "SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::timestamptz[]) "
             "ON CONFLICT (case_id, clock_key, kind) DO UPDATE SET fire_at = excluded.fire_at",
-            (case_id, key, kinds, [fire_at[k] for k in kinds]),
+            (
+                [k[0] for k, _ in kept],
+                [k[1] for k, _ in kept],
+                [k[2] for k, _ in kept],
+                [at for _, at in kept],
+            ),
         )
-
-    async def drop(*kinds: str) -> None:
+    if dropped:
         await conn.execute(
-            "DELETE FROM sla_timers WHERE case_id = %s AND clock_key = %s AND kind = ANY(%s)",
-            (case_id, key, list(kinds)),
+            "DELETE FROM sla_timers t USING unnest(%s::uuid[], %s::text[], %s::text[]) "
+            "AS d(case_id, clock_key, kind) WHERE t.case_id = d.case_id "
+            "AND t.clock_key = d.clock_key AND t.kind = d.kind",
+            ([k[0] for k in dropped], [k[1] for k in dropped], [k[2] for k in dropped]),
         )
 
-    match message:
-        case contract.ClockStarted() | contract.ClockResumed() | contract.ClockRecomputed():
-            await put(warn=message.warn_at, breach=message.due_at)
-        case contract.ClockPaused():
-            await drop("warn", "breach")
-        case contract.ClockMet():
-            await drop("warn", "breach", "escalate")
-        case contract.ClockWarned():
-            await drop("warn")
-        case contract.ClockBreached():
-            await drop("breach")
-            await put(escalate=escalate_after(message.due_at))
-        case contract.EscalationRaised(level=level) if level >= 2 and message.clock:
-            await drop("escalate")
+
+async def apply_timers(
+    conn: Any, message: contract.CaseEvent, escalate_after: Callable[[datetime], datetime]
+) -> None:
+    """Project a clock event onto the timer table (inside the consumer's transaction)."""
+    await write_timers(conn, fold_timers([message], escalate_after))
