@@ -19,7 +19,7 @@ from uuid import UUID, uuid4
 
 import psycopg
 from faststream.kafka import KafkaBroker
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import BaseModel, ValidationError
 
 from contracts.codes import Channel, Emotion, FeedbackType
@@ -416,8 +416,19 @@ class Registrar:
 
     async def _isolate(self, batch: list[_Pending], error: Exception) -> None:
         """A batch failed: what nothing was recorded for yet is registered again one by
-        one, so that one bad submission fails alone and its neighbours are registered."""
+        one, so that one bad submission fails alone and its neighbours are registered.
+        Unless the database could not be reached: then every one of them would wait for a
+        connection again and fail the same way, so they are all answered unavailable now."""
         unsettled = [p for p in batch if not p.outcome.done()]
+        if len(batch) > 1 and database_unreachable(error):
+            log.warning(
+                "database unreachable: %d registrations answered unavailable (%s)",
+                len(unsettled),
+                error,
+            )
+            for pending in unsettled:
+                pending.settle(IntakeUnavailable(str(error)))
+            return
         if len(batch) == 1:
             log.warning("registration failed: %s", error)
             pending = batch[0]
@@ -895,6 +906,26 @@ class Registrar:
             receiver=submission.receiver,
             related_feedback=submission.related_feedback,
         )
+
+
+# SQLSTATEs of a server that cannot take work: shutting down, starting, crashed, full.
+_SERVER_UNAVAILABLE = frozenset({"57P01", "57P02", "57P03", "53300"})
+
+
+def database_unreachable(error: BaseException) -> bool:
+    """The failure is the database being away, not anything in the rows: no connection in
+    time from the pool, or a connection refused, lost (no SQLSTATE, or class 08) or closed
+    by a server that cannot take work. Other operational errors can be one row's (54000: an
+    index row too large), so they are not counted here."""
+    if isinstance(error, PoolTimeout):
+        return True
+    if not isinstance(error, psycopg.OperationalError) or isinstance(
+        error,
+        psycopg.errors.PipelineAborted,  # follows another statement's own error
+    ):
+        return False
+    state = error.sqlstate
+    return state is None or state.startswith("08") or state in _SERVER_UNAVAILABLE
 
 
 def _delivery_key(submission: Submission) -> str | None:
