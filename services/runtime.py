@@ -79,6 +79,7 @@ from services.projections.search_http import library_router, search_router
 from services.routing import worklist as routing_worklist
 from services.routing.assignment import load_roster
 from services.routing.classifier import Classifier, RuleBook, load_rulebook
+from services.routing.classifier.registry import ModelRegistry
 from services.routing.consumer import PARKED_SCHEMA, register_routing
 from services.routing.http import routing_router
 from services.routing.service import RoutingService
@@ -101,6 +102,7 @@ class Platform:
     store: CaseStore | None = None
     routing: RoutingService | None = None
     routing_pool: ConnectionPool | None = None
+    models: ModelRegistry | None = None
     # Applies correspondence parked because its case was not stored yet (routing).
     retry_parked: Callable[[], Coroutine[Any, Any, None]] | None = None
     sla: SlaService | None = None
@@ -179,6 +181,8 @@ class Platform:
                 self.store = CaseStore(settings.database_url)
         if "routing" in self.services:
             assert self.store is not None
+            # The active model `feedback train` stored (signed), else one trained from files.
+            self.models = ModelRegistry.of(settings)
             self.routing_pool = ConnectionPool(
                 settings.database_url,
                 min_size=1,
@@ -189,7 +193,7 @@ class Platform:
             self.routing = RoutingService(
                 self.store,
                 routing_worklist.Worklist(self.routing_pool),
-                Classifier.trained(self.rulebook),
+                Classifier.trained(self.rulebook, registry=self.models),
                 load_roster(),
             )
             self.retry_parked = register_routing(self.broker, settings, self.routing)
@@ -271,7 +275,7 @@ class Platform:
                 config_store.ConfigWatcher(
                     self.pool,
                     self.configured.versions,
-                    config_store.live_appliers(self.sla, self.routing),
+                    config_store.live_appliers(self.sla, self.routing, self.models),
                 ).run(),
                 name="config-watch",
             )

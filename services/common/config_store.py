@@ -64,6 +64,7 @@ from services.sla.calendar import (
 from services.sla.policies import POLICY_FILE, Policies, load_policies
 
 if TYPE_CHECKING:
+    from services.routing.classifier.registry import ModelRegistry
     from services.routing.service import RoutingService
     from services.sla.service import SlaService
 
@@ -230,8 +231,13 @@ def effective(database_url: str) -> Configured:
 Applier = Callable[[Any], Awaitable[None]]
 
 
-def live_appliers(sla: SlaService | None, routing: RoutingService | None) -> dict[str, Applier]:
-    """How this process applies a new version in place (see the module docstring)."""
+def live_appliers(
+    sla: SlaService | None,
+    routing: RoutingService | None,
+    models: ModelRegistry | None = None,
+) -> dict[str, Applier]:
+    """How this process applies a new version in place (see the module docstring); a new
+    rule book takes the active stored model of `models` when it was made for it."""
     appliers: dict[str, Applier] = {}
     if sla is not None:
         running_sla = sla
@@ -252,7 +258,7 @@ def live_appliers(sla: SlaService | None, routing: RoutingService | None) -> dic
 
             # Training takes seconds to a minute (cached by the rule book's hash): the
             # router keeps the old classifier until the new one is ready.
-            classifier = await asyncio.to_thread(Classifier.trained, parsed)
+            classifier = await asyncio.to_thread(Classifier.trained, parsed, registry=models)
             running_routing.classifier = classifier
             running_routing.repeat_window = timedelta(days=parsed.priority.repeat_window_days)
 

@@ -32,6 +32,7 @@ from services.routing.classifier.evaluation import (
 )
 from services.routing.classifier.registry import ModelRegistry
 from services.routing.classifier.training import read_corrections, train
+from services.runtime import Platform
 
 GOOD = ("labelled_tune.psv", "train_01.psv", "train_02.psv")
 POOR = ("labelled_holdout.psv",)
@@ -208,6 +209,13 @@ def test_a_worse_candidate_is_not_activated_a_not_worse_one_is_and_services_load
     # A roll-back to the first version.
     registry.activate(first.stored_version, book.model_dump_json().encode())
     assert Classifier.trained(book, empty, registry).model_version == first.stored_version
+
+    # The routing service as `feedback up`/`feedback run routing` builds it: the active
+    # version, from the settings' key.
+    platform = Platform(_settings(database, key), services=("routing",))
+    platform.build()
+    assert platform.routing is not None
+    assert platform.routing.classifier.model_version == first.stored_version
 
 
 def test_a_model_that_does_not_verify_is_never_loaded(
