@@ -209,8 +209,9 @@ def evaluate_rules(
     ] = False,
 ) -> None:
     """Per-field accuracy, urgent recall and confusion on the frozen evaluation set (never
-    tuned on: its items are never shown), of the rules with the model and of the rules alone;
-    `--misses` lists the misses on the training set's tuning part only."""
+    tuned on: its items are never shown), of the rules with the model trained from
+    config/training and of the rules alone (a stored active version's figures: `feedback
+    train --list`); `--misses` lists the misses on the training set's tuning part only."""
     from services.routing.classifier import Classifier, load_rulebook
     from services.routing.classifier.evaluation import (
         FROZEN_EVAL,
