@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, ClassVar, Protocol
 from weakref import WeakKeyDictionary
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     OutOfOrderSequenceNumber,
@@ -258,7 +258,11 @@ Handler = Callable[..., Awaitable[None]]
 
 
 def batch_subscriber(
-    broker: KafkaBroker, settings: Settings, topic: str, group: str
+    broker: KafkaBroker,
+    settings: Settings,
+    topic: str,
+    group: str,
+    listener: ConsumerRebalanceListener | None = None,
 ) -> Callable[[Handler], object]:
     """The subscriber every exactly-once consumer uses: batches from the earliest offset,
     offsets committed only after the handler succeeded, and on an error the batch is
@@ -279,6 +283,7 @@ def batch_subscriber(
         # JSON decoding of every message first would be thrown away (once per group per event).
         decoder=_raw_bodies,
         title=group,
+        listener=listener,
     )
     return subscriber
 
@@ -295,18 +300,63 @@ def consume_exactly_once(
     """One subscription for a service's exactly-once consumers of `topic`
     (`kafka_positions.SliceConsumer`s): each partition slice is applied by all of them in
     one transaction, each past its own stored position; `after_batch` runs once a batch
-    is committed."""
+    is committed.
+
+    The positions stored with the results are the truth, not the group's committed Kafka
+    offsets: on each assignment a partition is read from the least stored position of the
+    consumers, so that a consumer joining the subscription (or a group changed, or a
+    database restored from a backup) gets what lies between instead of passing over it."""
     from services.common.kafka_positions import apply_slice_together
+
+    resume = _ResumeAtStoredPositions(pool, [c.name for c in consumers], group)
 
     async def publish_dead_letter(letter: Keyed) -> None:
         await publish(broker, settings, letter)
 
-    @batch_subscriber(broker, settings, topic, group)
+    subscriber = batch_subscriber(broker, settings, topic, group, listener=resume)
+    # The listener seeks with the subscriber's Kafka consumer, made when it starts.
+    resume.subscriber = subscriber
+
+    @subscriber
     async def on_records(body: list[Any], msg: KafkaMessage) -> None:
         for records in partition_slices(msg).values():
             await apply_slice_together(pool, consumers, records, publish_dead_letter)
         if after_batch is not None:
             after_batch()
+
+
+class _ResumeAtStoredPositions(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Seeks each assigned partition to where the subscription's consumers stored they
+    stopped (aiokafka's documented use of the listener for offsets kept outside Kafka)."""
+
+    def __init__(self, pool: Any, names: list[str], group: str) -> None:
+        self.pool = pool
+        self.names = names
+        self.group = group
+        self.subscriber: Any = None
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        from services.common.kafka_positions import resume_offset
+
+        consumer = getattr(self.subscriber, "consumer", None)
+        if consumer is None or not assigned:
+            return
+        try:
+            async with self.pool.connection() as conn:
+                for partition in assigned:
+                    offset = await resume_offset(
+                        conn, self.names, partition.topic, partition.partition
+                    )
+                    consumer.seek(partition, offset)
+        except Exception:
+            # From the committed offsets then: never past a stored position in normal
+            # operation (the offsets are committed after the positions).
+            log.exception(
+                "%s: stored positions unreadable; resuming at committed offsets", self.group
+            )
 
 
 def _raw_bodies(message: Any) -> Any:

@@ -77,6 +77,20 @@ async def claim_unseen(
     return [r for r in records if r.offset >= next_offset]
 
 
+async def resume_offset(
+    conn: AsyncConnection[Any], consumers: Sequence[str], topic: str, partition: int
+) -> int:
+    """Where the first of `consumers` to fall behind must read this partition from: the
+    least of their stored positions (0 for one that has none yet)."""
+    cursor = await conn.execute(
+        "SELECT consumer, next_offset FROM consumer_positions "
+        "WHERE consumer = ANY(%s) AND topic = %s AND partition = %s",
+        (list(consumers), topic, partition),
+    )
+    stored = dict(await cursor.fetchall())
+    return min(int(stored.get(name, 0)) for name in consumers)
+
+
 async def advance(
     conn: AsyncConnection[Any], consumer: str, topic: str, partition: int, next_offset: int
 ) -> None:

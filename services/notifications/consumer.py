@@ -47,7 +47,6 @@ from typing import Any
 from uuid import UUID
 
 from faststream.kafka import KafkaBroker
-from faststream.kafka.annotations import KafkaMessage
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -64,7 +63,6 @@ from contracts.events import (
     ClockRecomputed,
     ClockStarted,
     ClockWarned,
-    DeadLetter,
     EscalationRaised,
     EscalationRequested,
     FeedbackClassified,
@@ -77,7 +75,7 @@ from contracts.events import (
     case_event_adapter,
 )
 from services.common import deadletters, kafka_positions
-from services.common.bus import batch_subscriber, partition_slices, publish
+from services.common.bus import consume_exactly_once
 from services.common.settings import Settings
 from services.notifications import store
 from services.notifications.directory import StaffDirectory
@@ -534,18 +532,9 @@ def register_notifications(
 ) -> None:
     """The consumer; `planned` is called after each batch committed (wakes the sender)."""
 
-    async def publish_dead_letter(letter: DeadLetter) -> None:
-        await publish(broker, settings, letter)
-
-    @batch_subscriber(broker, settings, topics.FEEDBACK_EVENTS, GROUP)
-    async def on_case_events(body: list[Any], msg: KafkaMessage) -> None:
-        for records in partition_slices(msg).values():
-            await kafka_positions.apply_slice(
-                pool,
-                CONSUMER,
-                records,
-                planner.apply_record,
-                publish_dead_letter,
-                apply_all=planner.apply_records,
-            )
-        planned()
+    notifications = kafka_positions.SliceConsumer(
+        CONSUMER, planner.apply_record, planner.apply_records
+    )
+    consume_exactly_once(
+        broker, settings, pool, topics.FEEDBACK_EVENTS, GROUP, [notifications], after_batch=planned
+    )

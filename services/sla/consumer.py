@@ -15,7 +15,12 @@ from psycopg_pool import AsyncConnectionPool
 from contracts import events as contract
 from contracts import topics
 from services.common import kafka_positions
-from services.common.bus import batch_subscriber, concerns, partition_slices, publish
+from services.common.bus import (
+    batch_subscriber,
+    concerns,
+    consume_exactly_once,
+    partition_slices,
+)
 from services.common.settings import Settings
 from services.sla.service import (
     GROUP,
@@ -47,16 +52,8 @@ def register_sla(
         return sla.calendar.due(breached_due, rule.parsed, rule.time)
 
     apply, apply_all = timer_appliers(escalate_after)
-
-    async def publish_dead_letter(letter: contract.DeadLetter) -> None:
-        await publish(broker, settings, letter)
-
-    @batch_subscriber(broker, settings, topics.FEEDBACK_EVENTS, TIMERS_GROUP)
-    async def on_clock_events(body: list[Any], msg: KafkaMessage) -> None:
-        for records in partition_slices(msg).values():
-            await kafka_positions.apply_slice(
-                pool, TIMERS, records, apply, publish_dead_letter, apply_all=apply_all
-            )
+    timers = kafka_positions.SliceConsumer(TIMERS, apply, apply_all)
+    consume_exactly_once(broker, settings, pool, topics.FEEDBACK_EVENTS, TIMERS_GROUP, [timers])
 
 
 def timer_appliers(
