@@ -232,6 +232,16 @@ def test_a_model_that_does_not_verify_is_never_loaded(
     frozen = load_labelled(FROZEN_EVAL)
     outcome = train(registry, store, book, frozen, poor, tmp_path / "poor", "t")
     assert outcome.activated and outcome.corrections.found == []
+    # The rules change: the stored version no longer runs, and the next `feedback train` is
+    # compared with the files' model the services then run, and replaces it (found in review:
+    # it could never activate again).
+    changed = book.model_copy(update={"contrast_boost": book.contrast_boost + 0.5})
+    after_change = train(registry, store, changed, frozen, poor, tmp_path / "poor", "t")
+    assert f"version {outcome.stored_version} is active but" in after_change.active_source
+    assert after_change.activated, after_change.verdict.reasons
+    assert registry.active_version() == after_change.stored_version
+    assert Classifier.trained(changed, empty, registry).model_version == after_change.stored_version
+    registry.activate(outcome.stored_version, book.model_dump_json().encode())
     # A correction recorded since is trained on: one text more than the files hold.
     corrected = _register(store, 7, "我家孩子把充电器的小零件吞下去了")
     _override(store, corrected, "urgent" if corrected.priority != "urgent" else "high")

@@ -333,12 +333,20 @@ def train(
     candidate, activating it when `not_worse` (nothing is stored on a dry run)."""
     fingerprint = book.model_dump_json().encode()
     corrections = read_corrections(store, book, frozen)
+    # The version the table marks active, whether or not it can run here: a new one
+    # replaces it (a model built for other code, libraries or rules is not loaded, and the
+    # services run the files' model instead: that is what the candidate is compared with).
+    marked_active = registry.active_version()
     active = Classifier.trained(book, fallback_folder, registry)
-    active_source = (
-        f"version {active.model_version}"
-        if active.model_version is not None
-        else f"{fallback_folder} (no stored model active)"
-    )
+    if active.model_version is not None:
+        active_source = f"version {active.model_version}"
+    elif marked_active is not None:
+        active_source = (
+            f"{fallback_folder} (version {marked_active} is active but was built for other "
+            "code, libraries or rules: the services run the files' model)"
+        )
+    else:
+        active_source = f"{fallback_folder} (no stored model active)"
     candidate = train_candidate(book, files, corrections.found)
     active_figures = frozen_figures(active, frozen)
     candidate_figures = frozen_figures(candidate, frozen)
@@ -375,7 +383,7 @@ def train(
     assert candidate.model is not None
     try:
         version = registry.record(
-            new, fingerprint, candidate.model if verdict.not_worse else None, active.model_version
+            new, fingerprint, candidate.model if verdict.not_worse else None, marked_active
         )
     except ActiveChanged as changed:
         # Compared with a model that is no longer active: kept as a figure, not activated.
