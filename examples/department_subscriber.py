@@ -139,13 +139,15 @@ def tracer_provider_from_environment(
     (endpoint, headers, `OTEL_SERVICE_NAME`, default `department-<department>`)."""
     if not tracing_requested(environ):
         return None
-    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.resources import OTELResourceDetector, Resource
     from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
-    provider = SdkTracerProvider(
-        resource=Resource.create({"service.name": f"department-{department}"})
+    # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES override this default name.
+    resource = Resource.create({"service.name": f"department-{department}"}).merge(
+        OTELResourceDetector().detect()
     )
+    provider = SdkTracerProvider(resource=resource)
     for name in (environ.get("OTEL_TRACES_EXPORTER") or "otlp").split(","):
         match name.strip().lower():
             case "otlp":

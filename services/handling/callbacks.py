@@ -8,7 +8,7 @@ Rules (`config/callbacks.yaml`, refused at start with the key and the reason):
 - after-sales: a feedback whose registration has a purchase date gets a callback from +7 to
   +15 days after the purchase (due at +15 days);
 - product-in-use: one month after the purchase of a high-value product (model keywords);
-- churn warning: a customer whose last case event is older than 90 days (a daily sweep);
+- churn warning: a customer whose last case event is older than 90 days (an hourly sweep);
 - quarterly survey: each customer with a case closed in the quarter just ended, once.
 
 Exactly once: the consumer (read with the projections in their group) writes its tables and
@@ -423,7 +423,7 @@ _MOVE_TASKS = """
 
 @dataclass(slots=True)
 class _Customer:
-    """The last case event of a customer seen in a slice (the churn sweep's input)."""
+    """A customer's case event as the churn sweep keeps it."""
 
     tier: str
     department: str | None
@@ -438,21 +438,41 @@ class _Slice:
     def __init__(self, cases: dict[uuid.UUID, dict[str, Any]]) -> None:
         self.cases = cases
         self.changed: set[uuid.UUID] = set()
-        self.customers: dict[str, _Customer] = {}
+        # Per customer, the slice's case events in order (the churn sweep's input).
+        self.touches: dict[str, list[_Customer]] = {}
         self.new_tasks: dict[uuid.UUID, dict[str, Any]] = {}
         self.due_again: dict[uuid.UUID, dict[str, Any]] = {}
         self.moved: set[uuid.UUID] = set()
 
     def touch(self, case: dict[str, Any], at: datetime) -> None:
-        # As the upsert would one event at a time: the latest event wins, a department
-        # stays known once known.
-        seen = self.customers.get(case["customer_ref"])
-        if seen is not None and at < seen.at:
-            return
-        department = case["department"] or (seen.department if seen else None)
-        self.customers[case["customer_ref"]] = _Customer(
-            case["customer_tier"], department, case["feedback_number"], at
+        self.touches.setdefault(case["customer_ref"], []).append(
+            _Customer(case["customer_tier"], case["department"], case["feedback_number"], at)
         )
+
+    async def last_touches(self, conn: Any) -> list[tuple[str, _Customer]]:
+        """Each customer's row as the upsert would leave it one event at a time, from the
+        stored row: an event older than the row's last is passed over (its department
+        too), and a department stays known once known."""
+        refs = sorted(self.touches)
+        cursor = await conn.execute(
+            "SELECT customer_ref, last_event_at, department FROM callback_customers "
+            "WHERE customer_ref = ANY(%s)",
+            (refs,),
+        )
+        stored = {ref: (at, department) for ref, at, department in await cursor.fetchall()}
+        out = []
+        for ref in refs:
+            floor, department = stored.get(ref, (None, None))
+            last: _Customer | None = None
+            for touch in self.touches[ref]:
+                if floor is not None and touch.at < floor:
+                    continue
+                department = touch.department or department
+                last = _Customer(touch.tier, department, touch.number, touch.at)
+                floor = touch.at
+            if last is not None:
+                out.append((ref, last))
+        return out
 
     def registered(
         self, event: CaseRegistered, rules: CallbackRules, calendar: BusinessCalendar
@@ -516,17 +536,16 @@ class _Slice:
         if self.changed:
             rows = [self.cases[i] for i in sorted(self.changed)]
             await conn.execute(_UPSERT_CASES, _arrays(rows, _CASE_COLUMNS))
-        if self.customers:
-            refs = sorted(self.customers)
-            touched = [self.customers[ref] for ref in refs]
+        touched = await self.last_touches(conn) if self.touches else []
+        if touched:
             await conn.execute(
                 _TOUCH_CUSTOMERS,
                 (
-                    refs,
-                    [c.tier for c in touched],
-                    [c.department for c in touched],
-                    [c.number for c in touched],
-                    [c.at for c in touched],
+                    [ref for ref, _ in touched],
+                    [c.tier for _, c in touched],
+                    [c.department for _, c in touched],
+                    [c.number for _, c in touched],
+                    [c.at for _, c in touched],
                 ),
             )
         if self.new_tasks:

@@ -195,9 +195,48 @@ def test_a_slice_costs_a_few_statements_not_a_few_per_event(postgres: LocalPostg
     events = _events()
     url = _fresh(postgres)
     [statements] = asyncio.run(_apply_in_slices(url, events, [len(events)]))
-    # Read the cases; write cases, customers, new tasks, tasks due again, moved tasks.
-    assert statements <= 6, f"{statements} statements for a slice of {len(events)} events"
+    # Read the cases and the customers; write cases, customers, new tasks, tasks due again,
+    # moved tasks.
+    assert statements <= 7, f"{statements} statements for a slice of {len(events)} events"
     # A repeat of the whole slice (redelivered) reads and writes nothing new.
     before = _tables(url)
     asyncio.run(_apply_in_slices(url, events, [len(events)]))
     assert _tables(url) == before
+
+
+def test_an_older_event_never_sets_the_customers_department(postgres: LocalPostgres) -> None:
+    """The churn sweep's row: an event older than the stored last one changes nothing, its
+    department neither, even when a newer event without a department follows it in the slice
+    (found in review: the fold carried the older event's department)."""
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    customer = "客户-2026-0009"
+    [registered_first, *_] = _case_events(21, customer, start, "after_sales")
+    [registered_second, *_] = _case_events(22, customer, start, "after_sales")
+    older = FeedbackRouted(
+        feedback_id=registered_first.feedback_id,
+        feedback_number=registered_first.feedback_number,
+        version=2,
+        position=1,
+        occurred_at=start + timedelta(minutes=10),
+        department="after_sales",
+        reason="rules",
+    )
+    newer = registered_second.model_copy(update={"occurred_at": start + timedelta(minutes=12)})
+    ends = []
+    for sizes in ([2], [1, 1]):
+        url = _fresh(postgres)
+        asyncio.run(_apply_in_slices(url, [registered_first], [1]))
+        with psycopg.connect(url) as conn:  # another partition's case, minute 11, billing
+            conn.execute(
+                "UPDATE callback_customers SET department = 'billing', last_event_at = %s",
+                (start + timedelta(minutes=11),),
+            )
+        asyncio.run(_apply_in_slices(url, [older, newer], sizes))
+        with psycopg.connect(url) as conn:
+            ends.append(
+                conn.execute(
+                    "SELECT department, last_feedback_number, last_event_at FROM callback_customers"
+                ).fetchall()
+            )
+    expected = [("billing", newer.feedback_number, start + timedelta(minutes=12))]
+    assert ends == [expected, expected]

@@ -36,6 +36,16 @@ def test_tracing_is_off_unless_the_environment_asks() -> None:
         tracer_provider_from_environment("logistics", {"OTEL_TRACES_EXPORTER": "zipkin"})
 
 
+def test_the_standard_service_name_variable_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "logistics-worker")
+    provider = tracer_provider_from_environment("logistics", {"OTEL_TRACES_EXPORTER": "console"})
+    assert provider is not None
+    try:
+        assert provider.resource.attributes["service.name"] == "logistics-worker"
+    finally:
+        provider.shutdown()
+
+
 async def test_the_department_continues_the_case_trace(
     settings: Settings,
     spans: Any,  # noqa: F811
