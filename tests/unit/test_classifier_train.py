@@ -7,9 +7,10 @@ import base64
 
 import pytest
 
+from services.common.masking import Personal, mask_contacts
 from services.routing.classifier.evaluation import FIELDS
 from services.routing.classifier.registry import SigningKeyError, signing_key
-from services.routing.classifier.training import Figures, not_worse
+from services.routing.classifier.training import Figures, FrozenTexts, not_worse
 
 
 def figures(
@@ -93,3 +94,17 @@ def test_the_signing_key_is_32_bytes_of_base64() -> None:
         signing_key("REPLACE_ME: base64 of 32 random bytes")
     with pytest.raises(SigningKeyError, match="32 bytes"):
         signing_key(base64.b64encode(bytes(16)).decode())
+
+
+def test_a_frozen_text_is_known_again_masked_or_lightly_edited() -> None:
+    """Corrections are stored masked; the frozen set's texts are not: the check that keeps
+    frozen texts out of training must see through the masks (found in review)."""
+    written = "我是张三丰，住在幸福路88号3单元，手机13812345678，热水器漏电把我电了一下，太危险了！"
+    english = "The App keeps crashing when I open it, mail me at li.wei@example.com"
+    frozen = FrozenTexts([written, english])
+    own = Personal(name="张三丰", address="幸福路88号3单元")
+    assert frozen.holds(mask_contacts(written, own))
+    assert frozen.holds(written.rstrip("！"))
+    assert frozen.holds(mask_contacts(english).lower().rstrip("m"))
+    assert not frozen.holds("热水器漏电了")
+    assert not frozen.holds("The app keeps logging me out, every single day")

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -250,11 +252,43 @@ def corrected_case_ids(store: CaseStore) -> list[UUID]:
         raise
 
 
+class FrozenTexts:
+    """Whether a case's text is (nearly) one of the frozen set's: the stored description is
+    masked (phone, ID, card numbers, e-mail, the customer's own name and address) and may be
+    lightly edited, so texts are compared by their character trigrams, masks and digits
+    left out: one whose trigrams are at least `WITHIN` in a frozen text, and make up at
+    least `COVERS` of that text's, counts as that text."""
+
+    WITHIN = 0.8
+    COVERS = 0.5
+    _NOISE = re.compile(r"[\s*＊0-9０-９]+|\[地址已隐藏\]")
+
+    def __init__(self, texts: Iterable[str]) -> None:
+        self.grams = [self._grams(text) for text in texts]
+        self.index: dict[str, list[int]] = defaultdict(list)
+        for number, grams in enumerate(self.grams):
+            for gram in grams:
+                self.index[gram].append(number)
+
+    @classmethod
+    def _grams(cls, text: str) -> frozenset[str]:
+        bare = cls._NOISE.sub("", normalized(text).casefold())
+        return frozenset(bare[i : i + 3] for i in range(max(1, len(bare) - 2)))
+
+    def holds(self, text: str) -> bool:
+        grams = self._grams(text)
+        shared = Counter(number for gram in grams for number in self.index.get(gram, ()))
+        return any(
+            count >= self.WITHIN * len(grams) and count >= self.COVERS * len(self.grams[number])
+            for number, count in shared.items()
+        )
+
+
 def read_corrections(
     store: CaseStore, book: RuleBook, frozen: Iterable[LabelledItem] = ()
 ) -> Corrections:
     """Every corrected case as a labelled text (see the module docstring)."""
-    frozen_texts = {normalized(item.text).strip() for item in frozen}
+    frozen_texts = FrozenTexts(item.text for item in frozen)
     result = Corrections()
     ids = corrected_case_ids(store)
     for start in range(0, len(ids), _CHUNK):
@@ -266,7 +300,7 @@ def read_corrections(
                 result.unusable += 1
                 continue
             text = str(case.registration["description"])
-            if normalized(text).strip() in frozen_texts:
+            if frozen_texts.holds(text):
                 result.in_frozen_set += 1
                 continue
             result.found.append(
