@@ -48,12 +48,14 @@ pytestmark = pytest.mark.integration
 
 # Intake answers 503 when Kafka has not acknowledged within this, or when the database gave
 # no connection within it. A request may first wait for a batch slot (the batches in flight
-# each wait up to this), then its batch waits once: two timeouts, with Kafka away or the
-# database (a batch that found no connection is answered at once, not registered again one
-# by one: services/intake/registration.py `_isolate`). Never as long as the outage itself.
+# each wait up to this), then its batch waits once: two timeouts with Kafka away (a batch that
+# found no connection is answered at once, not registered again one by one:
+# services/intake/registration.py `_isolate`). With the database away, a batch accepted just
+# as it comes back may also wait while the pool replaces its broken connections: a third
+# (measured: 8.6 s once in CI, 5.9 s usually). Never as long as the outage itself.
 PUBLISH_TIMEOUT_S = 3.0
 LONGEST_ANSWER_KAFKA_DOWN_S = 2 * PUBLISH_TIMEOUT_S + 2.0
-LONGEST_ANSWER_POSTGRES_DOWN_S = 2 * PUBLISH_TIMEOUT_S + 2.5
+LONGEST_ANSWER_POSTGRES_DOWN_S = 3 * PUBLISH_TIMEOUT_S + 2.5
 OUTAGE_S = 12.0  # longer than either bound: a request that waits for the end fails them
 LOAD_PER_S = 25
 MAX_IN_FLIGHT = 64
