@@ -122,6 +122,25 @@ def _rows_written(url: str) -> int:
     return int(found[0]) if found else 0
 
 
+def _transactions_and_statements(url: str) -> tuple[int, int | None]:
+    """Transactions committed in this database so far, and SQL statements run in it when
+    the server has `pg_stat_statements` loaded (a DATABASE_URL server set up for it; the
+    embedded one has not), else None."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        found = conn.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+        transactions = int(found[0]) if found else 0
+        try:
+            calls = conn.execute(
+                "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements "
+                "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            ).fetchone()
+        except psycopg.Error:
+            return transactions, None
+    return transactions, int(calls[0]) if calls else None
+
+
 # --- processes and their CPU ----------------------------------------------------------
 
 
@@ -225,6 +244,8 @@ class LoadRun:
     drain_s: float | None
     cpu: dict[str, float]
     rows_per_feedback: float
+    transactions_per_feedback: float
+    statements_per_feedback: float | None
 
     @property
     def accepted_per_s(self) -> float:
@@ -242,6 +263,7 @@ def _load(pipeline: Pipeline, texts: Path, seconds: float, delay_ms: int) -> Loa
         raise SystemExit("bench.pipeline needs wrk (apt-get install wrk)")
     visible_before = _visible(url)
     rows_before = _rows_written(url)
+    transactions_before, statements_before = _transactions_and_statements(url)
     command = [wrk, "-t2", f"-c{WRK_CONNECTIONS}", f"-d{seconds:.0f}s", "-s", str(WRK_SCRIPT)]
     load_env = {**os.environ, "FEEDBACK_TEXTS": str(texts), "FEEDBACK_DELAY_MS": str(delay_ms)}
     cpu_before = component_cpu(pipeline)
@@ -274,6 +296,12 @@ def _load(pipeline: Pipeline, texts: Path, seconds: float, delay_ms: int) -> Loa
     cpu = {name: cpu_after[name] - cpu_before.get(name, 0.0) for name in cpu_after}
     cpu["load generator"] = generator_cpu
     rows = _rows_written(url) - rows_before
+    transactions_after, statements_after = _transactions_and_statements(url)
+    statements = (
+        None
+        if statements_before is None or statements_after is None
+        else (statements_after - statements_before) / max(1, accepted)
+    )
     return LoadRun(
         seconds=figures["seconds"],
         accepted=accepted,
@@ -282,6 +310,8 @@ def _load(pipeline: Pipeline, texts: Path, seconds: float, delay_ms: int) -> Loa
         drain_s=drain_s,
         cpu=cpu,
         rows_per_feedback=rows / max(1, accepted),
+        transactions_per_feedback=(transactions_after - transactions_before) / max(1, accepted),
+        statements_per_feedback=statements,
     )
 
 
@@ -391,6 +421,15 @@ def run(duration_s: float = DURATION_S) -> list[str]:
             ]
             cpu_lines, per_feedback = _cpu_lines(sustained)
             lines += cpu_lines
+            statements_note = (
+                f", {sustained.statements_per_feedback:.1f} SQL statements"
+                if sustained.statements_per_feedback is not None
+                else " (SQL statements: with pg_stat_statements loaded only)"
+            )
+            lines.append(
+                f"  per feedback in PostgreSQL: {sustained.transactions_per_feedback:.1f} "
+                f"transactions, {sustained.rows_per_feedback:.1f} rows written" + statements_note
+            )
             # The pipeline's own latency at half what it sustains, then at the target's 500/s
             # (beyond what it sustains, that one measures the backlog).
             comfortable = max(10.0, round(0.5 * sustained.delivered_per_s / 10) * 10)
@@ -428,6 +467,12 @@ def run(duration_s: float = DURATION_S) -> list[str]:
                 "sustained_kept_up": kept_up,
                 "sustained_seconds": duration_s,
                 "cpu_ms_per_feedback": {k: round(v, 3) for k, v in per_feedback.items()},
+                "transactions_per_feedback": round(sustained.transactions_per_feedback, 2),
+                "statements_per_feedback": (
+                    None
+                    if sustained.statements_per_feedback is None
+                    else round(sustained.statements_per_feedback, 1)
+                ),
                 **latency_figures,
             }
     finally:
