@@ -22,9 +22,16 @@ from faststream.exceptions import IncorrectState
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.publisher.producer import AioKafkaFastProducerImpl
+from psycopg_pool import AsyncConnectionPool
 
 from contracts import topics
 from contracts.events import CASE_EVENTS, type_names
+from services.common.kafka_positions import (
+    SliceConsumer,
+    apply_slice_together,
+    by_partition,
+    resume_offset,
+)
 from services.common.metrics import broker_middlewares
 from services.common.observability import trace_headers
 from services.common.settings import Settings
@@ -291,10 +298,10 @@ def batch_subscriber(
 def consume_exactly_once(
     broker: KafkaBroker,
     settings: Settings,
-    pool: Any,
+    pool: AsyncConnectionPool,
     topic: str,
     group: str,
-    consumers: Sequence[Any],
+    consumers: Sequence[SliceConsumer],
     after_batch: Callable[[], None] | None = None,
 ) -> None:
     """One subscription for a service's exactly-once consumers of `topic`
@@ -306,8 +313,6 @@ def consume_exactly_once(
     offsets: on each assignment a partition is read from the least stored position of the
     consumers, so that a consumer joining the subscription (or a group changed, or a
     database restored from a backup) gets what lies between instead of passing over it."""
-    from services.common.kafka_positions import apply_slice_together
-
     resume = _ResumeAtStoredPositions(pool, [c.name for c in consumers], group)
 
     async def publish_dead_letter(letter: Keyed) -> None:
@@ -329,7 +334,7 @@ class _ResumeAtStoredPositions(ConsumerRebalanceListener):  # type: ignore[misc]
     """Seeks each assigned partition to where the subscription's consumers stored they
     stopped (aiokafka's documented use of the listener for offsets kept outside Kafka)."""
 
-    def __init__(self, pool: Any, names: list[str], group: str) -> None:
+    def __init__(self, pool: AsyncConnectionPool, names: list[str], group: str) -> None:
         self.pool = pool
         self.names = names
         self.group = group
@@ -339,8 +344,6 @@ class _ResumeAtStoredPositions(ConsumerRebalanceListener):  # type: ignore[misc]
         return None
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        from services.common.kafka_positions import resume_offset
-
         consumer = getattr(self.subscriber, "consumer", None)
         if consumer is None or not assigned:
             return
@@ -383,7 +386,5 @@ def concerns(record: Any, wanted: frozenset[str]) -> bool:
 
 def partition_slices(message: Any) -> dict[tuple[str, int], list[Any]]:
     """The consumer records of a FastStream batch message, by (topic, partition)."""
-    from services.common.kafka_positions import by_partition
-
     raw = message.raw_message
     return by_partition(raw if isinstance(raw, tuple) else (raw,))

@@ -120,9 +120,8 @@ async def apply_slice(
     batch is redelivered.
     """
     try:
-        return await _apply(
-            pool, consumer, records, apply, publish, isolate=False, apply_all=apply_all
-        )
+        async with pool.connection() as conn, conn.transaction():
+            return await _apply_unseen(conn, consumer, records, apply, apply_all)
     except Exception as error:
         if not deadletters.is_permanent(error):
             raise
@@ -135,7 +134,7 @@ async def apply_slice(
             first.offset,
             deadletters.describe(error)[:300],
         )
-    return await _apply(pool, consumer, records, apply, publish, isolate=True)
+    return await _isolate(pool, consumer, records, apply, publish)
 
 
 @dataclass(frozen=True)
@@ -168,15 +167,9 @@ async def apply_slice_together(
     try:
         async with pool.connection() as conn, conn.transaction():
             for consumer in consumers:
-                unseen = await claim_unseen(conn, consumer.name, topic, partition, records)
-                if not unseen:
-                    continue
-                if consumer.apply_all is not None:
-                    await consumer.apply_all(conn, unseen)
-                else:
-                    for record in unseen:
-                        await consumer.apply(conn, record)
-                await advance(conn, consumer.name, topic, partition, unseen[-1].offset + 1)
+                await _apply_unseen(
+                    conn, consumer.name, records, consumer.apply, consumer.apply_all
+                )
         return
     except Exception as error:
         if not deadletters.is_permanent(error):
@@ -194,16 +187,37 @@ async def apply_slice_together(
         )
 
 
-async def _apply(
+async def _apply_unseen(
+    conn: AsyncConnection[Any],
+    consumer: str,
+    records: list[Any],
+    apply: ApplyRecord,
+    apply_all: ApplyRecords | None,
+) -> int:
+    """The records of a slice past the consumer's position, in the caller's transaction,
+    and its position past them; returns how many."""
+    topic, partition = records[0].topic, records[0].partition
+    unseen = await claim_unseen(conn, consumer, topic, partition, records)
+    if not unseen:
+        return 0
+    if apply_all is not None:
+        await apply_all(conn, unseen)
+    else:
+        for record in unseen:
+            await apply(conn, record)
+    await advance(conn, consumer, topic, partition, unseen[-1].offset + 1)
+    return len(unseen)
+
+
+async def _isolate(
     pool: AsyncConnectionPool,
     consumer: str,
     records: list[Any],
     apply: ApplyRecord,
     publish: PublishDeadLetter,
-    *,
-    isolate: bool,
-    apply_all: ApplyRecords | None = None,
 ) -> int:
+    """The slice with a savepoint per record: a record that can never be applied becomes a
+    dead letter, the rest are applied."""
     topic, partition = records[0].topic, records[0].partition
     applied = 0
     letters: list[DeadLetter] = []
@@ -212,15 +226,7 @@ async def _apply(
         unseen = await claim_unseen(conn, consumer, topic, partition, records)
         if not unseen:
             return 0
-        if not isolate and apply_all is not None:
-            await apply_all(conn, unseen)
-            await advance(conn, consumer, topic, partition, unseen[-1].offset + 1)
-            return len(unseen)
         for record in unseen:
-            if not isolate:
-                await apply(conn, record)
-                applied += 1
-                continue
             try:
                 # A savepoint: a failure undoes this record's writes only.
                 async with conn.transaction():
