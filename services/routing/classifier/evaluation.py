@@ -30,6 +30,28 @@ class LabelledItem:
     line: int
 
 
+def expected_labels(
+    kind: str,
+    category: str,
+    subcategory: str,
+    priority: str,
+    department: str,
+    emotion: str,
+    flags: Iterable[str],
+) -> dict[str, str]:
+    """A labelled text's `expected`: the fields as `observed` gives them, flags sorted in
+    one comma list (`-` or nothing: none)."""
+    return {
+        "type": kind,
+        "category": category,
+        "subcategory": subcategory,
+        "priority": priority,
+        "department": department,
+        "emotion": emotion,
+        "flags": ",".join(sorted(f for f in flags if f and f != "-")),
+    }
+
+
 def load_labelled(path: Path) -> list[LabelledItem]:
     items = []
     for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
@@ -43,15 +65,9 @@ def load_labelled(path: Path) -> list[LabelledItem]:
         items.append(
             LabelledItem(
                 text=text,
-                expected={
-                    "type": kind,
-                    "category": category,
-                    "subcategory": subcategory,
-                    "priority": priority,
-                    "department": department,
-                    "emotion": emotion,
-                    "flags": ",".join(sorted(f for f in flags.split(",") if f and f != "-")),
-                },
+                expected=expected_labels(
+                    kind, category, subcategory, priority, department, emotion, flags.split(",")
+                ),
                 tier=tier,
                 line=number,
             )

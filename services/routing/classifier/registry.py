@@ -84,26 +84,6 @@ def signing_key(encoded: str, variable: str = "FEEDBACK_MODEL_SIGNING_KEY") -> b
     return raw
 
 
-class ModelVersion(BaseModel):
-    """One stored version, without the model's bytes."""
-
-    model_config = ConfigDict(frozen=True)
-
-    version: int
-    created_at: datetime
-    created_by: str
-    environment: str
-    training_digest: str
-    training_items: int
-    corrections: int
-    figures: dict[str, Any]
-    compared_with: dict[str, Any] | None
-    decision: str
-    active: bool
-    activated_at: datetime | None
-    has_model: bool
-
-
 class NewVersion(BaseModel):
     """What `feedback train` stores about a candidate."""
 
@@ -116,6 +96,17 @@ class NewVersion(BaseModel):
     figures: dict[str, Any]
     compared_with: dict[str, Any] | None
     decision: str
+
+
+class ModelVersion(NewVersion):
+    """One stored version, without the model's bytes."""
+
+    version: int
+    created_at: datetime
+    environment: str
+    active: bool
+    activated_at: datetime | None
+    has_model: bool
 
 
 class ActiveChanged(Exception):

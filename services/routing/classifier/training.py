@@ -35,6 +35,7 @@ from services.routing.classifier.evaluation import (
     FIELDS,
     LabelledItem,
     evaluate,
+    expected_labels,
     load_labelled,
 )
 from services.routing.classifier.model import TextModel, examples_from, normalized
@@ -221,16 +222,8 @@ def _labels(classification: dict[str, Any], book: RuleBook) -> dict[str, str] | 
     if not known or department not in book.departments:
         return None
     # `repeat` comes from the customer's history, not from the text.
-    flags = sorted({str(f) for f in classification.get("flags") or ()} - {"repeat"})
-    return {
-        "type": kind,
-        "category": category,
-        "subcategory": subcategory,
-        "priority": priority,
-        "department": department,
-        "emotion": emotion,
-        "flags": ",".join(flags),
-    }
+    flags = {str(f) for f in classification.get("flags") or ()} - {"repeat"}
+    return expected_labels(kind, category, subcategory, priority, department, emotion, flags)
 
 
 def corrected_case_ids(store: CaseStore) -> list[UUID]:
