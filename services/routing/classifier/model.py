@@ -261,23 +261,22 @@ class TextModel:
         # and its label; the fields decided by their own argmax (the danger kinds are not).
         self.owner = np.repeat(np.arange(len(spans), dtype=np.int64), self.sizes)
         self.labels: list[str] = [label for _, _, classes in spans for label in classes]
-        # A model stored before joint decisions (version 3) decides each field on its own.
-        combinations = getattr(self, "combinations", ())
+        # Each combination as its four columns in `p` (a stored model is only ever loaded by
+        # the code that made it: `environment_digest`).
         self.joint_columns = np.array(
             [
                 [
                     self.fields[name][0] + self.fields[name][2].index(label)
                     for name, label in zip(JOINT, combination, strict=True)
                 ]
-                for combination in combinations
+                for combination in self.combinations
             ],
             dtype=np.int64,
         ).reshape(-1, len(JOINT))
-        joint = JOINT if len(self.joint_columns) else ()
         self.decided = tuple(
             (name, start, end)
             for name, (start, end, _) in self.fields.items()
-            if name not in DANGER_FIELDS and name not in joint
+            if name not in DANGER_FIELDS and name not in JOINT
         )
         urgent = self.fields.get("urgent")
         self.urgent_yes = (
@@ -336,12 +335,10 @@ class TextModel:
         exp = np.exp(scores)
         probabilities = exp / np.add.reduceat(exp, self.starts).take(owner)
         p = probabilities.tolist()
-        chosen: list[tuple[str, int]] = []  # (field, its winning column)
-        if len(self.joint_columns):
-            # Log-probabilities summed per combination: the product of the four models'.
-            joint = np.log(probabilities + 1e-9).take(self.joint_columns).sum(axis=1)
-            best = self.joint_columns[int(joint.argmax())].tolist()
-            chosen += list(zip(JOINT, best, strict=True))
+        # Log-probabilities summed per combination: the product of the four models'.
+        joint = np.log(probabilities + 1e-9).take(self.joint_columns).sum(axis=1)
+        best = self.joint_columns[int(joint.argmax())].tolist()
+        chosen: list[tuple[str, int]] = list(zip(JOINT, best, strict=True))  # (field, column)
         for name, start, end in self.decided:
             part = p[start:end]
             chosen.append((name, start + part.index(max(part))))  # the first of equal maxima
