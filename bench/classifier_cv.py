@@ -26,6 +26,7 @@ from services.routing.classifier.model import TextModel, examples_from
 
 FIELDS = ("type", "subcategory", "department", "priority", "emotion")
 FOLDS = 5
+RECALL_FOR_THRESHOLD = 0.97
 
 
 def expected(item: LabelledItem) -> dict[str, str]:
@@ -111,13 +112,17 @@ def run(folds: int = FOLDS) -> list[str]:
             parts.append(f"{by} recall {recall:.3f}, others made urgent {raised:.3f}")
         lines.append(f"urgent at {threshold:.2f}: " + "; ".join(parts))
     steps = [round(float(t), 2) for t in np.arange(0.05, 0.95, 0.01)]
-    chosen = max((t for t in steps if rates("decision", t)[0] >= 0.95), default=None)
-    if chosen is not None:
-        recall, raised = rates("decision", chosen)
-        lines.append(
-            f"chosen urgent_threshold {chosen:.2f} (the highest with decision recall >= 0.95): "
-            f"recall {recall:.3f}, others made urgent {raised:.3f}"
-        )
+    # The threshold keeps CV recall at least RECALL_FOR_THRESHOLD, two points above the
+    # issue's 0.95: texts unlike the training set's (the frozen set's) have scored about that
+    # much lower at the same threshold (2026-11-29: CV 0.950 at 0.41, frozen 0.949).
+    for wanted in (0.95, RECALL_FOR_THRESHOLD):
+        chosen = max((t for t in steps if rates("decision", t)[0] >= wanted), default=None)
+        if chosen is not None:
+            recall, raised = rates("decision", chosen)
+            lines.append(
+                f"urgent_threshold {chosen:.2f} is the highest with decision recall >= "
+                f"{wanted:.2f}: recall {recall:.3f}, others made urgent {raised:.3f}"
+            )
     for threshold in (0.1, 0.15, 0.2, 0.25, 0.3):
         kept = [right for p, right in confident if p >= threshold]
         lines.append(
