@@ -118,6 +118,8 @@ CONCEPT_FLAGS: dict[str, Flag] = {
 # The fields whose model explanations a decision names (the danger kind's stand for the
 # urgent score's): the others' are not computed.
 _EXPLAINED = frozenset({"type", "subcategory", "department", "priority", "danger"})
+# What a message's length is counted without: punctuation, spaces, symbols and emoji.
+_CONTENT = re.compile(r"[\W_]+")
 
 
 class Classifier:
@@ -314,6 +316,11 @@ class Classifier:
         emotion = Emotion(found["emotion"].label)
         confidence = min(found["type"].probability, found["subcategory"].probability)
         silent = not any(r.startswith(("sub.", "type.")) for r in ruled_rules)
+        vague = (
+            silent
+            and not any(t.startswith("lex:") for t in tokens)
+            and len(_CONTENT.sub("", feedback.text)) <= book.model.triage_when_vague_up_to_chars
+        )
         return Decision(
             type=feedback_type,
             category=category,
@@ -325,8 +332,11 @@ class Classifier:
             confidence=confidence,
             rules=(*rules, *ruled_rules),
             needs_triage=priority != Priority.urgent
-            and confidence
-            < (book.model.triage_below_when_rules_silent if silent else book.model.triage_below),
+            and (
+                vague
+                or confidence
+                < (book.model.triage_below_when_rules_silent if silent else book.model.triage_below)
+            ),
             supervisor_attention=emotion == Emotion.angry,
             first_response_hours=book.priority.first_response_hours[priority],
         )

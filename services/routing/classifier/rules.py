@@ -105,6 +105,10 @@ class ModelSettings(Strict):
     # ... and below this when no rule recognised anything in the text either (a text with
     # nothing to go on, "关于上次那个事情", must reach a person, not the commonest label).
     triage_below_when_rules_silent: float = Field(default=0.3, ge=0, le=1)
+    # A message this short (letters, digits and CJK characters) that no rule and no lexicon
+    # concept recognises names no matter ("关于上次那个事情"): a person reads it, however
+    # sure the model is of a guess made from a few common words.
+    triage_when_vague_up_to_chars: int = Field(default=10, ge=0)
 
 
 class RuleBook(Strict):
