@@ -294,11 +294,12 @@ class Classifier:
         ]
         urgent = found["urgent_yes"]
         danger = found["danger"]
+        # The lexicon's concepts in the text (a pair token implies its single ones).
+        concepts = {t.removeprefix("lex:") for t in tokens if t.startswith("lex:")}
         if flags & set(book.priority.urgent_flags):
             priority = Priority.urgent  # a rule's danger flag stands
         elif urgent.probability >= book.model.urgent_threshold:
             priority = Priority.urgent
-            concepts = {t.removeprefix("lex:") for t in tokens if t.startswith("lex:")}
             flags |= {CONCEPT_FLAGS[c] for c in concepts if c in CONCEPT_FLAGS}
             if not flags & set(book.priority.urgent_flags) and danger.label != "none":
                 flags.add(danger.label)  # type: ignore[arg-type]
@@ -318,7 +319,7 @@ class Classifier:
         silent = not any(r.startswith(("sub.", "type.")) for r in ruled_rules)
         vague = (
             silent
-            and not any(t.startswith("lex:") for t in tokens)
+            and not concepts
             and len(_CONTENT.sub("", feedback.text)) <= book.model.triage_when_vague_up_to_chars
         )
         return Decision(
