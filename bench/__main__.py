@@ -9,6 +9,7 @@ import time
 BENCHMARKS = [
     "classifier",
     "classifier_cv",
+    "classifier_rounds",
     "routing_throughput",
     "e2e_latency",
     "intake_throughput",

@@ -66,31 +66,37 @@ def cross_validate(
 ) -> list[Scored]:
     """Each of `items` scored by a model trained on the other folds plus `extra` (texts
     always trained on, never tested)."""
-    danger_flags = set(rules.book.priority.urgent_flags)
     scored: list[Scored] = []
     for fold in range(folds):
         train = [e for n, e in enumerate(items) if n % folds != fold]
-        model = TextModel(train + extra, rules.rule_tokens)
-        for example in items[fold::folds]:
-            ruled = rules.classify(FeedbackText(example.text, customer_tier=example.tier))
-            found = model.predict(example.text, example.tier, explain=0)
-            scored.append(
-                Scored(
-                    expected=example.labels,
-                    model={field: found[field].label for field in FIELDS},
-                    rules={
-                        "type": ruled.type.value,
-                        "subcategory": f"{ruled.category}/{ruled.subcategory}",
-                        "department": ruled.department,
-                        "priority": ruled.priority.value,
-                        "emotion": ruled.emotion.value,
-                    },
-                    p_urgent=found["urgent_p"].probability,
-                    score=found["urgent_yes"].probability,
-                    ruled_danger=bool(set(ruled.flags) & danger_flags),
-                    confidence=min(found["type"].probability, found["subcategory"].probability),
-                )
+        scored += score(TextModel(train + extra, rules.rule_tokens), items[fold::folds], rules)
+    return scored
+
+
+def score(model: TextModel, tests: list[Example], rules: Classifier) -> list[Scored]:
+    """`tests` as the rules alone and the rules with `model` decide them."""
+    danger_flags = set(rules.book.priority.urgent_flags)
+    scored: list[Scored] = []
+    for example in tests:
+        ruled = rules.classify(FeedbackText(example.text, customer_tier=example.tier))
+        found = model.predict(example.text, example.tier, explain=0)
+        scored.append(
+            Scored(
+                expected=example.labels,
+                model={field: found[field].label for field in FIELDS},
+                rules={
+                    "type": ruled.type.value,
+                    "subcategory": f"{ruled.category}/{ruled.subcategory}",
+                    "department": ruled.department,
+                    "priority": ruled.priority.value,
+                    "emotion": ruled.emotion.value,
+                },
+                p_urgent=found["urgent_p"].probability,
+                score=found["urgent_yes"].probability,
+                ruled_danger=bool(set(ruled.flags) & danger_flags),
+                confidence=min(found["type"].probability, found["subcategory"].probability),
             )
+        )
     return scored
 
 
