@@ -15,13 +15,14 @@ import sys
 import time
 from pathlib import Path
 
-from bench.classifier_cv import FOLDS, accuracy, cross_validate, examples, rates, training_examples
+from bench.classifier_cv import FOLDS, accuracy, cross_validate, rates, training_examples
 from services.routing.classifier import Classifier, load_rulebook
+from services.routing.classifier.model import examples_in
 
 
 def run(candidates: list[Path]) -> list[str]:
     items = training_examples()
-    extra = examples(candidates)
+    extra = examples_in(candidates)
     rules = Classifier(load_rulebook())
     threshold = rules.book.model.urgent_threshold
     lines = [f"{len(items)} training texts, {len(extra)} candidates, {FOLDS} folds"]

@@ -17,15 +17,12 @@ from __future__ import annotations
 import random
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from services.routing.classifier import Classifier, FeedbackText, load_rulebook
-from services.routing.classifier.evaluation import TRAINING, load_labelled
-from services.routing.classifier.model import Example, TextModel, examples_from
+from services.routing.classifier.model import Example, TextModel, examples_in, training_files
 
 FIELDS = ("type", "subcategory", "department", "priority", "emotion")
 FOLDS = 5
@@ -49,14 +46,9 @@ class Scored:
         return self.expected["urgent"] == "yes"
 
 
-def examples(paths: Sequence[Path]) -> list[Example]:
-    labelled = [item for path in paths for item in load_labelled(path)]
-    return examples_from((i.text, i.expected, i.tier) for i in labelled)
-
-
 def training_examples() -> list[Example]:
     """The training set in the order every CV here splits it."""
-    items = examples(sorted(TRAINING.glob("*.psv")))
+    items = examples_in(training_files())
     random.Random(7).shuffle(items)
     return items
 

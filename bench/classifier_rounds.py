@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import time
 
-from bench.classifier_cv import FIELDS, Scored, accuracy, examples, rates, score
+from bench.classifier_cv import FIELDS, Scored, accuracy, rates, score
 from services.routing.classifier import Classifier, load_rulebook
-from services.routing.classifier.evaluation import TRAINING
-from services.routing.classifier.model import TextModel
+from services.routing.classifier.model import TextModel, examples_in, training_files
 
 # The rounds config/training/README.md describes, by their files' numbers.
 ROUNDS = {
@@ -41,15 +40,15 @@ def category_accuracy(scored: list[Scored]) -> float:
 
 def run() -> list[str]:
     rules = Classifier(load_rulebook())
-    files = sorted(TRAINING.glob("*.psv"))
+    files = training_files()
     lines: list[str] = []
     everything: list[Scored] = []
     means: dict[str, float] = dict.fromkeys((*FIELDS, "category"), 0.0)
     for name, numbers in ROUNDS.items():
         began = time.perf_counter()
         held = {f"train_{n:02d}.psv" for n in numbers}
-        model = TextModel(examples([f for f in files if f.name not in held]), rules.rule_tokens)
-        scored = score(model, examples([f for f in files if f.name in held]), rules)
+        model = TextModel(examples_in([f for f in files if f.name not in held]), rules.rule_tokens)
+        scored = score(model, examples_in([f for f in files if f.name in held]), rules)
         everything += scored
         found = {**accuracy(scored), "category": category_accuracy(scored)}
         for field, value in found.items():

@@ -422,6 +422,15 @@ def examples_from(lines: Iterable[tuple[str, dict[str, str], str]]) -> list[Exam
     return out
 
 
+def examples_in(paths: Iterable[Path]) -> list[Example]:
+    """The labelled files' texts as examples, in file order."""
+    from services.routing.classifier.evaluation import load_labelled
+
+    return examples_from(
+        (i.text, i.expected, i.tier) for path in paths for i in load_labelled(path)
+    )
+
+
 def training_files(folder: Path = TRAINING) -> list[Path]:
     return sorted(folder.glob("*.psv"))
 
@@ -450,8 +459,6 @@ def trained(
     """The model trained on `folder` (None when it holds no data), from the disk cache
     when the data, `fingerprint` (what `rule_tokens` depends on: the rule book) and this
     module's version are unchanged."""
-    from services.routing.classifier.evaluation import load_labelled
-
     files = training_files(folder)
     if not files:
         log.warning("no training data in %s: the classifier uses its rules alone", folder)
@@ -475,8 +482,7 @@ def trained(
             return model
         except Exception:  # a cache from another library version: train again
             log.info("classifier cache %s unreadable; training again", cached)
-    items = [item for path in files for item in load_labelled(path)]
-    model = TextModel(examples_from((i.text, i.expected, i.tier) for i in items), rule_tokens)
+    model = TextModel(examples_in(files), rule_tokens)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         partial = cached.with_suffix(f".{os.getpid()}.tmp")
